@@ -1,0 +1,20 @@
+//! hearken: an always-on home-sound safety daemon.
+//!
+//! The library holds every stage as plain, testable code; the `hearken` binary wires
+//! the stages to the command line (and, in the daemon, to threads).
+
+pub mod audio;
+pub mod bench;
+pub mod classify;
+pub mod dsp;
+pub mod model;
+pub mod scoring;
+
+/// Root of the shared assets (models, recordings): `$HEARKEN_SHARED`, or `../shared`
+/// next to the source tree.
+pub fn shared_dir() -> std::path::PathBuf {
+    match std::env::var_os("HEARKEN_SHARED") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    }
+}

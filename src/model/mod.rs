@@ -1,0 +1,303 @@
+//! Model directories (manifest, labels, ONNX) and tract inference.
+//!
+//! Loading parses the ONNX graph once; a fixed-shape optimised plan is then built
+//! lazily for each input shape used and cached (a concrete shape runs several times
+//! faster in tract than a symbolic one).
+
+pub mod labels;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+pub use labels::{Label, Labels};
+pub use manifest::{InputLayout, Manifest, Pooling};
+
+/// The model used when none is named.
+pub const DEFAULT_MODEL: &str = "efficientat-mn04";
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// Scores and embedding for one model call.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Per-class probabilities in label order.
+    pub scores: Vec<f32>,
+    /// Embedding vector.
+    pub embedding: Vec<f32>,
+}
+
+/// A loaded model: manifest, labels and the parsed network.
+pub struct Model {
+    manifest: Manifest,
+    labels: Labels,
+    dir: PathBuf,
+    graph: InferenceModel,
+    plans: Mutex<HashMap<usize, Plan>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.manifest.model.name)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// Directories searched for a model given by name, in order.
+pub fn model_search_path() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(v) = std::env::var_os("HEARKEN_MODELS") {
+        dirs.extend(std::env::split_paths(&v));
+    }
+    dirs.push(PathBuf::from("models"));
+    dirs.push(PathBuf::from("/usr/share/hearken/models"));
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    dirs
+}
+
+/// Finds a model directory from a name (`yamnet`) or a path to a directory holding
+/// `model.toml`.
+pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.join("model.toml").is_file() {
+        return Ok(p.to_path_buf());
+    }
+    if spec.contains('/') {
+        bail!("model directory {spec} has no model.toml");
+    }
+    let search = model_search_path();
+    for d in &search {
+        let cand = d.join(spec);
+        if cand.join("model.toml").is_file() {
+            return Ok(cand);
+        }
+    }
+    let tried: Vec<String> = search.iter().map(|d| d.display().to_string()).collect();
+    bail!(
+        "model '{spec}' not found (looked in {}); known models: efficientat-mn04, yamnet; \
+         pass --model DIR for a directory holding model.toml",
+        tried.join(", ")
+    )
+}
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Model {
+    /// Loads the model in `dir` (manifest, labels and ONNX side by side).
+    pub fn load(dir: &Path) -> Result<Model> {
+        Self::load_with_assets(&dir.join("model.toml"), dir)
+    }
+
+    /// Loads a model by name or directory (see [`resolve_model_dir`]).
+    pub fn open(spec: &str) -> Result<Model> {
+        Self::load(&resolve_model_dir(spec)?)
+    }
+
+    /// Loads the manifest at `manifest_path` with its ONNX and labels files taken from
+    /// `assets`.
+    pub fn load_with_assets(manifest_path: &Path, assets: &Path) -> Result<Model> {
+        let manifest = Manifest::load(manifest_path)?;
+        let name = manifest.model.name.clone();
+        let onnx = assets.join(&manifest.model.onnx);
+        let labels_path = assets.join(&manifest.model.labels);
+        let hint = "run ./setup.sh to install the model files, or pass --model DIR for a \
+                    directory holding model.toml with its files";
+        if !onnx.is_file() {
+            bail!("model {name}: {} not found; {hint}", onnx.display());
+        }
+        if !labels_path.is_file() {
+            bail!("model {name}: {} not found; {hint}", labels_path.display());
+        }
+        let digest = sha256_file(&onnx).with_context(|| format!("reading {}", onnx.display()))?;
+        if !digest.eq_ignore_ascii_case(&manifest.model.sha256) {
+            bail!(
+                "model {name}: {} has sha256 {digest}, but the manifest expects {}; \
+                 the file is damaged or not this model ({hint})",
+                onnx.display(),
+                manifest.model.sha256
+            );
+        }
+        let labels = Labels::load(&labels_path)?;
+        if labels.len() != manifest.model.classes {
+            bail!(
+                "model {name}: {} has {} labels, the manifest says {} classes",
+                labels_path.display(),
+                labels.len(),
+                manifest.model.classes
+            );
+        }
+        let graph = tract_onnx::onnx()
+            .model_for_path(&onnx)
+            .map_err(|e| anyhow!("model {name}: cannot parse {}: {e}", onnx.display()))?
+            .with_outputs_by_name([manifest.io.scores.as_str(), manifest.io.embedding.as_str()])
+            .map_err(|e| anyhow!("model {name}: output names in the manifest: {e}"))?;
+        Ok(Model {
+            manifest,
+            labels,
+            dir: assets.to_path_buf(),
+            graph,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Model name from the manifest.
+    pub fn name(&self) -> &str {
+        &self.manifest.model.name
+    }
+
+    /// Class labels in output order.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// Directory holding the model files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn shape_for(&self, n: usize) -> [usize; 4] {
+        let mels = self.manifest.frontend.n_mels;
+        match self.manifest.io.layout {
+            InputLayout::BatchChannelMelsFrames => [1, 1, mels, n],
+            InputLayout::BatchFramesMels => {
+                [n, self.manifest.windows.patch_frames.unwrap_or(0), mels, 0]
+            }
+        }
+    }
+
+    /// The runnable plan for `n` frames (window models) or a batch of `n` patches
+    /// (patch models), built on first use.
+    fn plan(&self, n: usize) -> Result<Plan> {
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| anyhow!("model plan cache poisoned"))?;
+        if let Some(p) = plans.get(&n) {
+            return Ok(p.clone());
+        }
+        let shape = self.shape_for(n);
+        let dims: &[usize] = match self.manifest.io.layout {
+            InputLayout::BatchChannelMelsFrames => &shape[..4],
+            InputLayout::BatchFramesMels => &shape[..3],
+        };
+        let name = self.name().to_string();
+        let plan = self
+            .graph
+            .clone()
+            .with_input_fact(0, f32::fact(dims).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| anyhow!("model {name}: cannot build a plan for shape {dims:?}: {e}"))?;
+        plans.insert(n, plan.clone());
+        Ok(plan)
+    }
+
+    /// Classifies one window of `frames` (frame-major, `n_mels` values per frame).
+    /// For window models only.
+    pub fn run_window(&self, frames: &[f32]) -> Result<Output> {
+        let mels = self.manifest.frontend.n_mels;
+        if self.manifest.io.layout != InputLayout::BatchChannelMelsFrames {
+            bail!("model {} takes patches, not windows", self.name());
+        }
+        if frames.is_empty() || !frames.len().is_multiple_of(mels) {
+            bail!(
+                "window of {} values is not a whole number of frames",
+                frames.len()
+            );
+        }
+        let n = frames.len() / mels;
+        // frame-major [n][mels] → [1, 1, mels, n]
+        let mut data = vec![0.0f32; frames.len()];
+        for (t, frame) in frames.chunks_exact(mels).enumerate() {
+            for (m, &v) in frame.iter().enumerate() {
+                data[m * n + t] = v;
+            }
+        }
+        let input = Tensor::from_shape(&[1, 1, mels, n], &data)?;
+        let mut out = self.run(n, input)?;
+        Ok(out.remove(0))
+    }
+
+    /// Classifies `count` patches laid out back to back (frame-major). For patch
+    /// models only; each patch is run as its own batch-1 call, which is faster in tract
+    /// than one large batch.
+    pub fn run_patches(&self, patches: &[f32]) -> Result<Vec<Output>> {
+        let mels = self.manifest.frontend.n_mels;
+        let Some(pf) = self.manifest.windows.patch_frames else {
+            bail!("model {} takes windows, not patches", self.name());
+        };
+        let size = pf * mels;
+        if !patches.len().is_multiple_of(size) {
+            bail!("{} values are not a whole number of patches", patches.len());
+        }
+        let mut outs = Vec::with_capacity(patches.len() / size);
+        for p in patches.chunks_exact(size) {
+            let input = Tensor::from_shape(&[1, pf, mels], p)?;
+            outs.extend(self.run(1, input)?);
+        }
+        Ok(outs)
+    }
+
+    fn run(&self, key: usize, input: Tensor) -> Result<Vec<Output>> {
+        let plan = self.plan(key)?;
+        let res = plan
+            .run(tvec!(input.into()))
+            .map_err(|e| anyhow!("model {}: inference failed: {e}", self.name()))?;
+        if res.len() != 2 {
+            bail!(
+                "model {}: expected 2 outputs, got {}",
+                self.name(),
+                res.len()
+            );
+        }
+        let scores = res[0].to_plain_array_view::<f32>()?;
+        let emb = res[1].to_plain_array_view::<f32>()?;
+        let classes = self.manifest.model.classes;
+        let edim = self.manifest.io.embedding_dim;
+        let (s, e) = (scores.as_slice(), emb.as_slice());
+        let (Some(s), Some(e)) = (s, e) else {
+            bail!("model {}: outputs are not contiguous", self.name());
+        };
+        if s.len() % classes != 0 || e.len() % edim != 0 || s.len() / classes != e.len() / edim {
+            bail!(
+                "model {}: output sizes {} and {} do not match {classes} classes and a {edim}-d embedding",
+                self.name(),
+                s.len(),
+                e.len()
+            );
+        }
+        Ok(s.chunks_exact(classes)
+            .zip(e.chunks_exact(edim))
+            .map(|(s, e)| Output {
+                scores: s.to_vec(),
+                embedding: e.to_vec(),
+            })
+            .collect())
+    }
+}

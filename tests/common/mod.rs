@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests: where the shared assets are, and
+//! loading the models from them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use hearken::model::Model;
+
+/// `$HEARKEN_SHARED`, default `../shared` beside the repository.
+pub fn shared() -> PathBuf {
+    hearken::shared_dir()
+}
+
+/// A recording from `shared/audio`.
+pub fn audio(name: &str) -> PathBuf {
+    shared().join("audio").join(name)
+}
+
+/// Loads the committed manifest of `name` with its ONNX and labels from
+/// `shared/models/<name>`.
+pub fn model(name: &str) -> Model {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+        .join("model.toml");
+    let assets = shared().join("models").join(name);
+    Model::load_with_assets(&manifest, &assets)
+        .unwrap_or_else(|e| panic!("loading model {name} (set HEARKEN_SHARED?): {e:#}"))
+}
+
+/// Reads a float32 .npy file: (shape, data).
+pub fn npy(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = f.shape().to_vec();
+    (shape, f.into_vec::<f32>().unwrap())
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
