@@ -58,21 +58,24 @@ pub fn run(model: &Model, file: &Path, repeat: usize) -> Result<Vec<StageResult>
     let opts = ClassifyOptions::default();
     classify_file(model, file, &opts)?;
 
-    let mut audio = Vec::new();
+    // Each repetition is its own stream, so every stage sees what classify sees.
+    let mut audio: Vec<Vec<f32>> = Vec::new();
     let mut in_seconds = 0.0;
     let decode = stage("decode+resample", 0.0, || {
         for _ in 0..repeat {
             let mut dec = FileDecoder::open(file)?;
             let mut rs = StreamResampler::new(dec.info().sample_rate, rate_out)?;
             let mut mono = Vec::new();
+            let mut out = Vec::new();
             loop {
                 mono.clear();
                 if !dec.next_chunk(&mut mono)? {
                     break;
                 }
-                rs.push(&mono, &mut audio);
+                rs.push(&mono, &mut out);
             }
-            rs.finish(&mut audio);
+            rs.finish(&mut out);
+            audio.push(out);
             in_seconds += dec.frames_read() as f64 / dec.info().sample_rate as f64;
         }
         Ok(())
@@ -82,30 +85,37 @@ pub fn run(model: &Model, file: &Path, repeat: usize) -> Result<Vec<StageResult>
         audio_s_per_cpu_s: in_seconds / decode.cpu_s,
         ..decode
     };
-    let audio_s = audio.len() as f64 / rate_out as f64;
+    let audio_s = audio.iter().map(Vec::len).sum::<usize>() as f64 / rate_out as f64;
 
-    let mut frames = Vec::new();
+    let mut frames: Vec<Vec<f32>> = Vec::new();
     let frontend = stage("frontend", audio_s, || {
-        let mut fe = LogMel::new(&model.manifest().frontend);
-        for c in audio.chunks(4096) {
-            fe.push(c, &mut frames);
+        for a in &audio {
+            let mut fe = LogMel::new(&model.manifest().frontend);
+            let mut f = Vec::new();
+            for c in a.chunks(4096) {
+                fe.push(c, &mut f);
+            }
+            fe.finish(&mut f);
+            frames.push(f);
         }
-        fe.finish(&mut frames);
         Ok(())
     })?;
 
     let plan =
         WindowPlan::from_manifest(model.manifest(), None, None).map_err(anyhow::Error::msg)?;
     let inference = stage("inference", audio_s, || {
-        let mut sc = Scorer::new(plan);
-        let mut out = Vec::new();
         let mut run = |f: &[f32]| run_unit(model, f);
         let step = 100 * model.manifest().frontend.n_mels;
-        for c in frames.chunks(step) {
-            sc.push(c, &mut run, &mut out)?;
-            out.clear();
+        for f in &frames {
+            let mut sc = Scorer::new(plan.clone());
+            let mut out = Vec::new();
+            for c in f.chunks(step) {
+                sc.push(c, None, &mut run, &mut out)?;
+                out.clear();
+            }
+            sc.finish(&mut run, &mut out)?;
         }
-        sc.finish(&mut run, &mut out)
+        Ok(())
     })?;
 
     let whole = stage("end-to-end classify", in_seconds, || {

@@ -185,7 +185,7 @@ pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Resu
         rs.push(chunk, &mut resampled);
         frames.clear();
         fe.push(&resampled, &mut frames);
-        scorer.push(&frames, &mut run, &mut windows)?;
+        scorer.push(&frames, None, &mut run, &mut windows)?;
         drain(&mut windows, &mut reports);
     }
     let duration_s = dec.frames_read() as f64 / rate as f64;
@@ -201,7 +201,7 @@ pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Resu
     frames.clear();
     fe.push(&resampled, &mut frames);
     fe.finish(&mut frames);
-    scorer.push(&frames, &mut run, &mut windows)?;
+    scorer.push(&frames, None, &mut run, &mut windows)?;
     scorer.finish(&mut run, &mut windows)?;
     drain(&mut windows, &mut reports);
     if dec.frames_read() == 0 {

@@ -18,3 +18,6 @@ pub fn shared_dir() -> std::path::PathBuf {
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
     }
 }
+pub mod config;
+pub mod detect;
+pub mod pipeline;

@@ -52,6 +52,29 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the daemon: listen, classify rolling windows, detect and report events.
+    Run {
+        /// Configuration file (TOML); without it, built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Audio source: default | device:NAME | file:PATH | stdin:RATE:CHANNELS.
+        #[arg(long)]
+        source: Option<String>,
+        /// With a file source, process as fast as possible instead of in real time.
+        #[arg(long)]
+        fast: bool,
+        /// Model name or directory (overrides the config).
+        #[arg(long)]
+        model: Option<String>,
+        /// Print each event as a JSON line on stdout and a status line to stderr.
+        #[arg(long)]
+        print_events: bool,
+    },
+    /// Validate a configuration file (and its labels against the configured model).
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
     /// Measure audio seconds processed per CPU second, per stage.
     Bench {
         /// Model name or directory.
@@ -66,6 +89,8 @@ enum Command {
         /// Recording to process.
         file: PathBuf,
     },
+    /// List audio input devices (for --source device:NAME) and their configurations.
+    Devices,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +170,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Run {
+            config,
+            source,
+            fast,
+            model,
+            print_events,
+        } => run_daemon(config, source, fast, model, print_events),
+        Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Bench {
             model,
             repeat,
@@ -170,5 +203,171 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Devices => {
+            let devices = hearken::audio::source::list_devices()?;
+            if devices.is_empty() {
+                println!("no audio input devices found");
+                println!("hint: use --source file:PATH, or pipe raw s16le PCM with --source stdin:RATE:CHANNELS");
+            }
+            for d in &devices {
+                let default = if d.is_default { " (default)" } else { "" };
+                println!("{}{default}  {}", d.name, d.description);
+                if let Some(c) = &d.default_config {
+                    println!("    uses: {c}");
+                }
+                for line in hearken::audio::source::config_summary(&d.configs) {
+                    println!("    supports: {line}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn run_daemon(
+    config: Option<PathBuf>,
+    source: Option<String>,
+    fast: bool,
+    model: Option<String>,
+    print_events: bool,
+) -> Result<ExitCode> {
+    use hearken::audio::source::SourceSpec;
+    use hearken::config::Config;
+    use hearken::detect::{Detector, Identity};
+    use hearken::pipeline::{Message, Pipeline, PipelineSettings};
+    use std::sync::Arc;
+
+    let mut cfg = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(s) = source {
+        cfg.audio.source = s;
+    }
+    if let Some(m) = model {
+        cfg.set_model(&m);
+    }
+    let spec: SourceSpec = cfg
+        .audio
+        .source
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--source / audio.source: {e}"))?;
+    let model = Arc::new(Model::open(&cfg.model.name)?);
+    cfg.check_labels(model.labels())?;
+    let ident = Identity {
+        node: cfg.node.id.clone(),
+        room: cfg.node.room.clone(),
+        model: model.name().to_string(),
+    };
+    let detector = Detector::from_config(cfg.enabled_groups(), model.labels(), ident)
+        .map_err(anyhow::Error::msg)?;
+    let groups = detector.group_names().join(", ");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let pipeline = Pipeline::start(
+        PipelineSettings {
+            model: model.clone(),
+            source: spec.clone(),
+            realtime: !fast,
+            ring_seconds: cfg.audio.ring_seconds,
+            gate_dbfs: Some(cfg.audio.gate_dbfs),
+            window_s: Some(cfg.model.window_s),
+            hop_s: Some(cfg.model.hop_s),
+            detector,
+            status_interval_s: cfg.detection.status_interval_s,
+        },
+        tx,
+    )?;
+    let stop = pipeline.stop_flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    eprintln!(
+        "hearken: listening on {} with {} (groups: {groups})",
+        pipeline.source_description,
+        model.name()
+    );
+    let printer = std::thread::spawn(move || {
+        for msg in rx.iter() {
+            match msg {
+                Message::Event(e) => {
+                    if print_events {
+                        if let Ok(line) = serde_json::to_string(&e) {
+                            println!("{line}");
+                        }
+                    } else {
+                        eprintln!(
+                            "hearken: event {:?} {} {} at {:.2} s (score {:.2})",
+                            e.state, e.group, e.id, e.start_s, e.peak_score
+                        );
+                    }
+                }
+                Message::Status(s) if print_events => {
+                    let top: Vec<String> = s
+                        .top
+                        .iter()
+                        .map(|p| format!("{} {:.2}", p.label, p.probability))
+                        .collect();
+                    eprintln!(
+                        "hearken: status t={:.0}s level={:.1} dBFS top=[{}] cpu={:.1}% overruns={} gated={}/{}",
+                        s.t_s,
+                        s.dbfs,
+                        top.join(", "),
+                        s.cpu_percent,
+                        s.overruns,
+                        s.gated_calls,
+                        s.gated_calls + s.model_calls
+                    );
+                }
+                Message::Status(_) => {}
+            }
+        }
+    });
+    let summary = pipeline.wait()?;
+    let _ = printer.join();
+    eprintln!(
+        "hearken: stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} samples dropped",
+        summary.audio_s, summary.events, summary.model_calls, summary.gated_calls, summary.overruns
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hearken check-config FILE`: every error on its own line (stderr) and failure, or
+/// a one-line summary and success.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    use hearken::config::Config;
+
+    let shown = file.display();
+    let cfg = match Config::load_all(file) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let model = match Model::open(&cfg.model.name) {
+        Ok(model) => {
+            if let Err(e) = cfg.check_labels(model.labels()) {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                eprintln!("{}", e.in_file(&shown.to_string(), &text));
+                return ExitCode::FAILURE;
+            }
+            format!("model {}, labels checked", model.name())
+        }
+        Err(e) => {
+            println!(
+                "{shown}: note: labels not checked: cannot open model {:?}: {e:#}",
+                cfg.model.name
+            );
+            format!("model {}, labels not checked", cfg.model.name)
+        }
+    };
+    let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
+    let groups = match enabled.len() {
+        0 => "no groups enabled".to_string(),
+        n => format!("{n} groups enabled: {}", enabled.join(", ")),
+    };
+    println!("{shown}: ok ({groups}; {model})");
+    ExitCode::SUCCESS
 }

@@ -5,12 +5,22 @@
 //! score pools the patches that lie wholly inside it. Windows start every `hop`
 //! frames; when the stream ends, one last window is aligned to its end so the tail
 //! is always scored, and a stream shorter than a window gets one short window.
+//!
+//! Two options serve the live daemon: a *prefill* of silent frames, so the first
+//! window is scored one hop after the stream starts instead of one window after;
+//! and a loudness *gate*: a unit whose loudest frame is under the gate is not run
+//! through the model and scores zero.
 
 use std::collections::VecDeque;
 
 use anyhow::Result;
 
 use crate::model::{InputLayout, Manifest, Output, Pooling};
+
+/// Level given to frames that carry no level (no gating applies to them).
+pub const LEVEL_UNKNOWN: f32 = 0.0;
+/// Level of digital silence, dBFS.
+pub const LEVEL_SILENCE: f32 = -120.0;
 
 /// How frames are grouped into model calls and windows.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,12 +33,18 @@ pub struct WindowPlan {
     pub window_frames: usize,
     /// Hop between windows, frames.
     pub hop_frames: usize,
-    /// How units are pooled into a window.
+    /// How units are pooled into a window's `scores`.
     pub window_pooling: Pooling,
     /// How units are pooled over the whole stream.
     pub clip_pooling: Pooling,
     /// Seconds per frame hop.
     pub frame_hop_s: f64,
+    /// Classes the model scores.
+    pub classes: usize,
+    /// Embedding width.
+    pub embedding_dim: usize,
+    /// The log-mel value of digital silence (used for prefill frames).
+    pub silence_value: f32,
 }
 
 impl WindowPlan {
@@ -64,14 +80,18 @@ impl WindowPlan {
                 Some((p, h))
             }
         };
+        let f = &m.frontend;
         Ok(WindowPlan {
-            n_mels: m.frontend.n_mels,
+            n_mels: f.n_mels,
             patch,
             window_frames,
             hop_frames,
             window_pooling: m.windows.window_pooling,
             clip_pooling: m.windows.clip_pooling,
             frame_hop_s: fh,
+            classes: m.model.classes,
+            embedding_dim: m.io.embedding_dim,
+            silence_value: ((f.log_offset.ln() + f.norm_add) / f.norm_div) as f32,
         })
     }
 }
@@ -79,20 +99,31 @@ impl WindowPlan {
 /// One scored window.
 #[derive(Debug, Clone)]
 pub struct WindowScore {
-    /// First frame of the window (absolute, from the stream start).
+    /// First frame of the window (absolute, from the stream start; prefill frames
+    /// have negative indices and are not counted).
     pub start_frame: u64,
     /// Frames in the window.
     pub frames: usize,
-    /// Window start, seconds from the stream start.
+    /// Window start, seconds from the stream start (0 while prefill is in it).
     pub start_s: f64,
     /// Window end, seconds from the stream start.
     pub end_s: f64,
-    /// Pooled class scores.
+    /// Class scores pooled by the plan's window pooling.
     pub scores: Vec<f32>,
+    /// Class scores pooled by max (equal to `scores` for window models).
+    pub scores_max: Vec<f32>,
+    /// Class scores pooled by mean (equal to `scores` for window models).
+    pub scores_mean: Vec<f32>,
     /// Pooled embedding.
     pub embedding: Vec<f32>,
-    /// Model calls pooled into this window.
+    /// Units pooled into this window.
     pub units: usize,
+    /// Units skipped by the loudness gate.
+    pub gated_units: usize,
+    /// Window loudness (mean power over its frames), dBFS.
+    pub dbfs: f32,
+    /// Loudest frame in the window, dBFS.
+    pub peak_dbfs: f32,
 }
 
 /// Element-wise pooling accumulator.
@@ -146,19 +177,30 @@ impl Pool {
     }
 }
 
+struct Unit {
+    start: u64,
+    out: Output,
+    gated: bool,
+}
+
 /// Streaming window scorer. The model call is passed in as a closure so the logic
 /// can be tested without a network.
 pub struct Scorer {
     plan: WindowPlan,
+    gate_dbfs: Option<f32>,
+    /// Silent frames put in front of the stream (internal indices count them).
+    prefill: u64,
     frames: Vec<f32>,
+    levels: Vec<f32>,
     base: u64,
     total: u64,
     next_unit: u64,
-    units: VecDeque<(u64, Output)>,
+    units: VecDeque<Unit>,
     next_window: u64,
     last_end: Option<u64>,
     clip: Pool,
     model_calls: u64,
+    gated_calls: u64,
 }
 
 /// Runs the model on one unit of frames (frame-major).
@@ -170,7 +212,10 @@ impl Scorer {
         let clip = Pool::new(plan.clip_pooling);
         Scorer {
             plan,
+            gate_dbfs: None,
+            prefill: 0,
             frames: Vec::new(),
+            levels: Vec::new(),
             base: 0,
             total: 0,
             next_unit: 0,
@@ -179,7 +224,27 @@ impl Scorer {
             last_end: None,
             clip,
             model_calls: 0,
+            gated_calls: 0,
         }
+    }
+
+    /// Units whose loudest frame is below `gate_dbfs` are not run through the model.
+    pub fn with_gate(mut self, gate_dbfs: Option<f32>) -> Self {
+        self.gate_dbfs = gate_dbfs;
+        self
+    }
+
+    /// Puts `window - hop` silent frames in front of the stream, so a full window is
+    /// scored one hop after the stream starts. Call before the first push.
+    pub fn with_prefill(mut self) -> Self {
+        let n = self.plan.window_frames.saturating_sub(self.plan.hop_frames);
+        let mut frames = vec![self.plan.silence_value; n * self.plan.n_mels];
+        let mut levels = vec![LEVEL_SILENCE; n];
+        std::mem::swap(&mut self.frames, &mut frames);
+        std::mem::swap(&mut self.levels, &mut levels);
+        self.total = n as u64;
+        self.prefill = n as u64;
+        self
     }
 
     /// The plan.
@@ -187,9 +252,9 @@ impl Scorer {
         &self.plan
     }
 
-    /// Frames received so far.
+    /// Real frames received so far.
     pub fn total_frames(&self) -> u64 {
-        self.total
+        self.total - self.prefill
     }
 
     /// Model calls made so far.
@@ -197,41 +262,80 @@ impl Scorer {
         self.model_calls
     }
 
+    /// Units the gate skipped so far.
+    pub fn gated_calls(&self) -> u64 {
+        self.gated_calls
+    }
+
     /// Scores pooled over every unit so far (the whole clip).
     pub fn clip_scores(&self) -> Vec<f32> {
         self.clip.result()
     }
 
-    fn frame_slice(&self, start: u64, len: usize) -> &[f32] {
-        let m = self.plan.n_mels;
-        let s = (start - self.base) as usize * m;
-        &self.frames[s..s + len * m]
+    fn range(&self, start: u64, len: usize) -> std::ops::Range<usize> {
+        let s = (start - self.base) as usize;
+        s..s + len
     }
 
-    fn run_unit(&mut self, start: u64, len: usize, run: &mut UnitFn<'_>) -> Result<Output> {
-        let out = run(self.frame_slice(start, len))?;
+    fn run_unit(&mut self, start: u64, len: usize, run: &mut UnitFn<'_>) -> Result<Unit> {
+        let r = self.range(start, len);
+        let peak = self.levels[r.clone()]
+            .iter()
+            .copied()
+            .fold(LEVEL_SILENCE, f32::max);
+        if self.gate_dbfs.is_some_and(|g| peak < g) {
+            self.gated_calls += 1;
+            let out = Output {
+                scores: vec![0.0; self.plan.classes],
+                embedding: vec![0.0; self.plan.embedding_dim],
+            };
+            self.clip.add(&out.scores);
+            return Ok(Unit {
+                start,
+                out,
+                gated: true,
+            });
+        }
+        let m = self.plan.n_mels;
+        let out = run(&self.frames[r.start * m..r.end * m])?;
         self.model_calls += 1;
         self.clip.add(&out.scores);
-        Ok(out)
+        Ok(Unit {
+            start,
+            out,
+            gated: false,
+        })
     }
 
-    /// Adds frames (frame-major, a whole number of frames) and appends every window
-    /// that became complete to `out`.
+    /// Adds frames (frame-major, a whole number of frames) with their levels in dBFS
+    /// (one per frame; `None` = unknown, never gated) and appends every window that
+    /// became complete to `out`.
     pub fn push(
         &mut self,
         frames: &[f32],
+        levels: Option<&[f32]>,
         run: &mut UnitFn<'_>,
         out: &mut Vec<WindowScore>,
     ) -> Result<()> {
+        let n = frames.len() / self.plan.n_mels;
         debug_assert_eq!(frames.len() % self.plan.n_mels, 0);
         self.frames.extend_from_slice(frames);
-        self.total += (frames.len() / self.plan.n_mels) as u64;
+        match levels {
+            Some(l) => {
+                debug_assert_eq!(l.len(), n);
+                self.levels.extend_from_slice(&l[..n.min(l.len())]);
+                self.levels
+                    .resize(self.frames.len() / self.plan.n_mels, LEVEL_UNKNOWN);
+            }
+            None => self.levels.resize(self.levels.len() + n, LEVEL_UNKNOWN),
+        }
+        self.total += n as u64;
         let w = self.plan.window_frames as u64;
         if let Some((p, ph)) = self.plan.patch {
             while self.total >= self.next_unit + p as u64 {
                 let start = self.next_unit;
-                let o = self.run_unit(start, p, run)?;
-                self.units.push_back((start, o));
+                let u = self.run_unit(start, p, run)?;
+                self.units.push_back(u);
                 self.next_unit += ph as u64;
             }
         }
@@ -251,7 +355,7 @@ impl Scorer {
     /// window already ended there.
     pub fn finish(&mut self, run: &mut UnitFn<'_>, out: &mut Vec<WindowScore>) -> Result<()> {
         let t = self.total;
-        if t == 0 || self.last_end.is_some_and(|e| e >= t) {
+        if t == self.prefill || self.last_end.is_some_and(|e| e >= t) {
             return Ok(());
         }
         let w = (self.plan.window_frames as u64).min(t);
@@ -269,36 +373,66 @@ impl Scorer {
         len: usize,
         run: &mut UnitFn<'_>,
     ) -> Result<Option<WindowScore>> {
-        let (scores, embedding, units) = match self.plan.patch {
+        let r = self.range(start, len);
+        let lv = &self.levels[r];
+        let peak_dbfs = lv.iter().copied().fold(LEVEL_SILENCE, f32::max);
+        let mean_pow = lv.iter().map(|&d| 10f64.powf(d as f64 / 10.0)).sum::<f64>() / len as f64;
+        let dbfs = (10.0 * mean_pow.max(1e-12).log10()).max(LEVEL_SILENCE as f64) as f32;
+        let (scores, scores_max, scores_mean, embedding, units, gated_units) = match self.plan.patch
+        {
             None => {
-                let o = self.run_unit(start, len, run)?;
-                (o.scores, o.embedding, 1)
+                let u = self.run_unit(start, len, run)?;
+                let s = u.out.scores;
+                (
+                    s.clone(),
+                    s.clone(),
+                    s,
+                    u.out.embedding,
+                    1,
+                    u.gated as usize,
+                )
             }
             Some((p, _)) => {
                 let end = start + len as u64;
-                let mut sp = Pool::new(self.plan.window_pooling);
+                let mut sp = Pool::new(Pooling::Mean);
+                let mut mp = Pool::new(Pooling::Max);
                 let mut ep = Pool::new(Pooling::Mean);
-                for (s, o) in &self.units {
-                    if *s >= start && s + p as u64 <= end {
-                        sp.add(&o.scores);
-                        ep.add(&o.embedding);
+                let mut gated = 0;
+                for u in &self.units {
+                    if u.start >= start && u.start + p as u64 <= end {
+                        sp.add(&u.out.scores);
+                        mp.add(&u.out.scores);
+                        ep.add(&u.out.embedding);
+                        gated += u.gated as usize;
                     }
                 }
                 if sp.count() == 0 {
                     return Ok(None);
                 }
-                (sp.result(), ep.result(), sp.count())
+                let (mean, max) = (sp.result(), mp.result());
+                let scores = match self.plan.window_pooling {
+                    Pooling::Mean => mean.clone(),
+                    Pooling::Max => max.clone(),
+                };
+                (scores, max, mean, ep.result(), sp.count(), gated)
             }
         };
         let fh = self.plan.frame_hop_s;
+        let real_start = start.saturating_sub(self.prefill);
+        let real_end = (start + len as u64).saturating_sub(self.prefill);
         Ok(Some(WindowScore {
-            start_frame: start,
+            start_frame: real_start,
             frames: len,
-            start_s: start as f64 * fh,
-            end_s: (start + len as u64) as f64 * fh,
+            start_s: real_start as f64 * fh,
+            end_s: real_end as f64 * fh,
             scores,
+            scores_max,
+            scores_mean,
             embedding,
             units,
+            gated_units,
+            dbfs,
+            peak_dbfs,
         }))
     }
 
@@ -310,14 +444,16 @@ impl Scorer {
         let keep_window = self.next_window.min(tail_start);
         let keep_frames = match self.plan.patch {
             None => keep_window,
-            Some(_) => self.next_unit.min(self.total),
+            Some(_) => self.next_unit.min(self.total).min(keep_window),
         };
         if keep_frames > self.base {
-            let n = ((keep_frames - self.base) as usize) * self.plan.n_mels;
-            self.frames.drain(..n.min(self.frames.len()));
-            self.base = keep_frames;
+            let n = (keep_frames - self.base) as usize;
+            let n = n.min(self.levels.len());
+            self.frames.drain(..n * self.plan.n_mels);
+            self.levels.drain(..n);
+            self.base += n as u64;
         }
-        while self.units.front().is_some_and(|(s, _)| *s < keep_window) {
+        while self.units.front().is_some_and(|u| u.start < keep_window) {
             self.units.pop_front();
         }
     }
@@ -336,6 +472,9 @@ mod tests {
             window_pooling: Pooling::Mean,
             clip_pooling: Pooling::Mean,
             frame_hop_s: 0.01,
+            classes: 1,
+            embedding_dim: 2,
+            silence_value: -1.0,
         }
     }
 
@@ -362,7 +501,7 @@ mod tests {
         let mut out = Vec::new();
         let mut run = mean_runner(calls);
         for c in frames.chunks(chunk) {
-            sc.push(c, &mut run, &mut out).unwrap();
+            sc.push(c, None, &mut run, &mut out).unwrap();
         }
         sc.finish(&mut run, &mut out).unwrap();
         out
@@ -431,10 +570,48 @@ mod tests {
         let mut out = Vec::new();
         let mut run = mean_runner(&mut calls);
         for c in frames.chunks(13) {
-            sc.push(c, &mut run, &mut out).unwrap();
+            sc.push(c, None, &mut run, &mut out).unwrap();
             assert!(sc.frames.len() <= 8 + 13);
             assert!(sc.units.len() <= 6);
         }
+    }
+
+    #[test]
+    fn prefill_scores_the_first_window_one_hop_in() {
+        let mut calls = Vec::new();
+        let mut sc = Scorer::new(plan(None, 10, 4)).with_prefill();
+        let out = feed(&mut sc, 9, 1, &mut calls);
+        // 6 silent frames in front: windows end at real frames 4 and 8, then the tail.
+        let ends: Vec<f64> = out.iter().map(|w| w.end_s).collect();
+        assert_eq!(ends.len(), 3);
+        assert!((ends[0] - 0.04).abs() < 1e-9 && (ends[1] - 0.08).abs() < 1e-9);
+        assert!((ends[2] - 0.09).abs() < 1e-9);
+        assert_eq!(out[0].start_s, 0.0);
+        // The first call saw 6 silence frames (-1) then real frames 0..4.
+        assert_eq!(calls[0], (-1.0, 10));
+        assert_eq!(sc.total_frames(), 9);
+    }
+
+    #[test]
+    fn the_gate_skips_quiet_units_and_reports_levels() {
+        let mut calls = Vec::new();
+        let mut sc = Scorer::new(plan(None, 4, 4)).with_gate(Some(-50.0));
+        let mut run = mean_runner(&mut calls);
+        let mut out = Vec::new();
+        let frames = [1.0f32; 8];
+        let levels = [-60.0, -70.0, -55.0, -65.0, -60.0, -40.0, -60.0, -60.0];
+        sc.push(&frames, Some(&levels), &mut run, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].gated_units, 1);
+        assert_eq!(out[0].scores, vec![0.0]);
+        assert_eq!(out[1].gated_units, 0);
+        assert_eq!(out[1].peak_dbfs, -40.0);
+        assert!(
+            out[1].dbfs > -47.0 && out[1].dbfs < -45.0,
+            "{}",
+            out[1].dbfs
+        );
+        assert_eq!((sc.model_calls(), sc.gated_calls()), (1, 1));
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn damaged_and_odd_files_give_an_error_or_a_result_never_a_panic() {
 fn hearken(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hearken"))
         .args(args)
-        .env("HEARKEN_MODELS", common::shared().join("models"))
+        .env("HEARKEN_MODELS", common::models_dir())
         .output()
         .unwrap()
 }

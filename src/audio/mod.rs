@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod resample;
+pub mod source;
 
 pub use decode::{AudioInfo, DecodeError, FileDecoder};
 pub use resample::StreamResampler;

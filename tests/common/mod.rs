@@ -2,6 +2,8 @@
 //! loading the models from them.
 #![allow(dead_code)]
 
+pub mod pulse;
+
 use std::path::{Path, PathBuf};
 
 use hearken::model::Model;
@@ -43,4 +45,27 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A model search directory for the CLI: the committed manifests with the ONNX and
+/// labels files of `shared/models` linked beside them. Returns its path.
+pub fn models_dir() -> PathBuf {
+    let root = std::env::temp_dir().join(format!("hearken-models-{}", std::process::id()));
+    for name in ["efficientat-mn04", "yamnet"] {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name)
+            .join("model.toml");
+        std::fs::copy(&manifest, d.join("model.toml")).unwrap();
+        for f in ["model.onnx", "labels.csv"] {
+            let link = d.join(f);
+            if !link.exists() {
+                let _ =
+                    std::os::unix::fs::symlink(shared().join("models").join(name).join(f), &link);
+            }
+        }
+    }
+    root
 }

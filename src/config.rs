@@ -1,0 +1,1638 @@
+//! Daemon configuration (one TOML file).
+//!
+//! Every key has a default, so an empty file is a valid configuration; the commented
+//! reference is `config/hearken.example.toml`. Loading is all-or-nothing: unknown keys,
+//! values of the wrong type and values out of range are rejected with a [`ConfigError`]
+//! that names the file, the line and the dotted key (`detection.groups.glass.on`), so
+//! the daemon never starts half-configured.
+//!
+//! Parsing happens in three steps:
+//!
+//! 1. the text is parsed into a spanned TOML tree (syntax errors, with their line);
+//! 2. the text is deserialised with serde into the file schema (`deny_unknown_fields`
+//!    everywhere: unknown keys and bad types, located through the error's span);
+//! 3. the file's `[detection.groups.*]` tables are merged over the built-in groups and
+//!    every value is range-checked; each problem is reported against its dotted key,
+//!    whose line is looked up in the tree from step 1.
+//!
+//! The built-in groups and their initial thresholds live in one table,
+//! [`BUILTIN_GROUPS`] (with the shared settings in [`MAX_POOLED`] / [`MEAN_POOLED`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue};
+
+use crate::model::{Labels, Pooling, DEFAULT_MODEL};
+
+// ---------------------------------------------------------------------------------
+// Defaults: the one place to tune them.
+// ---------------------------------------------------------------------------------
+
+/// Default `audio.source`: the system's default capture device.
+pub const DEFAULT_SOURCE: &str = "default";
+/// Default `audio.ring_seconds`.
+pub const DEFAULT_RING_SECONDS: f64 = 4.0;
+/// Default `audio.gate_dbfs`.
+pub const DEFAULT_GATE_DBFS: f32 = -70.0;
+/// Default `model.window_s`.
+pub const DEFAULT_WINDOW_S: f64 = 10.0;
+/// Default `model.hop_s`.
+pub const DEFAULT_HOP_S: f64 = 1.0;
+/// Default `detection.status_interval_s`.
+pub const DEFAULT_STATUS_INTERVAL_S: f64 = 10.0;
+/// Node id used when no id is configured and the hostname yields nothing usable.
+pub const FALLBACK_NODE_ID: &str = "hearken";
+
+/// The tunable event settings of a group (everything but `enabled`, `safety` and
+/// `labels`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// Raise threshold.
+    pub on: f32,
+    /// Clear threshold.
+    pub off: f32,
+    /// N of "N of the last M hops".
+    pub onset_hops: usize,
+    /// M of "N of the last M hops".
+    pub onset_of: usize,
+    /// How per-patch scores are pooled over the window.
+    pub pooling: Pooling,
+    /// Quiet time after an event ends.
+    pub cooldown_s: f64,
+    /// Longest event.
+    pub max_event_s: f64,
+    /// Shortest reported event.
+    pub min_duration_s: f64,
+}
+
+/// Initial settings of a max-pooled group (short, impulsive sounds); also the
+/// defaults of a group the file defines that is not built in.
+pub const MAX_POOLED: Tuning = Tuning {
+    on: 0.3,
+    off: 0.15,
+    onset_hops: 1,
+    onset_of: 1,
+    pooling: Pooling::Max,
+    cooldown_s: 30.0,
+    max_event_s: 300.0,
+    min_duration_s: 0.0,
+};
+
+/// Initial settings of a mean-pooled group (long, steady sounds).
+pub const MEAN_POOLED: Tuning = Tuning {
+    pooling: Pooling::Mean,
+    ..MAX_POOLED
+};
+
+/// Default `enabled` of a group the file defines that is not built in.
+pub const NEW_GROUP_ENABLED: bool = true;
+/// Default `safety` of a group the file defines that is not built in.
+pub const NEW_GROUP_SAFETY: bool = true;
+
+/// A group that exists even when the file does not mention it.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinGroup {
+    /// Group key (`detection.groups.NAME`).
+    pub name: &'static str,
+    /// Home-safety group or an ordinary one.
+    pub safety: bool,
+    /// AudioSet display names; every one exists in both shipped models' label files.
+    pub labels: &'static [&'static str],
+    /// Thresholds, onset, pooling and timing with the default model (mn04).
+    pub tuning: Tuning,
+    /// `on`, `off` and `pooling` with YAMNet, whose scores run higher.
+    pub yamnet: (f32, f32, Pooling),
+}
+
+/// The built-in groups with their initial settings (all enabled).
+pub const BUILTIN_GROUPS: &[BuiltinGroup] = &[
+    // Safety groups: thresholds tuned on shared/eval-dev with tools/tune-thresholds.py
+    // (lowest threshold at which no ordinary home sound fires; see docs/detection.md).
+    BuiltinGroup {
+        name: "glass",
+        safety: true,
+        labels: &["Glass", "Shatter", "Breaking"],
+        tuning: Tuning {
+            on: 0.03,
+            off: 0.015,
+            ..MAX_POOLED
+        },
+        yamnet: (0.30, 0.15, Pooling::Max),
+    },
+    BuiltinGroup {
+        name: "scream",
+        safety: true,
+        labels: &["Screaming", "Yell", "Shout", "Children shouting"],
+        tuning: Tuning {
+            on: 0.03,
+            off: 0.015,
+            ..MAX_POOLED
+        },
+        yamnet: (0.10, 0.05, Pooling::Max),
+    },
+    BuiltinGroup {
+        name: "smoke_alarm",
+        safety: true,
+        // Not the generic "Alarm": phone rings score near 1 on it.
+        labels: &["Smoke detector, smoke alarm", "Fire alarm", "Beep, bleep"],
+        tuning: Tuning {
+            on: 0.02,
+            off: 0.01,
+            ..MEAN_POOLED
+        },
+        yamnet: (0.05, 0.025, Pooling::Mean),
+    },
+    BuiltinGroup {
+        name: "fire",
+        safety: true,
+        labels: &["Fire", "Crackle"],
+        // No fire recordings to tune on: conservative.
+        tuning: Tuning {
+            on: 0.2,
+            off: 0.1,
+            ..MEAN_POOLED
+        },
+        yamnet: (0.3, 0.15, Pooling::Mean),
+    },
+    BuiltinGroup {
+        name: "gunshot",
+        safety: true,
+        labels: &[
+            "Gunshot, gunfire",
+            "Machine gun",
+            "Fusillade",
+            "Artillery fire",
+            "Cap gun",
+            "Explosion",
+        ],
+        tuning: Tuning {
+            on: 0.025,
+            off: 0.012,
+            ..MAX_POOLED
+        },
+        yamnet: (0.35, 0.17, Pooling::Max),
+    },
+    BuiltinGroup {
+        name: "siren",
+        safety: true,
+        labels: &[
+            "Siren",
+            "Civil defense siren",
+            "Police car (siren)",
+            "Ambulance (siren)",
+            "Fire engine, fire truck (siren)",
+            "Emergency vehicle",
+        ],
+        tuning: Tuning {
+            on: 0.02,
+            off: 0.01,
+            ..MEAN_POOLED
+        },
+        yamnet: (0.06, 0.03, Pooling::Mean),
+    },
+    // Ordinary groups: not tuned on data yet.
+    BuiltinGroup {
+        name: "dog_bark",
+        safety: false,
+        labels: &["Bark", "Dog", "Bow-wow", "Yip"],
+        tuning: MAX_POOLED,
+        yamnet: (0.3, 0.15, Pooling::Max),
+    },
+    BuiltinGroup {
+        name: "baby_cry",
+        safety: false,
+        labels: &["Baby cry, infant cry"],
+        tuning: MEAN_POOLED,
+        yamnet: (0.3, 0.15, Pooling::Mean),
+    },
+    BuiltinGroup {
+        name: "water_running",
+        safety: false,
+        labels: &["Water tap, faucet", "Sink (filling or washing)"],
+        tuning: MEAN_POOLED,
+        yamnet: (0.3, 0.15, Pooling::Mean),
+    },
+    BuiltinGroup {
+        name: "door_knock",
+        safety: false,
+        labels: &["Knock"],
+        tuning: MAX_POOLED,
+        yamnet: (0.3, 0.15, Pooling::Max),
+    },
+];
+
+impl BuiltinGroup {
+    /// The group's configuration before the file is applied (default model).
+    pub fn config(&self) -> GroupConfig {
+        GroupConfig::new(
+            true,
+            self.safety,
+            self.labels.iter().map(|s| s.to_string()).collect(),
+            self.tuning,
+        )
+    }
+
+    /// `(on, off, pooling)` of this group with the model `model` (a name or a
+    /// directory; YAMNet is recognised by its name).
+    pub fn thresholds_for(&self, model: &str) -> (f32, f32, Pooling) {
+        if is_yamnet(model) {
+            self.yamnet
+        } else {
+            (self.tuning.on, self.tuning.off, self.tuning.pooling)
+        }
+    }
+}
+
+fn is_yamnet(model: &str) -> bool {
+    std::path::Path::new(model.trim_end_matches('/'))
+        .file_name()
+        .is_some_and(|n| n == "yamnet")
+}
+
+// ---------------------------------------------------------------------------------
+// The configuration.
+// ---------------------------------------------------------------------------------
+
+/// The whole configuration, validated and with the built-in groups merged in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// `[node]`: who this node is.
+    pub node: NodeConfig,
+    /// `[audio]`: where sound comes from.
+    pub audio: AudioConfig,
+    /// `[model]`: which model runs and how it is windowed.
+    pub model: ModelConfig,
+    /// `[detection]`: groups and event logic.
+    pub detection: DetectionConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of node settings")]
+pub struct NodeConfig {
+    /// Node id (`[A-Za-z0-9_-]{1,64}`); when empty in the file, the machine's hostname
+    /// lowercased with other characters replaced by `-` (see [`default_node_id`]).
+    /// After loading it is never empty.
+    pub id: String,
+    /// Free-text room name, copied into events.
+    pub room: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: default_node_id(),
+            room: String::new(),
+        }
+    }
+}
+
+/// `[audio]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of audio settings")]
+pub struct AudioConfig {
+    /// `default`, `device:NAME`, `file:PATH` or `stdin:RATE:CHANNELS` (raw
+    /// interleaved samples on standard input).
+    pub source: String,
+    /// Capacity of the capture ring in seconds (0.5..=60).
+    pub ring_seconds: f64,
+    /// Loudness gate: windows whose loudest 10 ms frame is below this many dBFS are not
+    /// run through the model (-120..=0).
+    pub gate_dbfs: f32,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            source: DEFAULT_SOURCE.to_string(),
+            ring_seconds: DEFAULT_RING_SECONDS,
+            gate_dbfs: DEFAULT_GATE_DBFS,
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of model settings")]
+pub struct ModelConfig {
+    /// Model name (`efficientat-mn04`, `yamnet`) or a directory holding `model.toml`.
+    pub name: String,
+    /// Analysis window in seconds (0.96..=60).
+    pub window_s: f64,
+    /// Hop between windows in seconds (0.1..=window_s).
+    pub hop_s: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            name: DEFAULT_MODEL.to_string(),
+            window_s: DEFAULT_WINDOW_S,
+            hop_s: DEFAULT_HOP_S,
+        }
+    }
+}
+
+/// `[detection]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectionConfig {
+    /// How often `--print-events` writes a status line, in seconds (1..=3600).
+    pub status_interval_s: f64,
+    /// All groups by key: the built-ins merged with the file's tables, including
+    /// disabled ones (see [`Config::enabled_groups`]).
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// Groups whose `on`, `off` or `pooling` the file sets: their thresholds stay
+    /// as written when the model changes.
+    #[serde(skip)]
+    pub file_tuned: std::collections::BTreeSet<String>,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            status_interval_s: DEFAULT_STATUS_INTERVAL_S,
+            groups: BUILTIN_GROUPS
+                .iter()
+                .map(|b| (b.name.to_string(), b.config()))
+                .collect(),
+            file_tuned: Default::default(),
+        }
+    }
+}
+
+/// `[detection.groups.NAME]`: one user-facing event and the AudioSet classes behind it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupConfig {
+    /// Whether the group is detected at all.
+    pub enabled: bool,
+    /// A home-safety group (glass, gunshot…) rather than an ordinary one (dog bark…).
+    pub safety: bool,
+    /// AudioSet display names or ids (`/m/...`); never empty.
+    pub labels: Vec<String>,
+    /// Raise threshold, in (0, 1].
+    pub on: f32,
+    /// Clear threshold, in [0, on].
+    pub off: f32,
+    /// N: raise when the score is >= `on` in N of the last M hops (1..=M).
+    pub onset_hops: usize,
+    /// M (1..=60).
+    pub onset_of: usize,
+    /// How per-patch scores are pooled over the window (models that score patches).
+    pub pooling: Pooling,
+    /// After an event ends, no new event of this group for this long (0..=86400 s).
+    pub cooldown_s: f64,
+    /// An event is closed after this long even if the score stays high (1..=86400 s).
+    pub max_event_s: f64,
+    /// An event must last this long before it is reported (0..=600 s).
+    pub min_duration_s: f64,
+}
+
+impl GroupConfig {
+    /// A group from its flags, labels and tuning.
+    pub fn new(enabled: bool, safety: bool, labels: Vec<String>, t: Tuning) -> GroupConfig {
+        GroupConfig {
+            enabled,
+            safety,
+            labels,
+            on: t.on,
+            off: t.off,
+            onset_hops: t.onset_hops,
+            onset_of: t.onset_of,
+            pooling: t.pooling,
+            cooldown_s: t.cooldown_s,
+            max_event_s: t.max_event_s,
+            min_duration_s: t.min_duration_s,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The configuration of an empty file: defaults and the built-in groups, with the
+    /// node id taken from the hostname.
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            audio: AudioConfig::default(),
+            model: ModelConfig::default(),
+            detection: DetectionConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration; `origin` (usually the file name) prefixes
+    /// error messages. Returns the first error (by line) when there are several; see
+    /// [`Config::from_str_all`].
+    pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::from_str_all(text, origin).map_err(|mut v| v.remove(0))
+    }
+
+    /// Like [`Config::from_str`] but returns every error found, ordered by line (never
+    /// an empty list). Syntax and type errors stop parsing, so those come alone.
+    pub fn from_str_all(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+        parse(text, origin)
+    }
+
+    /// Reads and validates the file at `path`; a missing or unreadable file is an
+    /// error naming the path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_all(path).map_err(|mut v| v.remove(0))
+    }
+
+    /// Like [`Config::load`] but returns every error found (see
+    /// [`Config::from_str_all`]).
+    pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                origin: origin.clone(),
+                line: None,
+                key: None,
+                message: format!("cannot read config file: {e}"),
+            }]
+        })?;
+        parse(&text, &origin)
+    }
+
+    /// Switches to model `name` (a `--model` override): built-in groups whose
+    /// thresholds the file does not set take that model's defaults.
+    pub fn set_model(&mut self, name: &str) {
+        self.model.name = name.to_string();
+        for b in BUILTIN_GROUPS {
+            if self.detection.file_tuned.contains(b.name) {
+                continue;
+            }
+            if let Some(g) = self.detection.groups.get_mut(b.name) {
+                (g.on, g.off, g.pooling) = b.thresholds_for(name);
+            }
+        }
+    }
+
+    /// The enabled groups, by key.
+    pub fn enabled_groups(&self) -> impl Iterator<Item = (&String, &GroupConfig)> {
+        self.detection.groups.iter().filter(|(_, g)| g.enabled)
+    }
+
+    /// Checks that every label of every enabled group exists in `labels` (the model's
+    /// classes). The error names the group's `labels` key and the label, and suggests
+    /// close matches; its `origin` is empty and `line` is `None` (the configuration
+    /// does not keep its source): fill them in with [`ConfigError::in_file`].
+    pub fn check_labels(&self, labels: &Labels) -> Result<(), ConfigError> {
+        for (name, g) in self.enabled_groups() {
+            for l in &g.labels {
+                if labels.find(l).is_some() {
+                    continue;
+                }
+                let close = suggest(labels, l);
+                let mut message = format!(
+                    "{l:?} is not a label of the model ({} labels)",
+                    labels.len()
+                );
+                if !close.is_empty() {
+                    let quoted: Vec<String> = close.iter().map(|c| format!("{c:?}")).collect();
+                    message.push_str(&format!("; did you mean {}?", quoted.join(", ")));
+                }
+                return Err(ConfigError {
+                    origin: String::new(),
+                    line: None,
+                    key: Some(render_key(&["detection", "groups", name, "labels"])),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Labels whose display name contains `wanted` or is contained in it (ignoring case),
+/// or failing that shares a word of 3+ letters with it; at most 5, in label order.
+fn suggest(labels: &Labels, wanted: &str) -> Vec<String> {
+    const MAX: usize = 5;
+    let w = wanted.trim().to_lowercase();
+    if w.is_empty() {
+        return Vec::new();
+    }
+    let names = || {
+        labels
+            .iter()
+            .map(|l| (l.name.clone(), l.name.to_lowercase()))
+    };
+    let mut out: Vec<String> = names()
+        .filter(|(_, n)| !n.is_empty() && (n.contains(&w) || w.contains(n.as_str())))
+        .map(|(name, _)| name)
+        .take(MAX)
+        .collect();
+    if out.is_empty() {
+        let words: Vec<&str> = w
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|s| s.chars().count() >= 3)
+            .collect();
+        out = names()
+            .filter(|(_, n)| words.iter().any(|word| n.contains(word)))
+            .map(|(name, _)| name)
+            .take(MAX)
+            .collect();
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Errors.
+// ---------------------------------------------------------------------------------
+
+/// A configuration problem, located by file, line and dotted key where known.
+///
+/// Displays as `hearken.toml:12: detection.groups.glass.on: must be in (0, 1], got 1.5`,
+/// leaving out the parts that are unknown.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    /// Where the text came from (the file name); may be empty.
+    pub origin: String,
+    /// 1-based line in the file.
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `detection.groups.glass.on`.
+    pub key: Option<String>,
+    /// What is wrong; one line.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        let mut s = self.origin.clone();
+        if let Some(line) = self.line {
+            if s.is_empty() {
+                s = format!("line {line}");
+            } else {
+                s.push_str(&format!(":{line}"));
+            }
+        }
+        for part in [self.key.as_deref(), Some(self.message.as_str())]
+            .into_iter()
+            .flatten()
+        {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
+            s.push_str(part);
+        }
+        s
+    }
+
+    /// Attributes an error found after loading (e.g. by [`Config::check_labels`]) to the
+    /// file it was loaded from: sets `origin` if empty and, if `line` is unknown, looks
+    /// the key up in `text` (the file's contents).
+    pub fn in_file(mut self, origin: &str, text: &str) -> ConfigError {
+        if self.origin.is_empty() {
+            self.origin = origin.to_string();
+        }
+        if self.line.is_none() {
+            if let (Some(key), Ok(doc)) = (&self.key, DeTable::parse(text)) {
+                let segs = split_key(key);
+                let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+                self.line = locate(doc.get_ref(), &segs).map(|(offset, _)| line_of(text, offset));
+            }
+        }
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The file schema (what serde reads before merging and validation).
+// ---------------------------------------------------------------------------------
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+struct FileConfig {
+    node: NodeConfig,
+    audio: AudioConfig,
+    model: ModelConfig,
+    detection: FileDetection,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table of detection settings"
+)]
+struct FileDetection {
+    status_interval_s: f64,
+    groups: BTreeMap<String, FileGroup>,
+}
+
+impl Default for FileDetection {
+    fn default() -> Self {
+        FileDetection {
+            status_interval_s: DEFAULT_STATUS_INTERVAL_S,
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+/// A `[detection.groups.NAME]` table: only the fields it sets.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of group settings")]
+struct FileGroup {
+    enabled: Option<bool>,
+    safety: Option<bool>,
+    labels: Option<Vec<String>>,
+    on: Option<f32>,
+    off: Option<f32>,
+    onset_hops: Option<usize>,
+    onset_of: Option<usize>,
+    pooling: Option<Pooling>,
+    cooldown_s: Option<f64>,
+    max_event_s: Option<f64>,
+    min_duration_s: Option<f64>,
+}
+
+impl FileGroup {
+    fn apply(self, g: &mut GroupConfig) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { g.$f = v; } )* };
+        }
+        set!(
+            enabled,
+            safety,
+            labels,
+            on,
+            off,
+            onset_hops,
+            onset_of,
+            pooling,
+            cooldown_s,
+            max_event_s,
+            min_duration_s
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Parsing and validation.
+// ---------------------------------------------------------------------------------
+
+fn parse(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+    let at = |offset: Option<usize>, key: Option<String>, message: String| ConfigError {
+        origin: origin.to_string(),
+        line: offset.map(|o| line_of(text, o)),
+        key,
+        message: one_line(&message),
+    };
+
+    // 1. Syntax.
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if let Some(e) = errors.first() {
+        let offset = e.span().map(|s| s.start);
+        let mut key = offset.and_then(|o| key_at(doc.get_ref(), o));
+        if key.is_none() && e.message() == "duplicate key" {
+            // The span covers the repeated key, which the partial tree does not hold.
+            key = e
+                .span()
+                .and_then(|s| text.get(s))
+                .map(|k| k.trim().to_string());
+        }
+        return Err(vec![at(
+            offset,
+            key,
+            format!("invalid TOML: {}", e.message()),
+        )]);
+    }
+    let doc = doc.get_ref();
+
+    // 2. Schema: unknown keys and types.
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start);
+        let key = offset.and_then(|o| key_at(doc, o));
+        let message = e
+            .message()
+            .replace("unknown field", "unknown key")
+            .replace("expected f32", "expected a number")
+            .replace("expected f64", "expected a number")
+            .replace("expected usize", "expected a whole number >= 0");
+        vec![at(offset, key, message)]
+    })?;
+
+    // 3. Merge and validate.
+    let mut ck = Checker {
+        doc,
+        issues: Vec::new(),
+    };
+    let cfg = ck.build(file);
+    if ck.issues.is_empty() {
+        return Ok(cfg);
+    }
+    let mut errs: Vec<ConfigError> = ck
+        .issues
+        .into_iter()
+        .map(|(segs, message)| {
+            let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+            let offset = locate(doc, &s).map(|(o, _)| o);
+            at(offset, Some(render_key(&s)), message)
+        })
+        .collect();
+    errs.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(errs)
+}
+
+/// Collects validation problems as (key segments, message).
+struct Checker<'a, 'i> {
+    doc: &'a DeTable<'i>,
+    issues: Vec<(Vec<String>, String)>,
+}
+
+impl Checker<'_, '_> {
+    fn fail(&mut self, key: &[&str], message: String) {
+        self.issues
+            .push((key.iter().map(|s| s.to_string()).collect(), message));
+    }
+
+    /// Whether `key` is written in the file.
+    fn present(&self, key: &[&str]) -> bool {
+        matches!(locate(self.doc, key), Some((_, true)))
+    }
+
+    /// Which of two keys in a conflict to report: `first` if the file sets it or does
+    /// not set `second`, else `second`.
+    fn blame<'k>(&self, first: &'k [&'k str], second: &'k [&'k str]) -> &'k [&'k str] {
+        if self.present(first) || !self.present(second) {
+            first
+        } else {
+            second
+        }
+    }
+
+    /// Checks `lo <= v <= hi` (`lo < v` when `open_lo`); NaN fails.
+    fn range<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        key: &[&str],
+        v: T,
+        lo: T,
+        open_lo: bool,
+        hi: T,
+    ) -> bool {
+        let lo_ok = if open_lo { v > lo } else { v >= lo };
+        if lo_ok && v <= hi {
+            return true;
+        }
+        let b = if open_lo { '(' } else { '[' };
+        self.fail(key, format!("must be in {b}{lo}, {hi}], got {v}"));
+        false
+    }
+
+    fn build(&mut self, file: FileConfig) -> Config {
+        let FileConfig {
+            mut node,
+            audio,
+            model,
+            detection,
+        } = file;
+
+        // [node]
+        if node.id.is_empty() {
+            node.id = default_node_id();
+        } else if !valid_node_id(&node.id) {
+            self.fail(
+                &["node", "id"],
+                format!(
+                    "must be 1 to 64 characters from A-Z a-z 0-9 _ -, got {:?}",
+                    node.id
+                ),
+            );
+        }
+
+        // [audio]
+        if let Err(m) = check_source(&audio.source) {
+            self.fail(&["audio", "source"], m);
+        }
+        self.range(
+            &["audio", "ring_seconds"],
+            audio.ring_seconds,
+            0.5,
+            false,
+            60.0,
+        );
+        self.range(&["audio", "gate_dbfs"], audio.gate_dbfs, -120.0, false, 0.0);
+
+        // [model]
+        if model.name.trim().is_empty() {
+            self.fail(&["model", "name"], "must not be empty".to_string());
+        }
+        let window_ok = self.range(&["model", "window_s"], model.window_s, 0.96, false, 60.0);
+        if self.range(&["model", "hop_s"], model.hop_s, 0.1, false, 60.0)
+            && window_ok
+            && model.hop_s > model.window_s
+        {
+            let key = self.blame(&["model", "hop_s"], &["model", "window_s"]);
+            self.fail(
+                key,
+                format!(
+                    "hop_s ({}) must not exceed window_s ({})",
+                    model.hop_s, model.window_s
+                ),
+            );
+        }
+
+        // [detection]
+        self.range(
+            &["detection", "status_interval_s"],
+            detection.status_interval_s,
+            1.0,
+            false,
+            3600.0,
+        );
+        let mut groups = DetectionConfig::default().groups;
+        let mut file_tuned = std::collections::BTreeSet::new();
+        for b in BUILTIN_GROUPS {
+            if let Some(g) = groups.get_mut(b.name) {
+                (g.on, g.off, g.pooling) = b.thresholds_for(&model.name);
+            }
+        }
+        for (name, fg) in detection.groups {
+            if fg.on.is_some() || fg.off.is_some() || fg.pooling.is_some() {
+                file_tuned.insert(name.clone());
+            }
+            let key = ["detection", "groups", name.as_str()];
+            if !valid_group_name(&name) {
+                self.fail(
+                    &key,
+                    format!("group name must match [a-z0-9_]{{1,32}}, got {name:?}"),
+                );
+                continue;
+            }
+            match groups.get_mut(&name) {
+                Some(g) => fg.apply(g),
+                None => {
+                    if fg.labels.is_none() {
+                        self.fail(
+                            &key,
+                            format!(
+                                "{name:?} is not a built-in group, so it must set labels \
+                                 (built-in groups: {})",
+                                BUILTIN_GROUPS
+                                    .iter()
+                                    .map(|b| b.name)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        continue;
+                    }
+                    let mut g = GroupConfig::new(
+                        NEW_GROUP_ENABLED,
+                        NEW_GROUP_SAFETY,
+                        Vec::new(),
+                        MAX_POOLED,
+                    );
+                    fg.apply(&mut g);
+                    groups.insert(name, g);
+                }
+            }
+        }
+        for (name, g) in &groups {
+            self.group(name, g);
+        }
+
+        Config {
+            node,
+            audio,
+            model,
+            detection: DetectionConfig {
+                status_interval_s: detection.status_interval_s,
+                groups,
+                file_tuned,
+            },
+        }
+    }
+
+    fn group(&mut self, name: &str, g: &GroupConfig) {
+        let k = |f: &'static str| ["detection", "groups", name, f];
+        if g.labels.is_empty() {
+            self.fail(&k("labels"), "must list at least one label".to_string());
+        }
+        if let Some(i) = g.labels.iter().position(|l| l.trim().is_empty()) {
+            self.fail(&k("labels"), format!("label {} is empty", i + 1));
+        }
+        let on_ok = self.range(&k("on"), g.on, 0.0, true, 1.0);
+        if self.range(&k("off"), g.off, 0.0, false, 1.0) && on_ok && g.off > g.on {
+            let (ka, kb) = (k("off"), k("on"));
+            let key = self.blame(&ka, &kb);
+            self.fail(
+                key,
+                format!("off ({}) must not exceed on ({})", g.off, g.on),
+            );
+        }
+        let of_ok = self.range(&k("onset_of"), g.onset_of, 1, false, 60);
+        if self.range(&k("onset_hops"), g.onset_hops, 1, false, 60)
+            && of_ok
+            && g.onset_hops > g.onset_of
+        {
+            let (ka, kb) = (k("onset_hops"), k("onset_of"));
+            let key = self.blame(&ka, &kb);
+            self.fail(
+                key,
+                format!(
+                    "onset_hops ({}) must not exceed onset_of ({})",
+                    g.onset_hops, g.onset_of
+                ),
+            );
+        }
+        self.range(&k("cooldown_s"), g.cooldown_s, 0.0, false, 86400.0);
+        let max_ok = self.range(&k("max_event_s"), g.max_event_s, 1.0, false, 86400.0);
+        if self.range(&k("min_duration_s"), g.min_duration_s, 0.0, false, 600.0)
+            && max_ok
+            && g.min_duration_s > g.max_event_s
+        {
+            let (ka, kb) = (k("min_duration_s"), k("max_event_s"));
+            let key = self.blame(&ka, &kb);
+            self.fail(
+                key,
+                format!(
+                    "min_duration_s ({}) must not exceed max_event_s ({})",
+                    g.min_duration_s, g.max_event_s
+                ),
+            );
+        }
+    }
+}
+
+/// Validates the syntax of `audio.source`.
+fn check_source(s: &str) -> Result<(), String> {
+    const FORMS: &str = "\"default\", \"device:NAME\", \"file:PATH\" or \"stdin:RATE:CHANNELS\"";
+    if s == "default" {
+        return Ok(());
+    }
+    if let Some(name) = s.strip_prefix("device:") {
+        if name.trim().is_empty() {
+            return Err(format!("device:NAME needs a device name, got {s:?}"));
+        }
+        return Ok(());
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err(format!("file:PATH needs a path, got {s:?}"));
+        }
+        return Ok(());
+    }
+    if let Some(rest) = s.strip_prefix("stdin:") {
+        let mut it = rest.split(':');
+        let (Some(rate), Some(ch), None) = (it.next(), it.next(), it.next()) else {
+            return Err(format!("must be stdin:RATE:CHANNELS, got {s:?}"));
+        };
+        match rate.parse::<u32>() {
+            Ok(r) if (4000..=384000).contains(&r) => {}
+            _ => {
+                return Err(format!(
+                    "stdin sample rate must be an integer in [4000, 384000], got {rate:?}"
+                ))
+            }
+        }
+        match ch.parse::<u32>() {
+            Ok(c) if (1..=32).contains(&c) => {}
+            _ => {
+                return Err(format!(
+                    "stdin channel count must be an integer in [1, 32], got {ch:?}"
+                ))
+            }
+        }
+        return Ok(());
+    }
+    Err(format!("must be {FORMS}, got {s:?}"))
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn valid_group_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The node id used when none is configured: the hostname (from `gethostname`, else
+/// `/etc/hostname`) up to its first dot, lowercased, with characters outside
+/// `[a-z0-9_-]` replaced by `-`, at most 64 characters; [`FALLBACK_NODE_ID`] if that
+/// leaves nothing.
+pub fn default_node_id() -> String {
+    let raw = os_hostname()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    sanitize_node_id(&raw)
+}
+
+fn sanitize_node_id(raw: &str) -> String {
+    let host = raw.trim().split('.').next().unwrap_or("");
+    let id: String = host
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if id.chars().all(|c| c == '-') {
+        FALLBACK_NODE_ID.to_string()
+    } else {
+        id
+    }
+}
+
+fn os_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, which is the length
+    // passed; gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let s = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+// ---------------------------------------------------------------------------------
+// Keys, spans and lines.
+// ---------------------------------------------------------------------------------
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Messages are one line (TOML parser messages can have several).
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Dotted key, quoting segments that are not bare TOML keys.
+fn render_key<S: AsRef<str>>(segs: &[S]) -> String {
+    segs.iter()
+        .map(|s| {
+            let s = s.as_ref();
+            let bare = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if bare {
+                s.to_string()
+            } else {
+                format!("{s:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Inverse of [`render_key`].
+fn split_key(key: &str) -> Vec<String> {
+    let mut segs = Vec::new();
+    let mut cur = String::new();
+    let mut chars = key.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            '.' if !quoted => segs.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    segs.push(cur);
+    segs
+}
+
+fn entries<'a, 'i>(
+    t: &'a DeTable<'i>,
+) -> impl Iterator<Item = (&'a str, &'a toml::Spanned<DeValue<'i>>, usize)> {
+    t.iter()
+        .map(|(k, v)| (k.get_ref().as_ref(), v, k.span().start))
+}
+
+/// Byte offset of the deepest part of `key` written in the document (the key itself,
+/// or its nearest enclosing table), and whether the whole key was found.
+fn locate(doc: &DeTable<'_>, key: &[&str]) -> Option<(usize, bool)> {
+    let mut table = doc;
+    let mut found = None;
+    for (i, seg) in key.iter().enumerate() {
+        let Some((_, v, offset)) = entries(table).find(|(k, _, _)| k == seg) else {
+            return found.map(|o| (o, false));
+        };
+        found = Some(offset);
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => return Some((offset, i + 1 == key.len())),
+        }
+    }
+    found.map(|o| (o, true))
+}
+
+/// Dotted key of the deepest entry whose key or value covers byte `offset`.
+fn key_at(doc: &DeTable<'_>, offset: usize) -> Option<String> {
+    fn walk(t: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
+        let covers =
+            |r: std::ops::Range<usize>| r.start <= offset && offset < r.end.max(r.start + 1);
+        for (k, v) in t.iter() {
+            path.push(k.get_ref().to_string());
+            if (covers(k.span()) || covers(v.span())) && path.len() > best.len() {
+                *best = path.clone();
+            }
+            if let DeValue::Table(inner) = v.get_ref() {
+                walk(inner, offset, path, best);
+            }
+            path.pop();
+        }
+    }
+    let mut best = Vec::new();
+    walk(doc, offset, &mut Vec::new(), &mut best);
+    (!best.is_empty()).then(|| render_key(&best))
+}
+
+// ---------------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config/hearken.example.toml");
+
+    fn err(text: &str) -> ConfigError {
+        match Config::from_str(text, "t.toml") {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the error names `key` at `line`.
+    fn assert_err(text: &str, key: &str, line: usize) -> ConfigError {
+        let e = err(text);
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert_eq!(e.line, Some(line), "{e}");
+        assert_eq!(e.origin, "t.toml");
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("t.toml:{line}: {key}: ")),
+            "{shown}"
+        );
+        e
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = Config::from_str("", "t.toml").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.audio.source, "default");
+        assert_eq!(c.model.name, DEFAULT_MODEL);
+        assert!(valid_node_id(&c.node.id), "{:?}", c.node.id);
+        assert_eq!(c.detection.groups.len(), BUILTIN_GROUPS.len());
+        assert_eq!(c.enabled_groups().count(), BUILTIN_GROUPS.len());
+        let glass = &c.detection.groups["glass"];
+        assert!(glass.safety);
+        assert_eq!(glass.pooling, Pooling::Max);
+        assert_eq!((glass.on, glass.off), (0.03, 0.015));
+        assert_eq!(c.detection.groups["smoke_alarm"].pooling, Pooling::Mean);
+        assert!(!c.detection.groups["dog_bark"].safety);
+    }
+
+    #[test]
+    fn builtin_thresholds_follow_the_model_unless_the_file_pins_them() {
+        let c = Config::from_str("[model]\nname = \"yamnet\"\n", "t.toml").unwrap();
+        assert_eq!(c.detection.groups["glass"].on, 0.30);
+        assert_eq!(c.detection.groups["siren"].pooling, Pooling::Mean);
+        let mut c = Config::from_str("[detection.groups.gunshot]\non = 0.5\n", "t.toml").unwrap();
+        c.set_model("yamnet");
+        assert_eq!(c.detection.groups["gunshot"].on, 0.5, "pinned by the file");
+        assert_eq!(c.detection.groups["glass"].on, 0.30);
+        c.set_model("/opt/models/yamnet/");
+        assert_eq!(c.detection.groups["glass"].on, 0.30);
+        c.set_model("efficientat-mn04");
+        assert_eq!(c.detection.groups["glass"].on, 0.03);
+    }
+
+    #[test]
+    fn builtins_are_valid() {
+        let mut ck = Checker {
+            doc: &DeTable::new(),
+            issues: Vec::new(),
+        };
+        for b in BUILTIN_GROUPS {
+            assert!(valid_group_name(b.name), "{}", b.name);
+            ck.group(b.name, &b.config());
+        }
+        assert!(ck.issues.is_empty(), "{:?}", ck.issues);
+    }
+
+    #[test]
+    fn example_file_is_defaults() {
+        let c = Config::from_str(EXAMPLE, "hearken.example.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn example_file_writes_out_every_builtin_group_and_key() {
+        let doc = DeTable::parse(EXAMPLE).unwrap();
+        let doc = doc.get_ref();
+        let fields = [
+            "enabled",
+            "safety",
+            "labels",
+            "onset_hops",
+            "onset_of",
+            "cooldown_s",
+            "max_event_s",
+            "min_duration_s",
+        ];
+        for b in BUILTIN_GROUPS {
+            for f in fields {
+                assert!(
+                    matches!(
+                        locate(doc, &["detection", "groups", b.name, f]),
+                        Some((_, true))
+                    ),
+                    "example lacks detection.groups.{}.{f}",
+                    b.name
+                );
+            }
+        }
+        // Thresholds are shown commented out, so they follow the model.
+        for f in ["on", "off", "pooling"] {
+            let shown = EXAMPLE.matches(&format!("\n# {f} = ")).count();
+            assert!(
+                shown >= BUILTIN_GROUPS.len(),
+                "commented {f} lines: {shown}"
+            );
+        }
+        // Top-level keys: set or commented out.
+        for k in [
+            "id",
+            "room",
+            "source",
+            "ring_seconds",
+            "gate_dbfs",
+            "name",
+            "window_s",
+            "hop_s",
+            "status_interval_s",
+        ] {
+            assert!(
+                EXAMPLE.lines().any(|l| l
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{k} ="))),
+                "example lacks {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let e = assert_err(
+            "[audio]\nsource = \"default\"\n\n[mqtt]\nhost = \"x\"\n",
+            "mqtt",
+            4,
+        );
+        assert!(e.message.contains("unknown key"), "{e}");
+    }
+
+    #[test]
+    fn unknown_group_key() {
+        let e = assert_err(
+            "[detection.groups.glass]\non = 0.5\nthreshold = 0.4\n",
+            "detection.groups.glass.threshold",
+            3,
+        );
+        assert!(e.message.contains("unknown key `threshold`"), "{e}");
+        // Dotted keys and inline tables are located too.
+        assert_err(
+            "\ndetection.groups.glass.bad = 1\n",
+            "detection.groups.glass.bad",
+            2,
+        );
+        assert_err(
+            "[detection]\ngroups = { glass = { on = 0.5, zz = 1 } }\n",
+            "detection.groups.glass.zz",
+            2,
+        );
+    }
+
+    #[test]
+    fn bad_type() {
+        assert_err(
+            "[detection.groups.glass]\n\non = \"high\"\n",
+            "detection.groups.glass.on",
+            3,
+        );
+        assert_err("[audio]\nring_seconds = \"4\"\n", "audio.ring_seconds", 2);
+        assert_err(
+            "[detection.groups.glass]\nlabels = [\n  \"Glass\",\n  3,\n]\n",
+            "detection.groups.glass.labels",
+            4,
+        );
+        assert_err(
+            "[detection.groups.glass]\nonset_hops = 1.5\n",
+            "detection.groups.glass.onset_hops",
+            2,
+        );
+        assert_err(
+            "[detection.groups.glass]\npooling = \"median\"\n",
+            "detection.groups.glass.pooling",
+            2,
+        );
+        assert_err("detection = 5\n", "detection", 1);
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("[audio]\nsource = \"default\"\nring_seconds = \n");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.starts_with("invalid TOML"), "{e}");
+        let e = err("[audio]\nsource = \"a\"\nsource = \"b\"\n");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn on_above_one() {
+        let e = assert_err(
+            "# glass\n[detection.groups.glass]\non = 1.5\n",
+            "detection.groups.glass.on",
+            3,
+        );
+        assert_eq!(e.message, "must be in (0, 1], got 1.5");
+        assert_eq!(
+            e.to_string(),
+            "t.toml:3: detection.groups.glass.on: must be in (0, 1], got 1.5"
+        );
+        assert_err(
+            "[detection.groups.fire]\non = 0\n",
+            "detection.groups.fire.on",
+            2,
+        );
+        assert_err(
+            "[detection.groups.fire]\non = nan\n",
+            "detection.groups.fire.on",
+            2,
+        );
+    }
+
+    #[test]
+    fn off_above_on() {
+        let e = assert_err(
+            "[detection.groups.glass]\non = 0.2\noff = 0.25\n",
+            "detection.groups.glass.off",
+            3,
+        );
+        assert!(e.message.contains("must not exceed on"), "{e}");
+        // Only `on` written: it is the one blamed.
+        assert_err(
+            "[detection.groups.glass]\n\non = 0.01\n",
+            "detection.groups.glass.on",
+            3,
+        );
+    }
+
+    #[test]
+    fn onset_hops_above_onset_of() {
+        let e = assert_err(
+            "[detection.groups.scream]\nonset_of = 3\nonset_hops = 4\n",
+            "detection.groups.scream.onset_hops",
+            3,
+        );
+        assert!(e.message.contains("must not exceed onset_of (3)"), "{e}");
+        assert_err(
+            "[detection.groups.scream]\nonset_of = 61\n",
+            "detection.groups.scream.onset_of",
+            2,
+        );
+    }
+
+    #[test]
+    fn bad_node_id() {
+        let e = assert_err(
+            "[node]\nroom = \"hall\"\nid = \"kitchen pi\"\n",
+            "node.id",
+            3,
+        );
+        assert!(e.message.contains("\"kitchen pi\""), "{e}");
+        assert_err(
+            &format!("[node]\nid = \"{}\"\n", "a".repeat(65)),
+            "node.id",
+            2,
+        );
+        let c = Config::from_str("[node]\nid = \"Kitchen-Pi_2\"\n", "t").unwrap();
+        assert_eq!(c.node.id, "Kitchen-Pi_2");
+    }
+
+    #[test]
+    fn bad_source_syntax() {
+        for bad in [
+            "pulse",
+            "device:",
+            "file:",
+            "stdin",
+            "stdin:48000",
+            "stdin:1000:1",
+            "stdin:48000:0",
+            "stdin:48000:33",
+            "stdin:48000:2:x",
+            "stdin:abc:2",
+        ] {
+            assert_err(
+                &format!("[audio]\n\nsource = \"{bad}\"\n"),
+                "audio.source",
+                3,
+            );
+        }
+        for good in [
+            "default",
+            "device:hw:1,0",
+            "file:/tmp/a.wav",
+            "stdin:16000:1",
+            "stdin:384000:32",
+        ] {
+            let c = Config::from_str(&format!("[audio]\nsource = \"{good}\"\n"), "t").unwrap();
+            assert_eq!(c.audio.source, good);
+        }
+    }
+
+    #[test]
+    fn other_ranges() {
+        assert_err("[audio]\nring_seconds = 0.1\n", "audio.ring_seconds", 2);
+        assert_err("[audio]\ngate_dbfs = 3\n", "audio.gate_dbfs", 2);
+        assert_err("[model]\nwindow_s = 0.5\n", "model.window_s", 2);
+        assert_err("[model]\nwindow_s = 2\nhop_s = 3\n", "model.hop_s", 3);
+        assert_err("[model]\nname = \"\"\n", "model.name", 2);
+        assert_err(
+            "[detection]\nstatus_interval_s = 0\n",
+            "detection.status_interval_s",
+            2,
+        );
+        assert_err(
+            "[detection.groups.glass]\nmax_event_s = 10\nmin_duration_s = 20\n",
+            "detection.groups.glass.min_duration_s",
+            3,
+        );
+        assert_err(
+            "[detection.groups.glass]\ncooldown_s = -1\n",
+            "detection.groups.glass.cooldown_s",
+            2,
+        );
+        assert_err(
+            "[detection.groups.glass]\nlabels = []\n",
+            "detection.groups.glass.labels",
+            2,
+        );
+        assert_err(
+            "[detection.groups.Glass]\nlabels = [\"Glass\"]\n",
+            "detection.groups.Glass",
+            1,
+        );
+    }
+
+    #[test]
+    fn several_errors_are_all_reported_in_line_order() {
+        let errs = Config::from_str_all(
+            "[model]\nhop_s = 0\n[detection.groups.glass]\non = 2\n[audio]\ngate_dbfs = 1\n",
+            "t",
+        )
+        .unwrap_err();
+        let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(4), Some(6)], "{errs:?}");
+    }
+
+    #[test]
+    fn override_keeps_other_fields() {
+        let c = Config::from_str("[detection.groups.siren]\non = 0.6\n", "t").unwrap();
+        let mut want = Config::default().detection.groups["siren"].clone();
+        want.on = 0.6;
+        assert_eq!(c.detection.groups["siren"], want);
+        assert_eq!(c.detection.groups.len(), BUILTIN_GROUPS.len());
+
+        let c = Config::from_str("[detection.groups.dog_bark]\nenabled = false\n", "t").unwrap();
+        assert!(!c.detection.groups["dog_bark"].enabled);
+        assert!(c.enabled_groups().all(|(n, _)| n != "dog_bark"));
+        assert_eq!(c.enabled_groups().count(), BUILTIN_GROUPS.len() - 1);
+    }
+
+    #[test]
+    fn new_group() {
+        let e = assert_err(
+            "[detection.groups.glass]\non = 0.4\n\n[detection.groups.cat]\non = 0.5\n",
+            "detection.groups.cat",
+            4,
+        );
+        assert!(e.message.contains("must set labels"), "{e}");
+
+        let c = Config::from_str(
+            "[detection.groups.cat]\nlabels = [\"Cat\", \"Meow\"]\nsafety = false\n",
+            "t",
+        )
+        .unwrap();
+        let cat = &c.detection.groups["cat"];
+        assert_eq!(cat.labels, ["Cat", "Meow"]);
+        assert!(cat.enabled && !cat.safety);
+        assert_eq!(cat.on, MAX_POOLED.on);
+        assert_eq!(cat.pooling, Pooling::Max);
+    }
+
+    #[test]
+    fn check_labels_names_unknown_label() {
+        let mut c = Config::default();
+        c.detection
+            .groups
+            .retain(|n, _| n == "glass" || n == "dog_bark");
+        let all = Labels::from_names(&[
+            "Glass", "Shatter", "Breaking", "Bark", "Dog", "Bow-wow", "Yip",
+        ]);
+        c.check_labels(&all).unwrap();
+
+        // "Breaking" is missing; "Bark" too, but dog_bark is disabled, so not checked.
+        let partial = Labels::from_names(&["Glass", "Shatter", "Breaking, crash", "Dog"]);
+        c.detection.groups.get_mut("dog_bark").unwrap().enabled = false;
+        let e = c.check_labels(&partial).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("detection.groups.glass.labels"));
+        assert!(e.message.contains("\"Breaking\" is not a label"), "{e}");
+        assert!(
+            e.message.contains("did you mean \"Breaking, crash\"?"),
+            "{e}"
+        );
+
+        // Located in the file it came from.
+        let text =
+            "[node]\nroom = \"x\"\n[detection.groups.glass]\nlabels = [\"Glass\", \"Breaking\"]\n";
+        let e = e.in_file("h.toml", text);
+        assert_eq!(e.line, Some(4));
+        assert!(e
+            .to_string()
+            .starts_with("h.toml:4: detection.groups.glass.labels: "));
+    }
+
+    #[test]
+    fn builtin_labels_exist_in_shipped_models() {
+        for model in ["efficientat-mn04", "yamnet"] {
+            let path = crate::shared_dir()
+                .join("models")
+                .join(model)
+                .join("labels.csv");
+            if !path.is_file() {
+                eprintln!("skipping: {} not found", path.display());
+                continue;
+            }
+            let labels = Labels::load(&path).unwrap();
+            Config::default()
+                .check_labels(&labels)
+                .unwrap_or_else(|e| panic!("{model}: {e}"));
+        }
+    }
+
+    #[test]
+    fn node_id_sanitising() {
+        assert_eq!(sanitize_node_id("Kitchen-Pi.local\n"), "kitchen-pi");
+        assert_eq!(sanitize_node_id("my host"), "my-host");
+        assert_eq!(sanitize_node_id(""), FALLBACK_NODE_ID);
+        assert_eq!(sanitize_node_id(&"x".repeat(100)).len(), 64);
+        assert!(valid_node_id(&default_node_id()));
+    }
+
+    #[test]
+    fn load_missing_file_names_path() {
+        let e = Config::load(Path::new("/nonexistent/hearken.toml")).unwrap_err();
+        assert_eq!(e.origin, "/nonexistent/hearken.toml");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/hearken.toml: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let segs = ["detection", "groups", "a.b", "on"];
+        let k = render_key(&segs);
+        assert_eq!(k, "detection.groups.\"a.b\".on");
+        assert_eq!(split_key(&k), segs);
+    }
+}

@@ -1,0 +1,516 @@
+//! Event detection over per-hop group scores (pure logic: no threads, no clocks).
+//!
+//! Each hop the inference stage hands over one scored window. A *group* (glass,
+//! gunshot, …) maps to AudioSet classes; its score for the hop is the highest of its
+//! classes' pooled scores (the window pooled per the group's `pooling`). A group's
+//! event is raised when its score reaches `on` in `onset_hops` of the last
+//! `onset_of` hops, outside its cooldown; it ends when the score falls below `off`
+//! (hysteresis) or the event reaches `max_event_s`. The onset time is the start of
+//! the newest hop of audio in the first window that crossed `on`: that slice is what
+//! the previous window did not hear.
+//!
+//! Scores come in through [`GroupScorer`], so a trained per-group detector can
+//! replace the pooled AudioSet scores without touching the event logic.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::classify::{top_k, Prediction};
+use crate::config::GroupConfig;
+use crate::model::{Labels, Pooling};
+
+/// One hop's scored window, as the detector sees it.
+#[derive(Debug, Clone)]
+pub struct Hop<'a> {
+    /// Window start, seconds from the stream start.
+    pub start_s: f64,
+    /// Window end, seconds from the stream start.
+    pub end_s: f64,
+    /// Seconds of new audio this hop added (the window's newest slice).
+    pub hop_s: f64,
+    /// Scores pooled by mean over the window's units.
+    pub scores_mean: &'a [f32],
+    /// Scores pooled by max over the window's units.
+    pub scores_max: &'a [f32],
+    /// Window loudness, dBFS.
+    pub dbfs: f32,
+    /// Wall-clock time of the window end.
+    pub wall: SystemTime,
+}
+
+/// Per-group score source for a hop. The default reads pooled AudioSet scores.
+pub trait GroupScorer: Send {
+    /// The group's score in [0, 1] for this hop.
+    fn score(&mut self, hop: &Hop<'_>) -> f32;
+}
+
+/// Group score = highest pooled score among the group's AudioSet classes.
+#[derive(Debug, Clone)]
+pub struct ClassScorer {
+    classes: Vec<usize>,
+    pooling: Pooling,
+}
+
+impl ClassScorer {
+    /// Resolves `cfg.labels` against `labels`; errors name the unknown label.
+    pub fn new(group: &str, cfg: &GroupConfig, labels: &Labels) -> Result<Self, String> {
+        let mut classes = Vec::new();
+        for l in &cfg.labels {
+            match labels.find(l) {
+                Some(i) => classes.push(i),
+                None => {
+                    return Err(format!(
+                        "detection.groups.{group}.labels: '{l}' is not a class of this model"
+                    ))
+                }
+            }
+        }
+        Ok(ClassScorer {
+            classes,
+            pooling: cfg.pooling,
+        })
+    }
+}
+
+impl GroupScorer for ClassScorer {
+    fn score(&mut self, hop: &Hop<'_>) -> f32 {
+        let s = match self.pooling {
+            Pooling::Mean => hop.scores_mean,
+            Pooling::Max => hop.scores_max,
+        };
+        self.classes
+            .iter()
+            .filter_map(|&i| s.get(i).copied())
+            .fold(0.0, f32::max)
+    }
+}
+
+/// Whether an event message announces a start or an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    /// The event was raised; `end_s` is null.
+    Start,
+    /// The event ended; same id as its start.
+    End,
+}
+
+/// A home event, as published (JSON) when it starts and again when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Stable id shared by the start and end messages.
+    pub id: Uuid,
+    /// Group name.
+    pub group: String,
+    /// `start` or `end`.
+    pub state: EventState,
+    /// True for home-safety groups.
+    pub safety: bool,
+    /// Onset, seconds from the stream start.
+    pub start_s: f64,
+    /// End, seconds from the stream start (null while it lasts).
+    pub end_s: Option<f64>,
+    /// Onset, RFC 3339 wall clock.
+    pub started_at: String,
+    /// End, RFC 3339 wall clock (null while it lasts).
+    pub ended_at: Option<String>,
+    /// Highest group score so far.
+    pub peak_score: f32,
+    /// Top AudioSet labels of the window with the peak score.
+    pub labels: Vec<Prediction>,
+    /// Loudness of the window with the peak score, dBFS.
+    pub dbfs: f32,
+    /// Node id.
+    pub node: String,
+    /// Room or source name.
+    pub room: String,
+    /// Model name.
+    pub model: String,
+}
+
+struct Group {
+    name: String,
+    cfg: GroupConfig,
+    scorer: Box<dyn GroupScorer>,
+    history: VecDeque<bool>,
+    /// Onset candidates (newest-slice start) of the hops in `history`.
+    onsets: VecDeque<f64>,
+    active: Option<Event>,
+    /// The open event's start message has been sent (it waits for
+    /// `min_duration_s`).
+    announced: bool,
+    cooldown_until: f64,
+    last_score: f32,
+}
+
+/// Identity stamped on every event.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Node id.
+    pub node: String,
+    /// Room or source name.
+    pub room: String,
+    /// Model name.
+    pub model: String,
+}
+
+/// The detector for all enabled groups.
+pub struct Detector {
+    groups: Vec<Group>,
+    ident: Identity,
+    top_labels: usize,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Detector {
+    /// A detector over `(name, config, scorer)` triples; disabled groups are skipped.
+    pub fn new(groups: Vec<(String, GroupConfig, Box<dyn GroupScorer>)>, ident: Identity) -> Self {
+        Detector {
+            groups: groups
+                .into_iter()
+                .filter(|(_, c, _)| c.enabled)
+                .map(|(name, cfg, scorer)| Group {
+                    name,
+                    cfg,
+                    scorer,
+                    history: VecDeque::new(),
+                    onsets: VecDeque::new(),
+                    active: None,
+                    announced: false,
+                    cooldown_until: f64::NEG_INFINITY,
+                    last_score: 0.0,
+                })
+                .collect(),
+            ident,
+            top_labels: 5,
+        }
+    }
+
+    /// Builds class scorers for every enabled group of `groups` against `labels`.
+    pub fn from_config<'a>(
+        groups: impl IntoIterator<Item = (&'a String, &'a GroupConfig)>,
+        labels: &Labels,
+        ident: Identity,
+    ) -> Result<Self, String> {
+        let mut v = Vec::new();
+        for (name, cfg) in groups {
+            if !cfg.enabled {
+                continue;
+            }
+            let s = ClassScorer::new(name, cfg, labels)?;
+            v.push((
+                name.clone(),
+                cfg.clone(),
+                Box::new(s) as Box<dyn GroupScorer>,
+            ));
+        }
+        Ok(Detector::new(v, ident))
+    }
+
+    /// Names of the groups being watched.
+    pub fn group_names(&self) -> Vec<&str> {
+        self.groups.iter().map(|g| g.name.as_str()).collect()
+    }
+
+    /// Each group's latest score, for status reports.
+    pub fn last_scores(&self) -> Vec<(&str, f32, bool)> {
+        self.groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.last_score, g.active.is_some()))
+            .collect()
+    }
+
+    /// Feeds one hop; appends started and ended events to `out`.
+    pub fn step(&mut self, hop: &Hop<'_>, labels: &Labels, out: &mut Vec<Event>) {
+        let ident = &self.ident;
+        let k = self.top_labels;
+        for g in &mut self.groups {
+            let score = g.scorer.score(hop);
+            g.last_score = score;
+            let m = g.cfg.onset_of.max(1);
+            g.history.push_back(score >= g.cfg.on);
+            g.onsets.push_back((hop.end_s - hop.hop_s).max(hop.start_s));
+            while g.history.len() > m {
+                g.history.pop_front();
+                g.onsets.pop_front();
+            }
+            let pool = || match g.cfg.pooling {
+                Pooling::Mean => hop.scores_mean,
+                Pooling::Max => hop.scores_max,
+            };
+            if let Some(a) = g.active.as_mut() {
+                if score > a.peak_score {
+                    a.peak_score = score;
+                    a.labels = top_k(pool(), labels, k, None);
+                    a.dbfs = hop.dbfs;
+                }
+                let too_long = hop.end_s - a.start_s >= g.cfg.max_event_s;
+                if score < g.cfg.off || too_long {
+                    out.extend(Self::close(g, hop.end_s, hop.wall));
+                } else if !g.announced && hop.end_s - a.start_s >= g.cfg.min_duration_s {
+                    g.announced = true;
+                    out.push(a.clone());
+                }
+                continue;
+            }
+            let hits = g.history.iter().filter(|&&h| h).count();
+            let in_cooldown = hop.end_s < g.cooldown_until;
+            if hits >= g.cfg.onset_hops.max(1) && !in_cooldown {
+                // Onset: the newest slice of the earliest qualifying hop.
+                let first = g
+                    .history
+                    .iter()
+                    .position(|&h| h)
+                    .map_or(hop.end_s - hop.hop_s, |i| g.onsets[i]);
+                let back = hop.end_s - first;
+                let started_wall = hop
+                    .wall
+                    .checked_sub(std::time::Duration::from_secs_f64(back.max(0.0)))
+                    .unwrap_or(hop.wall);
+                let event = Event {
+                    id: Uuid::new_v4(),
+                    group: g.name.clone(),
+                    state: EventState::Start,
+                    safety: g.cfg.safety,
+                    start_s: first.max(0.0),
+                    end_s: None,
+                    started_at: rfc3339(started_wall),
+                    ended_at: None,
+                    peak_score: score,
+                    labels: top_k(pool(), labels, k, None),
+                    dbfs: hop.dbfs,
+                    node: ident.node.clone(),
+                    room: ident.room.clone(),
+                    model: ident.model.clone(),
+                };
+                // Short events wait for min_duration_s before they are announced.
+                g.announced = g.cfg.min_duration_s <= 0.0;
+                if g.announced {
+                    out.push(event.clone());
+                }
+                g.active = Some(event);
+                // A fresh event must not be re-raised from the same hits.
+                g.history.clear();
+                g.onsets.clear();
+            }
+        }
+    }
+
+    /// Ends the open event; `None` when it was never announced (too short).
+    fn close(g: &mut Group, end_s: f64, wall: SystemTime) -> Option<Event> {
+        let mut e = g.active.take()?;
+        g.cooldown_until = end_s + g.cfg.cooldown_s;
+        g.history.clear();
+        g.onsets.clear();
+        e.state = EventState::End;
+        e.end_s = Some(end_s.max(e.start_s));
+        e.ended_at = Some(rfc3339(wall));
+        std::mem::take(&mut g.announced).then_some(e)
+    }
+
+    /// Ends every open event (end of stream or shutdown) at `end_s`.
+    pub fn finish(&mut self, end_s: f64, wall: SystemTime, out: &mut Vec<Event>) {
+        for g in &mut self.groups {
+            out.extend(Self::close(g, end_s, wall));
+        }
+    }
+
+    /// Replaces group settings (a config reload) keeping open events of groups that
+    /// still exist; events of removed or disabled groups are ended at `end_s`.
+    pub fn reconfigure(
+        &mut self,
+        new: Detector,
+        end_s: f64,
+        wall: SystemTime,
+        out: &mut Vec<Event>,
+    ) {
+        let mut old: Vec<Group> = std::mem::take(&mut self.groups);
+        let mut groups = new.groups;
+        for g in &mut groups {
+            if let Some(pos) = old.iter().position(|o| o.name == g.name) {
+                let o = old.swap_remove(pos);
+                g.active = o.active;
+                g.announced = o.announced;
+                g.cooldown_until = o.cooldown_until;
+            }
+        }
+        for mut o in old {
+            out.extend(Self::close(&mut o, end_s, wall));
+        }
+        self.groups = groups;
+        self.ident = new.ident;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(on: f32, off: f32, n: usize, m: usize) -> GroupConfig {
+        GroupConfig {
+            enabled: true,
+            safety: true,
+            labels: vec!["Glass".into()],
+            on,
+            off,
+            onset_hops: n,
+            onset_of: m,
+            pooling: Pooling::Max,
+            cooldown_s: 5.0,
+            max_event_s: 20.0,
+            min_duration_s: 0.0,
+        }
+    }
+
+    fn labels() -> Labels {
+        Labels::from_names(&["Speech", "Glass"])
+    }
+
+    /// Runs the detector over per-hop glass scores (hop 1 s, window 10 s ending at
+    /// t = i + 1).
+    fn run(c: GroupConfig, glass: &[f32]) -> Vec<Event> {
+        let l = labels();
+        let mut d = Detector::from_config(
+            [(&"glass".to_string(), &c)],
+            &l,
+            Identity {
+                node: "n".into(),
+                room: "r".into(),
+                model: "m".into(),
+            },
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (i, &s) in glass.iter().enumerate() {
+            let scores = [0.5, s];
+            let end = i as f64 + 1.0;
+            let hop = Hop {
+                start_s: (end - 10.0).max(0.0),
+                end_s: end,
+                hop_s: 1.0,
+                scores_mean: &scores,
+                scores_max: &scores,
+                dbfs: -20.0,
+                wall: t0 + std::time::Duration::from_secs_f64(end),
+            };
+            d.step(&hop, &l, &mut out);
+        }
+        let end = glass.len() as f64;
+        d.finish(end, t0 + std::time::Duration::from_secs_f64(end), &mut out);
+        out
+    }
+
+    #[test]
+    fn raises_once_and_ends_with_the_same_id() {
+        let ev = run(cfg(0.5, 0.3, 1, 1), &[0.1, 0.2, 0.8, 0.9, 0.4, 0.2, 0.1]);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].state, EventState::Start);
+        assert_eq!(ev[1].state, EventState::End);
+        assert_eq!(ev[0].id, ev[1].id);
+        // First crossing hop ends at t=3: its new slice starts at 2.
+        assert_eq!(ev[0].start_s, 2.0);
+        assert_eq!(ev[0].end_s, None);
+        // Falls under off (0.3) at the hop ending t=6 (score 0.2); 0.4 is hysteresis.
+        assert_eq!(ev[1].end_s, Some(6.0));
+        assert!((ev[1].peak_score - 0.9).abs() < 1e-6);
+        assert_eq!(ev[1].labels[0].label, "Glass");
+        assert_eq!(ev[0].started_at, "2023-11-14T22:13:22.000Z");
+        assert!(ev[1].ended_at.is_some());
+    }
+
+    #[test]
+    fn n_of_m_onset_ignores_single_spikes() {
+        assert!(run(cfg(0.5, 0.3, 2, 3), &[0.1, 0.9, 0.1, 0.1, 0.9, 0.1]).is_empty());
+        let ev = run(cfg(0.5, 0.3, 2, 3), &[0.1, 0.9, 0.1, 0.9, 0.6, 0.1]);
+        assert_eq!(ev.len(), 2);
+        // Onset dates back to the first hit of the qualifying run (hop ending t=2).
+        assert_eq!(ev[0].start_s, 1.0);
+    }
+
+    #[test]
+    fn cooldown_suppresses_a_quick_repeat() {
+        // Ends at t=3, cooldown 5 s: the hit at t=6 is suppressed, t=9 raises again.
+        let ev = run(
+            cfg(0.5, 0.3, 1, 1),
+            &[0.9, 0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.9],
+        );
+        let starts: Vec<f64> = ev
+            .iter()
+            .filter(|e| e.state == EventState::Start)
+            .map(|e| e.start_s)
+            .collect();
+        assert_eq!(starts, vec![0.0, 8.0]);
+    }
+
+    #[test]
+    fn long_events_are_cut_at_max_length_and_open_ones_close_at_the_end() {
+        let mut c = cfg(0.5, 0.3, 1, 1);
+        c.max_event_s = 4.0;
+        c.cooldown_s = 0.0;
+        let ev = run(c, &[0.9; 7]);
+        let ends: Vec<Option<f64>> = ev
+            .iter()
+            .filter(|e| e.state == EventState::End)
+            .map(|e| e.end_s)
+            .collect();
+        assert_eq!(ends, vec![Some(4.0), Some(7.0)]);
+    }
+
+    #[test]
+    fn events_shorter_than_min_duration_are_not_reported() {
+        let mut c = cfg(0.5, 0.3, 1, 1);
+        c.min_duration_s = 2.5;
+        assert!(run(c.clone(), &[0.1, 0.9, 0.9, 0.1, 0.1]).is_empty());
+        let ev = run(c, &[0.1, 0.9, 0.9, 0.9, 0.1]);
+        assert_eq!(ev.len(), 2);
+        // Announced at the hop ending t=4 (3 s after the onset at 1), onset kept.
+        assert_eq!(ev[0].start_s, 1.0);
+        assert_eq!(ev[1].end_s, Some(5.0));
+    }
+
+    #[test]
+    fn disabled_groups_and_unknown_labels() {
+        let mut c = cfg(0.5, 0.3, 1, 1);
+        c.enabled = false;
+        assert!(run(c, &[0.9, 0.9]).is_empty());
+        let mut c = cfg(0.5, 0.3, 1, 1);
+        c.labels = vec!["Nope".into()];
+        let err =
+            Detector::from_config([(&"glass".to_string(), &c)], &labels(), Identity::default())
+                .err()
+                .unwrap();
+        assert!(err.contains("detection.groups.glass.labels") && err.contains("Nope"));
+    }
+
+    #[test]
+    fn event_json_has_the_documented_fields() {
+        let ev = run(cfg(0.5, 0.3, 1, 1), &[0.9, 0.1]);
+        let v = serde_json::to_value(&ev[0]).unwrap();
+        for k in [
+            "id",
+            "group",
+            "state",
+            "safety",
+            "start_s",
+            "end_s",
+            "started_at",
+            "ended_at",
+            "peak_score",
+            "labels",
+            "dbfs",
+            "node",
+            "room",
+            "model",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert!(v["end_s"].is_null());
+    }
+}

@@ -1,0 +1,447 @@
+//! The live pipeline: capture ring → DSP thread → inference thread → events.
+//!
+//! ```text
+//! source (cpal callback / file / stdin) ──ringbuf──► DSP thread: resample, levels, log-mel
+//!        ──crossbeam (bounded)──► inference thread: rolling windows, gate, model, detector
+//!        ──crossbeam──► caller: events and status
+//! ```
+//! The threads are thin shells around the pure stages in `audio`, `dsp`, `scoring`
+//! and `detect`. A stop flag (SIGINT/SIGTERM) stops the source; everything already
+//! captured then drains through, open events are closed, and [`Pipeline::wait`]
+//! returns.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use ringbuf::traits::{Consumer, Observer};
+use serde::Serialize;
+
+use crate::audio::source::{Source, SourceOptions, SourceSpec};
+use crate::audio::StreamResampler;
+use crate::classify::{run_unit, top_k, Prediction};
+use crate::detect::{Detector, Event, Hop};
+use crate::dsp::LogMel;
+use crate::model::Model;
+use crate::scoring::{Scorer, WindowPlan, LEVEL_SILENCE};
+
+/// Everything the pipeline needs to start.
+pub struct PipelineSettings {
+    /// The model, loaded.
+    pub model: Arc<Model>,
+    /// Where audio comes from.
+    pub source: SourceSpec,
+    /// Pace files in real time (false: as fast as possible, losing nothing).
+    pub realtime: bool,
+    /// Capture ring capacity, seconds.
+    pub ring_seconds: f64,
+    /// Loudness gate, dBFS (`None`: every window is classified).
+    pub gate_dbfs: Option<f32>,
+    /// Window length override, seconds.
+    pub window_s: Option<f64>,
+    /// Hop override, seconds.
+    pub hop_s: Option<f64>,
+    /// The detector, built from the config.
+    pub detector: Detector,
+    /// Seconds between status messages.
+    pub status_interval_s: f64,
+}
+
+/// A periodic health and level report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Stream time, seconds.
+    pub t_s: f64,
+    /// Loudness of the latest window, dBFS.
+    pub dbfs: f32,
+    /// Top labels of the latest window (empty when it was gated).
+    pub top: Vec<Prediction>,
+    /// Whether the latest window was skipped by the loudness gate.
+    pub gated: bool,
+    /// Samples dropped because the capture ring was full.
+    pub overruns: u64,
+    /// CPU use of the whole process since the last status, % of one core.
+    pub cpu_percent: f64,
+    /// Model calls made so far.
+    pub model_calls: u64,
+    /// Model calls the gate saved so far.
+    pub gated_calls: u64,
+    /// Each group's latest score and whether its event is open.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One group's state in a [`Status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub group: String,
+    /// Latest score.
+    pub score: f32,
+    /// An event of this group is open.
+    pub active: bool,
+}
+
+/// What the pipeline sends to its caller.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// An event started or ended.
+    Event(Event),
+    /// A periodic status report.
+    Status(Status),
+}
+
+/// Totals after the pipeline ends.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Audio processed, seconds.
+    pub audio_s: f64,
+    /// Model calls made.
+    pub model_calls: u64,
+    /// Model calls skipped by the gate.
+    pub gated_calls: u64,
+    /// Samples dropped at capture.
+    pub overruns: u64,
+    /// Events started.
+    pub events: u64,
+}
+
+/// Counters shared between the threads and the caller (a watchdog can read them).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Samples the DSP thread has taken from the ring.
+    pub dsp_samples: AtomicU64,
+    /// Windows the inference thread has scored.
+    pub windows: AtomicU64,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    source: Option<Source>,
+    dsp: Option<JoinHandle<Result<()>>>,
+    inference: Option<JoinHandle<Result<Summary>>>,
+    stop: Arc<AtomicBool>,
+    /// Progress counters.
+    pub progress: Arc<Progress>,
+    /// Source sample rate and description.
+    pub source_description: String,
+}
+
+/// Per-frame levels: mean power of consecutive `hop`-sample blocks, in dBFS.
+struct LevelMeter {
+    hop: usize,
+    acc: f64,
+    n: usize,
+    pending: std::collections::VecDeque<f32>,
+    last: f32,
+}
+
+impl LevelMeter {
+    fn new(hop: usize) -> Self {
+        LevelMeter {
+            hop,
+            acc: 0.0,
+            n: 0,
+            pending: Default::default(),
+            last: LEVEL_SILENCE,
+        }
+    }
+
+    fn push(&mut self, x: &[f32]) {
+        for &v in x {
+            self.acc += (v as f64) * (v as f64);
+            self.n += 1;
+            if self.n == self.hop {
+                let ms = self.acc / self.hop as f64;
+                let db = if ms <= 1e-12 {
+                    LEVEL_SILENCE as f64
+                } else {
+                    10.0 * ms.log10()
+                };
+                self.pending.push_back(db.max(LEVEL_SILENCE as f64) as f32);
+                self.acc = 0.0;
+                self.n = 0;
+            }
+        }
+    }
+
+    /// One level per frame just emitted.
+    fn take(&mut self, frames: usize, out: &mut Vec<f32>) {
+        for _ in 0..frames {
+            if let Some(l) = self.pending.pop_front() {
+                self.last = l;
+            }
+            out.push(self.last);
+        }
+    }
+}
+
+struct Block {
+    frames: Vec<f32>,
+    levels: Vec<f32>,
+}
+
+impl Pipeline {
+    /// Starts the source and the threads; messages arrive on `tx`.
+    pub fn start(settings: PipelineSettings, tx: Sender<Message>) -> Result<Pipeline> {
+        let PipelineSettings {
+            model,
+            source,
+            realtime,
+            ring_seconds,
+            gate_dbfs,
+            window_s,
+            hop_s,
+            mut detector,
+            status_interval_s,
+        } = settings;
+        let plan = WindowPlan::from_manifest(model.manifest(), window_s, hop_s)
+            .map_err(|e| anyhow!("model window settings: {e}"))?;
+        // Build the plan for the window shape before audio flows.
+        if plan.patch.is_none() {
+            let silence = vec![plan.silence_value; plan.window_frames * plan.n_mels];
+            model.run_window(&silence).context("warming up the model")?;
+        }
+        let (src, mut cons) = Source::start(
+            &source,
+            &SourceOptions {
+                ring_seconds,
+                realtime,
+            },
+        )?;
+        let rate = src.sample_rate;
+        let source_description = src.description.clone();
+        let stats = src.stats.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        let (btx, brx): (Sender<Block>, Receiver<Block>) = bounded(32);
+
+        let fe_params = model.manifest().frontend.clone();
+        let dsp_stats = stats.clone();
+        let dsp_progress = progress.clone();
+        let dsp = std::thread::Builder::new()
+            .name("hearken-dsp".into())
+            .spawn(move || -> Result<()> {
+                let mut rs = StreamResampler::new(rate, fe_params.sample_rate)?;
+                let mut fe = LogMel::new(&fe_params);
+                let mut meter = LevelMeter::new(fe_params.hop_length);
+                let mut buf = vec![0.0f32; 4096];
+                let mut resampled = Vec::new();
+                loop {
+                    let n = cons.pop_slice(&mut buf);
+                    if n == 0 {
+                        if dsp_stats.finished.load(Ordering::Acquire) && cons.is_empty() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    dsp_progress
+                        .dsp_samples
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    resampled.clear();
+                    rs.push(&buf[..n], &mut resampled);
+                    let block = analyse(&mut fe, &mut meter, &resampled, false);
+                    if !block.frames.is_empty() && btx.send(block).is_err() {
+                        return Ok(());
+                    }
+                }
+                resampled.clear();
+                rs.finish(&mut resampled);
+                let block = analyse(&mut fe, &mut meter, &resampled, true);
+                if !block.frames.is_empty() {
+                    let _ = btx.send(block);
+                }
+                Ok(())
+            })?;
+
+        let inf_progress = progress.clone();
+        let inf_stats = stats.clone();
+        let inference = std::thread::Builder::new()
+            .name("hearken-infer".into())
+            .spawn(move || -> Result<Summary> {
+                let labels = model.labels();
+                let mut scorer = Scorer::new(plan).with_prefill().with_gate(gate_dbfs);
+                let mut run = |f: &[f32]| run_unit(&model, f);
+                let mut windows = Vec::new();
+                let mut events = Vec::new();
+                let mut summary = Summary::default();
+                let hop_s = scorer.plan().hop_frames as f64 * scorer.plan().frame_hop_s;
+                let interval = Duration::from_secs_f64(status_interval_s.max(0.1));
+                let mut last_status = Instant::now();
+                let mut last_cpu = crate::bench::cpu_seconds();
+                let t0_wall = SystemTime::now();
+                let mut last_window = None;
+                let send_events = |events: &mut Vec<Event>, summary: &mut Summary| -> bool {
+                    for e in events.drain(..) {
+                        if e.state == crate::detect::EventState::Start {
+                            summary.events += 1;
+                        }
+                        if tx.send(Message::Event(e)).is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                };
+                let step = |ws: &crate::scoring::WindowScore,
+                            detector: &mut Detector,
+                            events: &mut Vec<Event>| {
+                    // Wall clock of the window end; files run fast are stamped as if
+                    // they had started when the pipeline did.
+                    let wall = if realtime {
+                        SystemTime::now()
+                    } else {
+                        t0_wall + Duration::from_secs_f64(ws.end_s)
+                    };
+                    let hop = Hop {
+                        start_s: ws.start_s,
+                        end_s: ws.end_s,
+                        hop_s,
+                        scores_mean: &ws.scores_mean,
+                        scores_max: &ws.scores_max,
+                        dbfs: ws.dbfs,
+                        wall,
+                    };
+                    detector.step(&hop, labels, events);
+                };
+                for block in brx.iter() {
+                    scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
+                    for ws in windows.drain(..) {
+                        inf_progress.windows.fetch_add(1, Ordering::Relaxed);
+                        step(&ws, &mut detector, &mut events);
+                        last_window = Some(ws);
+                    }
+                    if !send_events(&mut events, &mut summary) {
+                        break;
+                    }
+                    if last_status.elapsed() >= interval {
+                        let cpu = crate::bench::cpu_seconds();
+                        let wall = last_status.elapsed().as_secs_f64();
+                        let status = make_status(
+                            &scorer,
+                            &detector,
+                            last_window.as_ref(),
+                            labels,
+                            inf_stats.overruns.load(Ordering::Relaxed),
+                            100.0 * (cpu - last_cpu) / wall.max(1e-6),
+                        );
+                        last_cpu = cpu;
+                        last_status = Instant::now();
+                        if tx.send(Message::Status(status)).is_err() {
+                            break;
+                        }
+                    }
+                }
+                // End of stream: score the tail, then close what is open.
+                scorer.finish(&mut run, &mut windows)?;
+                for ws in windows.drain(..) {
+                    step(&ws, &mut detector, &mut events);
+                }
+                let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
+                let wall = if realtime {
+                    SystemTime::now()
+                } else {
+                    t0_wall + Duration::from_secs_f64(end_s)
+                };
+                detector.finish(end_s, wall, &mut events);
+                send_events(&mut events, &mut summary);
+                summary.audio_s = end_s;
+                summary.model_calls = scorer.model_calls();
+                summary.gated_calls = scorer.gated_calls();
+                summary.overruns = inf_stats.overruns.load(Ordering::Relaxed);
+                Ok(summary)
+            })?;
+
+        Ok(Pipeline {
+            source: Some(src),
+            dsp: Some(dsp),
+            inference: Some(inference),
+            stop,
+            progress,
+            source_description,
+        })
+    }
+
+    /// A flag that stops capture when set (wire SIGINT/SIGTERM to it).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// True once the source has ended (file or stdin exhausted).
+    pub fn source_finished(&self) -> bool {
+        self.source.as_ref().is_none_or(|s| s.is_finished())
+    }
+
+    /// Waits for the stream to end (or the stop flag), drains the pipeline and
+    /// returns the totals.
+    pub fn wait(mut self) -> Result<Summary> {
+        let stop = self.stop.clone();
+        while !stop.load(Ordering::Acquire) && !self.source_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(src) = self.source.take() {
+            let stats = src.stats.clone();
+            src.stop();
+            // Whatever was captured still drains through the pipeline.
+            stats.finished.store(true, Ordering::Release);
+        }
+        let dsp = self.dsp.take().map(|h| h.join());
+        let inf = self.inference.take().map(|h| h.join());
+        if let Some(r) = dsp {
+            r.map_err(|_| anyhow!("the DSP thread panicked"))??;
+        }
+        match inf {
+            Some(r) => r.map_err(|_| anyhow!("the inference thread panicked"))?,
+            None => Ok(Summary::default()),
+        }
+    }
+}
+
+fn analyse(fe: &mut LogMel, meter: &mut LevelMeter, samples: &[f32], end: bool) -> Block {
+    let n_mels = fe.params().n_mels;
+    let mut frames = Vec::new();
+    meter.push(samples);
+    fe.push(samples, &mut frames);
+    if end {
+        fe.finish(&mut frames);
+    }
+    let mut levels = Vec::with_capacity(frames.len() / n_mels);
+    meter.take(frames.len() / n_mels, &mut levels);
+    Block { frames, levels }
+}
+
+fn make_status(
+    scorer: &Scorer,
+    detector: &Detector,
+    last: Option<&crate::scoring::WindowScore>,
+    labels: &crate::model::Labels,
+    overruns: u64,
+    cpu_percent: f64,
+) -> Status {
+    let (dbfs, top, gated) = match last {
+        Some(w) if w.gated_units < w.units => (w.dbfs, top_k(&w.scores, labels, 3, None), false),
+        Some(w) => (w.dbfs, Vec::new(), true),
+        None => (LEVEL_SILENCE, Vec::new(), false),
+    };
+    Status {
+        t_s: scorer.total_frames() as f64 * scorer.plan().frame_hop_s,
+        dbfs,
+        top,
+        gated,
+        overruns,
+        cpu_percent,
+        model_calls: scorer.model_calls(),
+        gated_calls: scorer.gated_calls(),
+        groups: detector
+            .last_scores()
+            .into_iter()
+            .map(|(g, s, a)| GroupStatus {
+                group: g.to_string(),
+                score: s,
+                active: a,
+            })
+            .collect(),
+    }
+}
