@@ -48,7 +48,7 @@ pub const FALLBACK_NODE_ID: &str = "hearken";
 
 /// The tunable event settings of a group (everything but `enabled`, `safety` and
 /// `labels`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Tuning {
     /// Raise threshold.
     pub on: f32,
@@ -372,39 +372,19 @@ pub struct GroupConfig {
     pub safety: bool,
     /// AudioSet display names or ids (`/m/...`); never empty.
     pub labels: Vec<String>,
-    /// Raise threshold, in (0, 1].
-    pub on: f32,
-    /// Clear threshold, in [0, on].
-    pub off: f32,
-    /// N: raise when the score is >= `on` in N of the last M hops (1..=M).
-    pub onset_hops: usize,
-    /// M (1..=60).
-    pub onset_of: usize,
-    /// How per-patch scores are pooled over the window (models that score patches).
-    pub pooling: Pooling,
-    /// After an event ends, no new event of this group for this long (0..=86400 s).
-    pub cooldown_s: f64,
-    /// An event is closed after this long even if the score stays high (1..=86400 s).
-    pub max_event_s: f64,
-    /// An event must last this long before it is reported (0..=600 s).
-    pub min_duration_s: f64,
+    /// Thresholds, onset, pooling and timing.
+    #[serde(flatten)]
+    pub tuning: Tuning,
 }
 
 impl GroupConfig {
     /// A group from its flags, labels and tuning.
-    pub fn new(enabled: bool, safety: bool, labels: Vec<String>, t: Tuning) -> GroupConfig {
+    pub fn new(enabled: bool, safety: bool, labels: Vec<String>, tuning: Tuning) -> GroupConfig {
         GroupConfig {
             enabled,
             safety,
             labels,
-            on: t.on,
-            off: t.off,
-            onset_hops: t.onset_hops,
-            onset_of: t.onset_of,
-            pooling: t.pooling,
-            cooldown_s: t.cooldown_s,
-            max_event_s: t.max_event_s,
-            min_duration_s: t.min_duration_s,
+            tuning,
         }
     }
 }
@@ -466,7 +446,7 @@ impl Config {
                 continue;
             }
             if let Some(g) = self.detection.groups.get_mut(b.name) {
-                (g.on, g.off, g.pooling) = b.thresholds_for(name);
+                (g.tuning.on, g.tuning.off, g.tuning.pooling) = b.thresholds_for(name);
             }
         }
     }
@@ -655,10 +635,12 @@ impl FileGroup {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { g.$f = v; } )* };
         }
-        set!(
-            enabled,
-            safety,
-            labels,
+        set!(enabled, safety, labels);
+        let t = &mut g.tuning;
+        macro_rules! tune {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { t.$f = v; } )* };
+        }
+        tune!(
             on,
             off,
             onset_hops,
@@ -848,7 +830,7 @@ impl Checker<'_, '_> {
         let mut file_tuned = std::collections::BTreeSet::new();
         for b in BUILTIN_GROUPS {
             if let Some(g) = groups.get_mut(b.name) {
-                (g.on, g.off, g.pooling) = b.thresholds_for(&model.name);
+                (g.tuning.on, g.tuning.off, g.tuning.pooling) = b.thresholds_for(&model.name);
             }
         }
         for (name, fg) in detection.groups {
@@ -916,19 +898,25 @@ impl Checker<'_, '_> {
         if let Some(i) = g.labels.iter().position(|l| l.trim().is_empty()) {
             self.fail(&k("labels"), format!("label {} is empty", i + 1));
         }
-        let on_ok = self.range(&k("on"), g.on, 0.0, true, 1.0);
-        if self.range(&k("off"), g.off, 0.0, false, 1.0) && on_ok && g.off > g.on {
+        let on_ok = self.range(&k("on"), g.tuning.on, 0.0, true, 1.0);
+        if self.range(&k("off"), g.tuning.off, 0.0, false, 1.0)
+            && on_ok
+            && g.tuning.off > g.tuning.on
+        {
             let (ka, kb) = (k("off"), k("on"));
             let key = self.blame(&ka, &kb);
             self.fail(
                 key,
-                format!("off ({}) must not exceed on ({})", g.off, g.on),
+                format!(
+                    "off ({}) must not exceed on ({})",
+                    g.tuning.off, g.tuning.on
+                ),
             );
         }
-        let of_ok = self.range(&k("onset_of"), g.onset_of, 1, false, 60);
-        if self.range(&k("onset_hops"), g.onset_hops, 1, false, 60)
+        let of_ok = self.range(&k("onset_of"), g.tuning.onset_of, 1, false, 60);
+        if self.range(&k("onset_hops"), g.tuning.onset_hops, 1, false, 60)
             && of_ok
-            && g.onset_hops > g.onset_of
+            && g.tuning.onset_hops > g.tuning.onset_of
         {
             let (ka, kb) = (k("onset_hops"), k("onset_of"));
             let key = self.blame(&ka, &kb);
@@ -936,15 +924,20 @@ impl Checker<'_, '_> {
                 key,
                 format!(
                     "onset_hops ({}) must not exceed onset_of ({})",
-                    g.onset_hops, g.onset_of
+                    g.tuning.onset_hops, g.tuning.onset_of
                 ),
             );
         }
-        self.range(&k("cooldown_s"), g.cooldown_s, 0.0, false, 86400.0);
-        let max_ok = self.range(&k("max_event_s"), g.max_event_s, 1.0, false, 86400.0);
-        if self.range(&k("min_duration_s"), g.min_duration_s, 0.0, false, 600.0)
-            && max_ok
-            && g.min_duration_s > g.max_event_s
+        self.range(&k("cooldown_s"), g.tuning.cooldown_s, 0.0, false, 86400.0);
+        let max_ok = self.range(&k("max_event_s"), g.tuning.max_event_s, 1.0, false, 86400.0);
+        if self.range(
+            &k("min_duration_s"),
+            g.tuning.min_duration_s,
+            0.0,
+            false,
+            600.0,
+        ) && max_ok
+            && g.tuning.min_duration_s > g.tuning.max_event_s
         {
             let (ka, kb) = (k("min_duration_s"), k("max_event_s"));
             let key = self.blame(&ka, &kb);
@@ -952,7 +945,7 @@ impl Checker<'_, '_> {
                 key,
                 format!(
                     "min_duration_s ({}) must not exceed max_event_s ({})",
-                    g.min_duration_s, g.max_event_s
+                    g.tuning.min_duration_s, g.tuning.max_event_s
                 ),
             );
         }
@@ -1213,25 +1206,31 @@ mod tests {
         assert_eq!(c.enabled_groups().count(), BUILTIN_GROUPS.len());
         let glass = &c.detection.groups["glass"];
         assert!(glass.safety);
-        assert_eq!(glass.pooling, Pooling::Max);
-        assert_eq!((glass.on, glass.off), (0.03, 0.015));
-        assert_eq!(c.detection.groups["smoke_alarm"].pooling, Pooling::Mean);
+        assert_eq!(glass.tuning.pooling, Pooling::Max);
+        assert_eq!((glass.tuning.on, glass.tuning.off), (0.03, 0.015));
+        assert_eq!(
+            c.detection.groups["smoke_alarm"].tuning.pooling,
+            Pooling::Mean
+        );
         assert!(!c.detection.groups["dog_bark"].safety);
     }
 
     #[test]
     fn builtin_thresholds_follow_the_model_unless_the_file_pins_them() {
         let c = Config::from_str("[model]\nname = \"yamnet\"\n", "t.toml").unwrap();
-        assert_eq!(c.detection.groups["glass"].on, 0.30);
-        assert_eq!(c.detection.groups["siren"].pooling, Pooling::Mean);
+        assert_eq!(c.detection.groups["glass"].tuning.on, 0.30);
+        assert_eq!(c.detection.groups["siren"].tuning.pooling, Pooling::Mean);
         let mut c = Config::from_str("[detection.groups.gunshot]\non = 0.5\n", "t.toml").unwrap();
         c.set_model("yamnet");
-        assert_eq!(c.detection.groups["gunshot"].on, 0.5, "pinned by the file");
-        assert_eq!(c.detection.groups["glass"].on, 0.30);
+        assert_eq!(
+            c.detection.groups["gunshot"].tuning.on, 0.5,
+            "pinned by the file"
+        );
+        assert_eq!(c.detection.groups["glass"].tuning.on, 0.30);
         c.set_model("/opt/models/yamnet/");
-        assert_eq!(c.detection.groups["glass"].on, 0.30);
+        assert_eq!(c.detection.groups["glass"].tuning.on, 0.30);
         c.set_model("efficientat-mn04");
-        assert_eq!(c.detection.groups["glass"].on, 0.03);
+        assert_eq!(c.detection.groups["glass"].tuning.on, 0.03);
     }
 
     #[test]
@@ -1527,7 +1526,7 @@ mod tests {
     fn override_keeps_other_fields() {
         let c = Config::from_str("[detection.groups.siren]\non = 0.6\n", "t").unwrap();
         let mut want = Config::default().detection.groups["siren"].clone();
-        want.on = 0.6;
+        want.tuning.on = 0.6;
         assert_eq!(c.detection.groups["siren"], want);
         assert_eq!(c.detection.groups.len(), BUILTIN_GROUPS.len());
 
@@ -1554,8 +1553,8 @@ mod tests {
         let cat = &c.detection.groups["cat"];
         assert_eq!(cat.labels, ["Cat", "Meow"]);
         assert!(cat.enabled && !cat.safety);
-        assert_eq!(cat.on, MAX_POOLED.on);
-        assert_eq!(cat.pooling, Pooling::Max);
+        assert_eq!(cat.tuning.on, MAX_POOLED.on);
+        assert_eq!(cat.tuning.pooling, Pooling::Max);
     }
 
     #[test]

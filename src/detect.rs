@@ -70,7 +70,7 @@ impl ClassScorer {
         }
         Ok(ClassScorer {
             classes,
-            pooling: cfg.pooling,
+            pooling: cfg.tuning.pooling,
         })
     }
 }
@@ -233,14 +233,14 @@ impl Detector {
         for g in &mut self.groups {
             let score = g.scorer.score(hop);
             g.last_score = score;
-            let m = g.cfg.onset_of.max(1);
-            g.history.push_back(score >= g.cfg.on);
+            let m = g.cfg.tuning.onset_of.max(1);
+            g.history.push_back(score >= g.cfg.tuning.on);
             g.onsets.push_back((hop.end_s - hop.hop_s).max(hop.start_s));
             while g.history.len() > m {
                 g.history.pop_front();
                 g.onsets.pop_front();
             }
-            let pool = || match g.cfg.pooling {
+            let pool = || match g.cfg.tuning.pooling {
                 Pooling::Mean => hop.scores_mean,
                 Pooling::Max => hop.scores_max,
             };
@@ -250,10 +250,10 @@ impl Detector {
                     a.labels = top_k(pool(), labels, k, None);
                     a.dbfs = hop.dbfs;
                 }
-                let too_long = hop.end_s - a.start_s >= g.cfg.max_event_s;
-                if score < g.cfg.off || too_long {
+                let too_long = hop.end_s - a.start_s >= g.cfg.tuning.max_event_s;
+                if score < g.cfg.tuning.off || too_long {
                     out.extend(Self::close(g, hop.end_s, hop.wall));
-                } else if !g.announced && hop.end_s - a.start_s >= g.cfg.min_duration_s {
+                } else if !g.announced && hop.end_s - a.start_s >= g.cfg.tuning.min_duration_s {
                     g.announced = true;
                     out.push(a.clone());
                 }
@@ -261,7 +261,7 @@ impl Detector {
             }
             let hits = g.history.iter().filter(|&&h| h).count();
             let in_cooldown = hop.end_s < g.cooldown_until;
-            if hits >= g.cfg.onset_hops.max(1) && !in_cooldown {
+            if hits >= g.cfg.tuning.onset_hops.max(1) && !in_cooldown {
                 // Onset: the newest slice of the earliest qualifying hop.
                 let first = g
                     .history
@@ -290,7 +290,7 @@ impl Detector {
                     model: ident.model.clone(),
                 };
                 // Short events wait for min_duration_s before they are announced.
-                g.announced = g.cfg.min_duration_s <= 0.0;
+                g.announced = g.cfg.tuning.min_duration_s <= 0.0;
                 if g.announced {
                     out.push(event.clone());
                 }
@@ -305,7 +305,7 @@ impl Detector {
     /// Ends the open event; `None` when it was never announced (too short).
     fn close(g: &mut Group, end_s: f64, wall: SystemTime) -> Option<Event> {
         let mut e = g.active.take()?;
-        g.cooldown_until = end_s + g.cfg.cooldown_s;
+        g.cooldown_until = end_s + g.cfg.tuning.cooldown_s;
         g.history.clear();
         g.onsets.clear();
         e.state = EventState::End;
@@ -353,19 +353,21 @@ mod tests {
     use super::*;
 
     fn cfg(on: f32, off: f32, n: usize, m: usize) -> GroupConfig {
-        GroupConfig {
-            enabled: true,
-            safety: true,
-            labels: vec!["Glass".into()],
-            on,
-            off,
-            onset_hops: n,
-            onset_of: m,
-            pooling: Pooling::Max,
-            cooldown_s: 5.0,
-            max_event_s: 20.0,
-            min_duration_s: 0.0,
-        }
+        GroupConfig::new(
+            true,
+            true,
+            vec!["Glass".into()],
+            crate::config::Tuning {
+                on,
+                off,
+                onset_hops: n,
+                onset_of: m,
+                pooling: Pooling::Max,
+                cooldown_s: 5.0,
+                max_event_s: 20.0,
+                min_duration_s: 0.0,
+            },
+        )
     }
 
     fn labels() -> Labels {
@@ -452,8 +454,8 @@ mod tests {
     #[test]
     fn long_events_are_cut_at_max_length_and_open_ones_close_at_the_end() {
         let mut c = cfg(0.5, 0.3, 1, 1);
-        c.max_event_s = 4.0;
-        c.cooldown_s = 0.0;
+        c.tuning.max_event_s = 4.0;
+        c.tuning.cooldown_s = 0.0;
         let ev = run(c, &[0.9; 7]);
         let ends: Vec<Option<f64>> = ev
             .iter()
@@ -466,7 +468,7 @@ mod tests {
     #[test]
     fn events_shorter_than_min_duration_are_not_reported() {
         let mut c = cfg(0.5, 0.3, 1, 1);
-        c.min_duration_s = 2.5;
+        c.tuning.min_duration_s = 2.5;
         assert!(run(c.clone(), &[0.1, 0.9, 0.9, 0.1, 0.1]).is_empty());
         let ev = run(c, &[0.1, 0.9, 0.9, 0.9, 0.1]);
         assert_eq!(ev.len(), 2);

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hearken::audio::source::{Source, SourceOptions, SourceSpec};
-use hearken::audio::FileDecoder;
+use hearken::audio::{rms_dbfs, FileDecoder};
 use ringbuf::traits::Consumer;
 
 mod common;
@@ -21,18 +21,6 @@ fn energy_seconds(samples: &[f32], rate: u32) -> f64 {
         .map(|&x| (x as f64) * (x as f64))
         .sum::<f64>()
         / rate as f64
-}
-
-fn rms_db(samples: &[f32]) -> f64 {
-    if samples.is_empty() {
-        return -200.0;
-    }
-    let ms = samples
-        .iter()
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        / samples.len() as f64;
-    10.0 * ms.max(1e-20).log10()
 }
 
 #[test]
@@ -114,7 +102,7 @@ fn captures_what_paplay_plays_into_the_null_sink() {
                 // Done once the capture's tail is silent again (the clip has drained
                 // through the sink and the plugin), or after a generous limit.
                 let tail = &captured[captured.len().saturating_sub(rate as usize / 4)..];
-                let quiet = at.elapsed() > Duration::from_millis(300) && rms_db(tail) < -80.0;
+                let quiet = at.elapsed() > Duration::from_millis(300) && rms_dbfs(tail) < -80.0;
                 if quiet || at.elapsed() > Duration::from_secs(5) {
                     break;
                 }
@@ -152,16 +140,16 @@ fn captures_what_paplay_plays_into_the_null_sink() {
 
     // Real audio arrived: loud, with the clip's energy (same level, any alignment).
     let silence = &captured[..silence_len];
-    let level = rms_db(&captured);
+    let level = rms_dbfs(&captured);
     let ratio_db =
         10.0 * (energy_seconds(&captured, rate) / energy_seconds(&reference, clip_rate)).log10();
     let peak = captured.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
     eprintln!(
         "silence before: {:.1} dB; capture: {level:.1} dBFS, peak {peak:.3}, energy vs clip {ratio_db:+.2} dB",
-        rms_db(silence)
+        rms_dbfs(silence)
     );
     assert!(
-        rms_db(silence) < -80.0,
+        rms_dbfs(silence) < -80.0,
         "the null sink was not silent before playback"
     );
     assert!(
