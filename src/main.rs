@@ -287,6 +287,7 @@ fn run_daemon(
         model.name()
     );
     let printer = std::thread::spawn(move || {
+        let mut last_overruns = 0;
         for msg in rx.iter() {
             match msg {
                 Message::Event(e) => {
@@ -318,7 +319,16 @@ fn run_daemon(
                         s.gated_calls + s.model_calls
                     );
                 }
-                Message::Status(_) => {}
+                // Without --print-events, only news worth a line: dropped audio.
+                Message::Status(s) => {
+                    if s.overruns > last_overruns {
+                        eprintln!(
+                            "hearken: warning: {} samples dropped at capture since the last report (the pipeline fell behind)",
+                            s.overruns - last_overruns
+                        );
+                        last_overruns = s.overruns;
+                    }
+                }
             }
         }
     });
