@@ -21,3 +21,4 @@ pub fn shared_dir() -> std::path::PathBuf {
 pub mod config;
 pub mod detect;
 pub mod pipeline;
+pub mod publish;

@@ -1,0 +1,495 @@
+//! Home Assistant MQTT discovery: the retained configs that make a node's entities
+//! appear in Home Assistant without any configuration there, and the empty retained
+//! messages that remove them again.
+//!
+//! Config topics are `<discovery_prefix>/<component>/<node_id>/<object_id>/config`,
+//! with node and object ids in `[A-Za-z0-9_-]` as Home Assistant requires. Per node:
+//!
+//! | component       | object id  | what                                            |
+//! |-----------------|------------|-------------------------------------------------|
+//! | `binary_sensor` | `<group>`  | `ON` while the group's event lasts              |
+//! | `event`         | `<group>`  | fires `start` / `end` with the event's details  |
+//! | `sensor`        | `top`      | current top label (attributes: labels, dBFS)    |
+//! | `sensor`        | `loudness` | current loudness, dBFS                          |
+//!
+//! All entities share one device (`identifiers: ["hearken_<node>"]`) and the node's
+//! availability topic. Unique ids use `.` and `:` as separators, characters that
+//! neither node ids nor group names can hold, so no two entities, on one node or
+//! across nodes, can share one.
+
+use serde_json::{json, Map, Value};
+
+use super::topics::{sanitize_id, Topics};
+use super::{OutMessage, OFFLINE, ONLINE, STATE_OFF, STATE_ON};
+
+/// Home Assistant's default discovery prefix.
+pub const DEFAULT_DISCOVERY_PREFIX: &str = "homeassistant";
+/// Payload Home Assistant publishes on `<discovery_prefix>/status` when it starts;
+/// the configs are re-announced when it arrives.
+pub const HA_BIRTH: &str = "online";
+
+/// Object id of the top-label sensor.
+const TOP_OBJECT: &str = "top";
+/// Object id of the loudness sensor.
+const LOUDNESS_OBJECT: &str = "loudness";
+
+/// The topic Home Assistant announces its start on: `<discovery_prefix>/status`.
+pub fn ha_status_topic(discovery_prefix: &str) -> String {
+    format!("{discovery_prefix}/status")
+}
+
+/// True if a message is Home Assistant's birth message (time to re-announce).
+pub fn is_ha_birth(discovery_prefix: &str, topic: &str, payload: &[u8]) -> bool {
+    topic == ha_status_topic(discovery_prefix) && payload == HA_BIRTH.as_bytes()
+}
+
+/// `<discovery_prefix>/<component>/<node_id>/<object_id>/config`, with node and
+/// object ids passed through [`sanitize_id`].
+pub fn config_topic(
+    discovery_prefix: &str,
+    component: &str,
+    node_id: &str,
+    object_id: &str,
+) -> String {
+    format!(
+        "{discovery_prefix}/{component}/{}/{}/config",
+        sanitize_id(node_id),
+        sanitize_id(object_id)
+    )
+}
+
+/// Subscription filter matching every config this node may have announced:
+/// `<discovery_prefix>/+/<node_id>/+/config`. Retained configs seen there and no
+/// longer produced by [`discovery_messages`] are what [`stale_configs`] removes.
+pub fn config_filter(discovery_prefix: &str, node_id: &str) -> String {
+    format!("{discovery_prefix}/+/{}/+/config", sanitize_id(node_id))
+}
+
+/// The binary_sensor device class of a group: `smoke` for `smoke_alarm` and `fire`,
+/// `safety` for other safety groups, `sound` for ordinary groups.
+pub fn device_class(group: &str, safety: bool) -> &'static str {
+    match group {
+        "smoke_alarm" | "fire" => "smoke",
+        _ if safety => "safety",
+        _ => "sound",
+    }
+}
+
+/// `smoke_alarm` → `Smoke alarm`.
+fn display_name(group: &str) -> String {
+    let words = group.replace('_', " ");
+    let mut c = words.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Keys every entity of the node carries: availability, device, origin.
+fn common(topics: &Topics, node: &str, version: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("availability_topic".into(), json!(topics.status()));
+    m.insert("payload_available".into(), json!(ONLINE));
+    m.insert("payload_not_available".into(), json!(OFFLINE));
+    m.insert(
+        "device".into(),
+        json!({
+            "identifiers": [format!("hearken_{node}")],
+            "name": format!("hearken {node}"),
+            "manufacturer": "hearken",
+            "model": "hearken sound monitor",
+            "sw_version": version,
+        }),
+    );
+    m.insert(
+        "origin".into(),
+        json!({ "name": "hearken", "sw_version": version }),
+    );
+    m
+}
+
+fn config_message(topic: String, common: &Map<String, Value>, specific: Value) -> OutMessage {
+    let mut obj = common.clone();
+    if let Value::Object(s) = specific {
+        obj.extend(s);
+    }
+    OutMessage {
+        topic,
+        payload: serde_json::to_vec(&Value::Object(obj)).expect("JSON always serialises"),
+        qos: 1,
+        retain: true,
+    }
+}
+
+/// Retained discovery configs (QoS 1) for a node: per group (`(name, safety)`) a
+/// `binary_sensor` on the group's state topic and an `event` entity on its event
+/// topic; then the `top` and `loudness` sensors on the diagnostic topic. `version`
+/// goes into the device's `sw_version`. Publish them on connect and again whenever
+/// Home Assistant's birth message arrives ([`is_ha_birth`]).
+pub fn discovery_messages(
+    topics: &Topics,
+    node_id: &str,
+    groups: &[(String, bool)],
+    version: &str,
+    discovery_prefix: &str,
+) -> Vec<OutMessage> {
+    let node = sanitize_id(node_id);
+    let common = common(topics, &node, version);
+    let mut out = Vec::with_capacity(2 * groups.len() + 2);
+    for (group, safety) in groups {
+        let object = sanitize_id(group);
+        let name = display_name(group);
+        out.push(config_message(
+            config_topic(discovery_prefix, "binary_sensor", &node, &object),
+            &common,
+            json!({
+                "name": name,
+                "unique_id": format!("hearken_{node}.{object}"),
+                "state_topic": topics.state(group),
+                "payload_on": STATE_ON,
+                "payload_off": STATE_OFF,
+                "device_class": device_class(group, *safety),
+                "qos": 1,
+            }),
+        ));
+        out.push(config_message(
+            config_topic(discovery_prefix, "event", &node, &object),
+            &common,
+            json!({
+                "name": format!("{name} event"),
+                "unique_id": format!("hearken_{node}.{object}.event"),
+                "state_topic": topics.event(group),
+                "event_types": ["start", "end"],
+                // HA wants a JSON object with `event_type`; other keys become
+                // attributes of the entity.
+                "value_template": "{{ {'event_type': value_json.state, \
+                    'id': value_json.id, 'room': value_json.room, \
+                    'peak_score': value_json.peak_score, 'dbfs': value_json.dbfs, \
+                    'labels': value_json.labels} | tojson }}",
+                "qos": 1,
+            }),
+        ));
+    }
+    out.push(config_message(
+        config_topic(discovery_prefix, "sensor", &node, TOP_OBJECT),
+        &common,
+        json!({
+            "name": "Top sound",
+            "unique_id": format!("hearken_{node}:{TOP_OBJECT}"),
+            "state_topic": topics.top(),
+            "value_template":
+                "{{ value_json.top[0].label if value_json.top else 'none' }}",
+            "json_attributes_topic": topics.top(),
+            "entity_category": "diagnostic",
+            "icon": "mdi:waveform",
+        }),
+    ));
+    out.push(config_message(
+        config_topic(discovery_prefix, "sensor", &node, LOUDNESS_OBJECT),
+        &common,
+        json!({
+            "name": "Loudness",
+            "unique_id": format!("hearken_{node}:{LOUDNESS_OBJECT}"),
+            "state_topic": topics.top(),
+            "value_template": "{{ value_json.dbfs }}",
+            // dBFS is relative to digital full scale, not sound pressure: no
+            // `sound_pressure` device class (that one means dB SPL).
+            "unit_of_measurement": "dBFS",
+            "state_class": "measurement",
+            "suggested_display_precision": 1,
+            "entity_category": "diagnostic",
+            "icon": "mdi:volume-high",
+        }),
+    ));
+    out
+}
+
+fn clear(topic: String) -> OutMessage {
+    OutMessage {
+        topic,
+        payload: Vec::new(),
+        qos: 1,
+        retain: true,
+    }
+}
+
+/// Messages that remove the entities of groups no longer configured: an empty
+/// retained payload on each group's `binary_sensor` and `event` config topics (Home
+/// Assistant deletes the entity; the broker drops the retained config), and on the
+/// group's retained state topic so no stale `ON` lingers.
+pub fn removal_messages(
+    topics: &Topics,
+    node_id: &str,
+    removed_groups: &[String],
+    discovery_prefix: &str,
+) -> Vec<OutMessage> {
+    let mut out = Vec::with_capacity(3 * removed_groups.len());
+    for group in removed_groups {
+        for component in ["binary_sensor", "event"] {
+            out.push(clear(config_topic(
+                discovery_prefix,
+                component,
+                node_id,
+                group,
+            )));
+        }
+        out.push(clear(topics.state(group)));
+    }
+    out
+}
+
+/// Removal messages for the configs seen on the broker (`seen`, e.g. retained
+/// messages received on [`config_filter`]) that `current` no longer announces.
+/// Topics seen with an empty payload are already removed; pass only non-empty ones.
+pub fn stale_configs(seen: &[String], current: &[OutMessage]) -> Vec<OutMessage> {
+    seen.iter()
+        .filter(|t| t.ends_with("/config") && !current.iter().any(|m| &m.topic == *t))
+        .map(|t| clear(t.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn groups() -> Vec<(String, bool)> {
+        [
+            ("glass", true),
+            ("smoke_alarm", true),
+            ("fire", true),
+            ("dog_bark", false),
+        ]
+        .iter()
+        .map(|(g, s)| (g.to_string(), *s))
+        .collect()
+    }
+
+    fn parse(m: &OutMessage) -> Value {
+        serde_json::from_slice(&m.payload).unwrap()
+    }
+
+    fn find<'a>(ms: &'a [OutMessage], topic: &str) -> &'a OutMessage {
+        ms.iter()
+            .find(|m| m.topic == topic)
+            .unwrap_or_else(|| panic!("no {topic}"))
+    }
+
+    fn announce(node: &str) -> Vec<OutMessage> {
+        let t = Topics::new("hearken", node).unwrap();
+        discovery_messages(&t, node, &groups(), "0.1.0", DEFAULT_DISCOVERY_PREFIX)
+    }
+
+    fn is_id(s: &str) -> bool {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+
+    #[test]
+    fn every_config_has_what_ha_requires() {
+        let ms = announce("n1");
+        assert_eq!(ms.len(), 2 * groups().len() + 2);
+        for m in &ms {
+            assert!(m.retain, "{}", m.topic);
+            assert_eq!(m.qos, 1);
+            // <prefix>/<component>/<node_id>/<object_id>/config
+            let parts: Vec<&str> = m.topic.split('/').collect();
+            assert_eq!(parts.len(), 5, "{}", m.topic);
+            assert_eq!(parts[0], "homeassistant");
+            assert!(["binary_sensor", "event", "sensor"].contains(&parts[1]));
+            assert_eq!(parts[2], "n1");
+            assert!(is_id(parts[3]), "{}", m.topic);
+            assert_eq!(parts[4], "config");
+
+            let v = parse(m);
+            for key in ["name", "unique_id", "state_topic"] {
+                assert!(
+                    v[key].as_str().is_some_and(|s| !s.is_empty()),
+                    "{key} in {v}"
+                );
+            }
+            assert_eq!(v["availability_topic"], "hearken/n1/status");
+            assert_eq!(v["payload_available"], "online");
+            assert_eq!(v["payload_not_available"], "offline");
+            assert_eq!(v["device"]["identifiers"], json!(["hearken_n1"]));
+            assert_eq!(v["device"]["manufacturer"], "hearken");
+            assert_eq!(v["device"]["sw_version"], "0.1.0");
+            assert!(v["device"]["name"].is_string() && v["device"]["model"].is_string());
+            assert_eq!(v["origin"]["name"], "hearken");
+            assert!(v.get("command_topic").is_none(), "read-only entities");
+            if parts[1] == "event" {
+                assert_eq!(v["event_types"], json!(["start", "end"]));
+                let tpl = v["value_template"].as_str().unwrap();
+                assert!(tpl.contains("'event_type': value_json.state"), "{tpl}");
+                assert!(tpl.contains("tojson"), "{tpl}");
+            }
+        }
+        let ids: HashSet<&str> = ms.iter().map(|m| m.topic.as_str()).collect::<HashSet<_>>();
+        assert_eq!(ids.len(), ms.len(), "config topics are distinct");
+    }
+
+    #[test]
+    fn binary_sensors() {
+        let ms = announce("n1");
+        let expect = [
+            ("glass", "safety"),
+            ("smoke_alarm", "smoke"),
+            ("fire", "smoke"),
+            ("dog_bark", "sound"),
+        ];
+        for (g, class) in expect {
+            let v = parse(find(
+                &ms,
+                &format!("homeassistant/binary_sensor/n1/{g}/config"),
+            ));
+            assert_eq!(v["device_class"], class, "{g}");
+            assert_eq!(v["state_topic"], format!("hearken/n1/{g}/state"));
+            assert_eq!(v["payload_on"], "ON");
+            assert_eq!(v["payload_off"], "OFF");
+            assert_eq!(v["unique_id"], format!("hearken_n1.{g}"));
+        }
+        let v = parse(find(
+            &ms,
+            "homeassistant/binary_sensor/n1/smoke_alarm/config",
+        ));
+        assert_eq!(v["name"], "Smoke alarm");
+        assert_eq!(device_class("door_knock", false), "sound");
+        assert_eq!(device_class("scream", true), "safety");
+    }
+
+    #[test]
+    fn event_entities() {
+        let ms = announce("n1");
+        let v = parse(find(&ms, "homeassistant/event/n1/glass/config"));
+        assert_eq!(v["state_topic"], "hearken/n1/event/glass");
+        assert_eq!(v["unique_id"], "hearken_n1.glass.event");
+        assert_eq!(v["name"], "Glass event");
+        assert_eq!(
+            v["value_template"],
+            "{{ {'event_type': value_json.state, 'id': value_json.id, \
+             'room': value_json.room, 'peak_score': value_json.peak_score, \
+             'dbfs': value_json.dbfs, 'labels': value_json.labels} | tojson }}"
+        );
+    }
+
+    #[test]
+    fn sensors() {
+        let ms = announce("n1");
+        let top = parse(find(&ms, "homeassistant/sensor/n1/top/config"));
+        assert_eq!(top["state_topic"], "hearken/n1/top");
+        assert_eq!(top["json_attributes_topic"], "hearken/n1/top");
+        assert!(top["value_template"]
+            .as_str()
+            .unwrap()
+            .contains("value_json.top[0].label"));
+        assert!(
+            top.get("state_class").is_none(),
+            "a label is not a measurement"
+        );
+        let loud = parse(find(&ms, "homeassistant/sensor/n1/loudness/config"));
+        assert_eq!(loud["state_topic"], "hearken/n1/top");
+        assert_eq!(loud["value_template"], "{{ value_json.dbfs }}");
+        assert_eq!(loud["unit_of_measurement"], "dBFS");
+        assert_eq!(loud["state_class"], "measurement");
+        assert!(loud.get("device_class").is_none());
+        for v in [&top, &loud] {
+            assert_eq!(v["entity_category"], "diagnostic");
+        }
+    }
+
+    #[test]
+    fn unique_ids_never_collide() {
+        // A group named like a sensor, and node/group splits that would collide
+        // with `_` as the only separator.
+        let gs: Vec<(String, bool)> = ["top", "loudness", "b_c", "glass", "glass_event"]
+            .iter()
+            .map(|g| (g.to_string(), false))
+            .collect();
+        let mut seen = HashSet::new();
+        for node in ["a", "a_b"] {
+            let t = Topics::new("hearken", node).unwrap();
+            let mut gs = gs.clone();
+            if node == "a_b" {
+                gs.push(("c".into(), false));
+            }
+            for m in discovery_messages(&t, node, &gs, "1", "homeassistant") {
+                let id = parse(&m)["unique_id"].as_str().unwrap().to_string();
+                assert!(seen.insert(id.clone()), "duplicate unique_id {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn odd_node_id_is_sanitised_in_discovery() {
+        // Topics reject such ids; discovery ids never carry characters HA refuses.
+        let t = Topics::new("hearken", "n1").unwrap();
+        let ms = discovery_messages(&t, "kitchen pi/2", &groups(), "1", "homeassistant");
+        for m in &ms {
+            let node = m.topic.split('/').nth(2).unwrap();
+            assert_eq!(node, "kitchen_pi_2", "{}", m.topic);
+        }
+        assert_eq!(
+            config_topic("homeassistant", "sensor", "a+b", "c#"),
+            "homeassistant/sensor/a_b/c_/config"
+        );
+    }
+
+    #[test]
+    fn removal() {
+        let t = Topics::new("hearken", "n1").unwrap();
+        let ms = removal_messages(&t, "n1", &["dog_bark".to_string()], "homeassistant");
+        let topics: Vec<&str> = ms.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/binary_sensor/n1/dog_bark/config",
+                "homeassistant/event/n1/dog_bark/config",
+                "hearken/n1/dog_bark/state",
+            ]
+        );
+        for m in &ms {
+            assert!(m.payload.is_empty());
+            assert!(m.retain);
+        }
+        // The removal topics are exactly the ones the announcement used.
+        let announced = announce("n1");
+        for m in &ms[..2] {
+            assert!(announced.iter().any(|a| a.topic == m.topic));
+        }
+    }
+
+    #[test]
+    fn stale_configs_are_cleared() {
+        let current = announce("n1");
+        let seen = vec![
+            "homeassistant/binary_sensor/n1/glass/config".to_string(),
+            "homeassistant/binary_sensor/n1/old_group/config".to_string(),
+            "homeassistant/event/n1/old_group/config".to_string(),
+        ];
+        let ms = stale_configs(&seen, &current);
+        let topics: Vec<&str> = ms.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, [seen[1].as_str(), seen[2].as_str()]);
+        assert!(ms.iter().all(|m| m.payload.is_empty() && m.retain));
+        assert_eq!(
+            config_filter("homeassistant", "n1"),
+            "homeassistant/+/n1/+/config"
+        );
+    }
+
+    #[test]
+    fn ha_birth() {
+        assert_eq!(ha_status_topic("homeassistant"), "homeassistant/status");
+        assert!(is_ha_birth(
+            "homeassistant",
+            "homeassistant/status",
+            b"online"
+        ));
+        assert!(!is_ha_birth(
+            "homeassistant",
+            "homeassistant/status",
+            b"offline"
+        ));
+        assert!(!is_ha_birth("homeassistant", "other/status", b"online"));
+    }
+}

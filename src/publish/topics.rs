@@ -1,0 +1,207 @@
+//! MQTT topic names for one node (pure string building).
+//!
+//! Layout, with `<base>` = `<prefix>/<node_id>` (prefix default `hearken`):
+//!
+//! | topic                  | payload                  | QoS | retained |
+//! |------------------------|--------------------------|-----|----------|
+//! | `<base>/status`        | `online` / `offline`     | 1   | yes (also the Last Will) |
+//! | `<base>/event/<group>` | event JSON               | 1   | no       |
+//! | `<base>/<group>/state` | `ON` / `OFF`             | 1   | yes      |
+//! | `<base>/top`           | top labels + dBFS JSON   | 0   | no       |
+
+use std::fmt;
+
+/// Default first level of every hearken topic.
+pub const DEFAULT_PREFIX: &str = "hearken";
+
+/// Why a prefix or node id cannot be used in topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicError {
+    /// The node id is not `[A-Za-z0-9_-]{1,64}`.
+    BadNodeId(String),
+    /// The prefix is empty, has an empty level, or holds `+`, `#` or NUL.
+    BadPrefix(String),
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicError::BadNodeId(s) => {
+                write!(f, "node id must match [A-Za-z0-9_-]{{1,64}}, got {s:?}")
+            }
+            TopicError::BadPrefix(s) => write!(
+                f,
+                "MQTT base topic must be non-empty levels without '+', '#' or NUL, got {s:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+/// True if `id` can be a node id: `[A-Za-z0-9_-]{1,64}`. This is also the character
+/// set Home Assistant accepts for the node and object ids of discovery topics.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `s` with every character outside `[A-Za-z0-9_-]` replaced by `_` (`_` if empty),
+/// so it can be a Home Assistant discovery node or object id.
+pub fn sanitize_id(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        "_".to_string()
+    } else {
+        out
+    }
+}
+
+fn valid_prefix(p: &str) -> bool {
+    !p.is_empty() && p.split('/').all(|level| !level.is_empty()) && !p.contains(['+', '#', '\0'])
+}
+
+/// The topics of one node, all under `<prefix>/<node_id>`.
+///
+/// Group names are used verbatim in topics; the configuration guarantees they match
+/// `[a-z0-9_]{1,32}`, so they never hold `/`, `+` or `#`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    base: String,
+    node_id: String,
+}
+
+impl Topics {
+    /// Topics under `<prefix>/<node_id>`. The prefix may have several levels
+    /// (`home/hearken`) but no empty level, wildcard or NUL; the node id must match
+    /// `[A-Za-z0-9_-]{1,64}`. Odd values are rejected, not rewritten, so that two
+    /// nodes can never end up sharing topics.
+    pub fn new(prefix: &str, node_id: &str) -> Result<Topics, TopicError> {
+        if !valid_prefix(prefix) {
+            return Err(TopicError::BadPrefix(prefix.to_string()));
+        }
+        if !valid_node_id(node_id) {
+            return Err(TopicError::BadNodeId(node_id.to_string()));
+        }
+        Ok(Topics {
+            base: format!("{prefix}/{node_id}"),
+            node_id: node_id.to_string(),
+        })
+    }
+
+    /// `<prefix>/<node_id>`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The node id the topics were built for.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Availability: `<base>/status` (`online`/`offline`, retained, Last Will).
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+
+    /// Event messages of a group: `<base>/event/<group>` (JSON, QoS 1, not retained).
+    pub fn event(&self, group: &str) -> String {
+        debug_assert!(!group.contains(['/', '+', '#']), "bad group {group:?}");
+        format!("{}/event/{group}", self.base)
+    }
+
+    /// Subscription filter matching every group's event topic: `<base>/event/+`.
+    pub fn event_filter(&self) -> String {
+        format!("{}/event/+", self.base)
+    }
+
+    /// Per-group state: `<base>/<group>/state` (`ON`/`OFF`, retained).
+    pub fn state(&self, group: &str) -> String {
+        debug_assert!(!group.contains(['/', '+', '#']), "bad group {group:?}");
+        format!("{}/{group}/state", self.base)
+    }
+
+    /// Diagnostic top labels and loudness: `<base>/top` (JSON, rate-limited).
+    pub fn top(&self) -> String {
+        format!("{}/top", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_strings() {
+        let t = Topics::new(DEFAULT_PREFIX, "kitchen-pi").unwrap();
+        assert_eq!(t.base(), "hearken/kitchen-pi");
+        assert_eq!(t.node_id(), "kitchen-pi");
+        assert_eq!(t.status(), "hearken/kitchen-pi/status");
+        assert_eq!(t.event("glass"), "hearken/kitchen-pi/event/glass");
+        assert_eq!(t.event_filter(), "hearken/kitchen-pi/event/+");
+        assert_eq!(
+            t.state("smoke_alarm"),
+            "hearken/kitchen-pi/smoke_alarm/state"
+        );
+        assert_eq!(t.top(), "hearken/kitchen-pi/top");
+    }
+
+    #[test]
+    fn multi_level_prefix() {
+        let t = Topics::new("home/sound", "n1").unwrap();
+        assert_eq!(t.status(), "home/sound/n1/status");
+    }
+
+    #[test]
+    fn odd_node_ids_are_rejected() {
+        for bad in [
+            "",
+            "a/b",
+            "a+b",
+            "a#",
+            "kitchen pi",
+            "küche",
+            "a.b",
+            &"x".repeat(65),
+        ] {
+            assert_eq!(
+                Topics::new("hearken", bad),
+                Err(TopicError::BadNodeId(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+        assert!(Topics::new("hearken", "Node_1-a").is_ok());
+        assert!(Topics::new("hearken", &"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn odd_prefixes_are_rejected() {
+        for bad in ["", "/", "a/", "/a", "a//b", "a/+", "#", "a\0"] {
+            assert!(
+                matches!(Topics::new(bad, "n"), Err(TopicError::BadPrefix(_))),
+                "{bad:?}"
+            );
+        }
+        let e = Topics::new("a/+", "n").unwrap_err().to_string();
+        assert!(e.contains("a/+"), "{e}");
+    }
+
+    #[test]
+    fn sanitising_ids() {
+        assert_eq!(sanitize_id("kitchen-pi_2"), "kitchen-pi_2");
+        assert_eq!(sanitize_id("a b/c+#.ü"), "a_b_c____");
+        assert_eq!(sanitize_id(""), "_");
+        assert!(valid_node_id(&sanitize_id("weird id!")));
+    }
+}
