@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages hearken needs to build and test (Debian 12 / Raspberry
-# Pi OS bookworm and later). Only installs what is missing; uses sudo when not root.
+# Installs the Debian packages hearken needs to build, plus any named as arguments
+# (Debian 12 / Raspberry Pi OS bookworm and later). Only installs what is missing;
+# uses sudo when not root.
 set -euo pipefail
-pkgs=(build-essential pkg-config curl ca-certificates libasound2-dev)
+pkgs=(build-essential pkg-config curl ca-certificates libasound2-dev "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
