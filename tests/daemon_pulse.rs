@@ -87,9 +87,4 @@ fn a_gunshot_played_into_the_microphone_raises_an_event() {
         diff.abs() < 2.5,
         "event onset {diff:+.2} s from the first shot"
     );
-    let safety_other: Vec<_> = events
-        .iter()
-        .filter(|e| e["safety"] == true && e["group"] != "gunshot")
-        .collect();
-    assert!(safety_other.is_empty(), "{safety_other:#?}");
 }

@@ -1,14 +1,15 @@
-//! Publishing to MQTT and Home Assistant: the pure part.
+//! Publishing to MQTT and Home Assistant.
 //!
-//! Everything here turns hearken's values (events, top labels, the group list) into
-//! [`OutMessage`]s: topic, payload, QoS and retain flag. The network client, the
-//! outbox and the threads that send these messages live elsewhere; nothing in this
-//! module does I/O or reads a clock.
+//! This module turns hearken's values (events, top labels, the group list) into
+//! [`OutMessage`]s: topic, payload, QoS and retain flag, without I/O or clocks. The
+//! durable [`outbox`] keeps them on disk until the broker acknowledges them.
 //!
 //! - [`topics`]: topic names under `<prefix>/<node_id>`.
 //! - [`discovery`]: Home Assistant MQTT discovery configs and their removal.
+//! - [`outbox`]: the crash-safe on-disk queue.
 
 pub mod discovery;
+pub mod outbox;
 pub mod topics;
 
 use serde::Serialize;
