@@ -69,6 +69,15 @@ enum Command {
         /// Print each event as a JSON line on stdout and a status line to stderr.
         #[arg(long)]
         print_events: bool,
+        /// Publish events to this MQTT broker: mqtt://[user:pass@]host[:port].
+        #[arg(long)]
+        mqtt: Option<String>,
+        /// Node id in MQTT topics (overrides node.id).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Directory for state that must survive restarts (the MQTT outbox).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Validate a configuration file (and its labels against the configured model).
     CheckConfig {
@@ -176,7 +185,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fast,
             model,
             print_events,
-        } => run_daemon(config, source, fast, model, print_events),
+            mqtt,
+            node_id,
+            state_dir,
+        } => run_daemon(
+            config,
+            source,
+            fast,
+            model,
+            print_events,
+            Mqtt {
+                url: mqtt,
+                node_id,
+                state_dir,
+            },
+        ),
         Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Bench {
             model,
@@ -224,12 +247,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// MQTT options from the command line.
+struct Mqtt {
+    url: Option<String>,
+    node_id: Option<String>,
+    state_dir: Option<PathBuf>,
+}
+
+/// Where state lives: `--state-dir`, systemd's `$STATE_DIRECTORY`, or
+/// `$XDG_STATE_HOME/hearken` (`~/.local/state/hearken`).
+fn state_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = flag {
+        return d;
+    }
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(d);
+    }
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) => PathBuf::from(d).join("hearken"),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/state/hearken"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/hearken")),
+    }
+}
+
 fn run_daemon(
     config: Option<PathBuf>,
     source: Option<String>,
     fast: bool,
     model: Option<String>,
     print_events: bool,
+    mqtt: Mqtt,
 ) -> Result<ExitCode> {
     use hearken::audio::source::SourceSpec;
     use hearken::config::Config;
@@ -259,8 +307,31 @@ fn run_daemon(
         room: cfg.node.room.clone(),
         model: model.name().to_string(),
     };
+    if let Some(id) = mqtt.node_id {
+        cfg.node.id = id;
+    }
+    let ident = Identity {
+        node: cfg.node.id.clone(),
+        ..ident
+    };
     let detector = Detector::from_config(cfg.enabled_groups(), model.labels(), ident)
         .map_err(anyhow::Error::msg)?;
+    let publisher = match &mqtt.url {
+        Some(url) => {
+            let mut s = hearken::publish::client::MqttSettings::from_url(
+                url,
+                &cfg.node.id,
+                state_dir(mqtt.state_dir),
+            )?;
+            s.groups = cfg
+                .enabled_groups()
+                .map(|(n, g)| (n.clone(), g.safety))
+                .collect();
+            s.model = model.name().to_string();
+            Some(hearken::publish::client::Publisher::start(s)?)
+        }
+        None => None,
+    };
     let groups = detector.group_names().join(", ");
     let (tx, rx) = crossbeam_channel::unbounded();
     let pipeline = Pipeline::start(
@@ -291,6 +362,9 @@ fn run_daemon(
         for msg in rx.iter() {
             match msg {
                 Message::Event(e) => {
+                    if let Some(p) = &publisher {
+                        p.send(e.clone());
+                    }
                     if print_events {
                         if let Ok(line) = serde_json::to_string(&e) {
                             println!("{line}");
@@ -331,9 +405,13 @@ fn run_daemon(
                 }
             }
         }
+        publisher
     });
     let summary = pipeline.wait()?;
-    let _ = printer.join();
+    // The pipeline has closed every event; the publisher flushes and says offline.
+    if let Ok(Some(p)) = printer.join() {
+        p.shutdown()?;
+    }
     eprintln!(
         "hearken: stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} samples dropped",
         summary.audio_s, summary.events, summary.model_calls, summary.gated_calls, summary.overruns

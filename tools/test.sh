@@ -3,8 +3,9 @@
 # models and recordings in $HEARKEN_SHARED (default ../shared).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# PulseAudio with a null sink stands in for a microphone in the capture tests.
-tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins
+# PulseAudio with a null sink stands in for a microphone in the capture tests;
+# mosquitto is the broker of the MQTT tests.
+tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients
 export HEARKEN_SHARED="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
 if [ ! -d "$HEARKEN_SHARED/models" ]; then
   echo "error: $HEARKEN_SHARED/models not found; set HEARKEN_SHARED to the shared assets folder" >&2

@@ -8,6 +8,7 @@
 //! - [`discovery`]: Home Assistant MQTT discovery configs and their removal.
 //! - [`outbox`]: the crash-safe on-disk queue.
 
+pub mod client;
 pub mod discovery;
 pub mod outbox;
 pub mod topics;
