@@ -115,6 +115,17 @@ fn hearken(file: &str, port: u16, state: &Path, fast: bool) -> Command {
     c
 }
 
+/// Runs hearken to the end and insists it succeeded.
+fn run_ok(mut c: Command) -> std::process::Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn events(msgs: &[(String, String)]) -> Vec<Value> {
     msgs.iter()
         .filter(|(t, _)| t == "hearken/testnode/event/gunshot")
@@ -128,14 +139,7 @@ fn events_states_discovery_and_availability_reach_a_real_broker() {
     let _broker = start_broker(port, "main");
     let sub = subscribe(port);
     let state = tmp("state-main");
-    let out = hearken("gunshots.wav", port, &state, true)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(hearken("gunshots.wav", port, &state, true));
     let msgs = collect(sub);
     let topics: Vec<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();
 
@@ -247,23 +251,13 @@ fn events_made_while_the_broker_is_down_arrive_after_a_restart() {
     let port = free_port();
     let state = tmp("state-outage");
     // Broker down: the daemon runs anyway and keeps the events on disk.
-    let out = hearken("gunshots.wav", port, &state, true)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(hearken("gunshots.wav", port, &state, true));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("outbox"), "{err}");
     // Broker up; hearken restarted on audio without events: the outbox drains.
     let _broker = start_broker(port, "outage");
     let sub = subscribe(port);
-    let out = hearken("speech_sample1.wav", port, &state, true)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_ok(hearken("speech_sample1.wav", port, &state, true));
     let msgs = collect(sub);
     let ev = events(&msgs);
     eprintln!(
@@ -279,10 +273,7 @@ fn events_made_while_the_broker_is_down_arrive_after_a_restart() {
     assert!(ev.iter().all(|e| e["id"] == ev[0]["id"]));
     // Nothing left behind: a third run sends nothing old.
     let sub = subscribe(port);
-    let out = hearken("speech_sample1.wav", port, &state, true)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_ok(hearken("speech_sample1.wav", port, &state, true));
     assert!(events(&collect(sub)).is_empty());
     let _ = std::fs::remove_dir_all(&state);
 }
