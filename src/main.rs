@@ -360,6 +360,12 @@ fn run_daemon(
     let printer = std::thread::spawn(move || {
         let mut last_overruns = 0;
         for msg in rx.iter() {
+            if let (Message::Status(s), Some(p)) = (&msg, &publisher) {
+                p.send_top(hearken::publish::TopReport {
+                    top: s.top.clone(),
+                    dbfs: s.dbfs,
+                });
+            }
             match msg {
                 Message::Event(e) => {
                     if let Some(p) = &publisher {

@@ -208,7 +208,11 @@ fn kill_9_makes_the_broker_say_offline() {
     let port = free_port();
     let _broker = start_broker(port, "kill");
     let state = tmp("state-kill");
+    let cfg = state.join("fast-status.toml");
+    std::fs::write(&cfg, "[detection]\nstatus_interval_s = 1.0\n").unwrap();
     let mut child = hearken("gunshots.wav", port, &state, false)
+        .arg("--config")
+        .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -236,6 +240,24 @@ fn kill_9_makes_the_broker_say_offline() {
         assert!(t.elapsed() < Duration::from_secs(20), "never online");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The diagnostic topic carries the top labels and the level.
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "hearken/testnode/top",
+            "-C",
+            "1",
+            "-W",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let top: Value = serde_json::from_slice(&out.stdout).expect("a top report within 8 s");
+    assert!(top["top"].is_array() && top["dbfs"].is_number(), "{top}");
     child.kill().unwrap(); // SIGKILL: no clean shutdown, the Last Will fires.
     child.wait().unwrap();
     let t = Instant::now();

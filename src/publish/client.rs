@@ -24,7 +24,10 @@ use rumqttc::{
 use super::discovery::{discovery_messages, ha_status_topic, is_ha_birth};
 use super::outbox::Outbox;
 use super::topics::Topics;
-use super::{availability_message, messages_for_event, OutMessage, OFFLINE};
+use super::{
+    availability_message, messages_for_event, top_message, OutMessage, RateLimit, TopReport,
+    DEFAULT_TOP_INTERVAL_S, OFFLINE,
+};
 use crate::detect::Event;
 
 /// Where and how to publish.
@@ -130,9 +133,14 @@ struct Conn {
     in_flight: Option<u64>,
 }
 
+enum Item {
+    Event(Event),
+    Top(TopReport),
+}
+
 /// The running publisher.
 pub struct Publisher {
-    tx: Option<Sender<Event>>,
+    tx: Option<Sender<Item>>,
     handle: Option<JoinHandle<Result<()>>>,
 }
 
@@ -156,7 +164,15 @@ impl Publisher {
     /// Queues an event for publishing.
     pub fn send(&self, e: Event) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(e);
+            let _ = tx.send(Item::Event(e));
+        }
+    }
+
+    /// Offers a diagnostic report for `<base>/top`; sent at most every
+    /// [`DEFAULT_TOP_INTERVAL_S`] while connected, never queued.
+    pub fn send_top(&self, r: TopReport) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Item::Top(r));
         }
     }
 
@@ -280,12 +296,14 @@ fn pump(c: &mut Conn, outbox: &Outbox) {
     }
 }
 
-fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Event>) -> Result<()> {
+fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Item>) -> Result<()> {
     let mut conn: Option<Conn> = None;
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(500);
     let mut last_state = String::new();
     let mut closing: Option<Instant> = None;
+    let started = Instant::now();
+    let mut top_limit = RateLimit::new(DEFAULT_TOP_INTERVAL_S);
     let say = |state: String, last: &mut String| {
         if *last != state {
             eprintln!("hearken: mqtt {}:{}: {state}", s.host, s.port);
@@ -297,15 +315,22 @@ fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Event>)
             conn = Some(connect(&s, &topics));
         }
         let never = crossbeam_channel::never();
-        let never_ev = crossbeam_channel::never();
+        let never_ev: Receiver<Item> = crossbeam_channel::never();
         let net = conn.as_ref().map_or(&never, |c| &c.net);
         let evrx = if closing.is_some() { &never_ev } else { &rx };
         let mut drop_conn = false;
         select! {
             recv(evrx) -> msg => match msg {
-                Ok(e) => {
+                Ok(Item::Event(e)) => {
                     for m in messages_for_event(&topics, &e) {
                         outbox.push(&m.topic, &m.payload, m.qos, m.retain)?;
+                    }
+                }
+                Ok(Item::Top(r)) => {
+                    if let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                        if top_limit.allow(started.elapsed().as_secs_f64()) {
+                            publish(c, &top_message(&topics, &r), Kind::Other);
+                        }
                     }
                 }
                 Err(_) => closing = Some(Instant::now()),
