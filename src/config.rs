@@ -267,6 +267,8 @@ pub struct Config {
     pub model: ModelConfig,
     /// `[detection]`: groups and event logic.
     pub detection: DetectionConfig,
+    /// `[mqtt]`: where events are published.
+    pub mqtt: MqttConfig,
 }
 
 /// `[node]`.
@@ -336,6 +338,51 @@ impl Default for ModelConfig {
     }
 }
 
+/// `[mqtt]`: the broker events are published to (off while `host` is empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of MQTT settings")]
+pub struct MqttConfig {
+    /// Broker host name or address; empty: do not publish.
+    pub host: String,
+    /// Broker port (1..=65535).
+    pub port: u16,
+    /// User name; empty: none.
+    pub username: String,
+    /// Password.
+    #[serde(skip_serializing)]
+    pub password: String,
+    /// Client id; empty: `hearken-<node id>`.
+    pub client_id: String,
+    /// Keep-alive in seconds (5..=3600).
+    pub keepalive_s: u64,
+    /// Topic prefix; topics are `<base_topic>/<node id>/...`.
+    pub base_topic: String,
+    /// Home Assistant discovery prefix.
+    pub discovery_prefix: String,
+    /// Directory of the durable outbox; empty: `$STATE_DIRECTORY` or
+    /// `~/.local/state/hearken`.
+    pub state_dir: String,
+    /// Outbox size bound in MiB (1..=4096); the oldest events are dropped past it.
+    pub outbox_max_mib: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: String::new(),
+            port: 1883,
+            username: String::new(),
+            password: String::new(),
+            client_id: String::new(),
+            keepalive_s: 30,
+            base_topic: "hearken".into(),
+            discovery_prefix: "homeassistant".into(),
+            state_dir: String::new(),
+            outbox_max_mib: 16,
+        }
+    }
+}
+
 /// `[detection]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DetectionConfig {
@@ -398,6 +445,7 @@ impl Default for Config {
             audio: AudioConfig::default(),
             model: ModelConfig::default(),
             detection: DetectionConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -591,6 +639,7 @@ struct FileConfig {
     audio: AudioConfig,
     model: ModelConfig,
     detection: FileDetection,
+    mqtt: MqttConfig,
 }
 
 #[derive(Deserialize)]
@@ -771,7 +820,32 @@ impl Checker<'_, '_> {
             audio,
             model,
             detection,
+            mqtt,
         } = file;
+
+        // [mqtt]
+        if mqtt.port == 0 {
+            self.fail(&["mqtt", "port"], "must be in [1, 65535], got 0".into());
+        }
+        self.range(&["mqtt", "keepalive_s"], mqtt.keepalive_s, 5, false, 3600);
+        self.range(
+            &["mqtt", "outbox_max_mib"],
+            mqtt.outbox_max_mib,
+            1,
+            false,
+            4096,
+        );
+        for (k, v) in [
+            ("base_topic", &mqtt.base_topic),
+            ("discovery_prefix", &mqtt.discovery_prefix),
+        ] {
+            if v.is_empty() || v.contains(['+', '#']) || v.split('/').any(str::is_empty) {
+                self.fail(
+                    &["mqtt", k],
+                    format!("must be a topic prefix without + or # or empty levels, got {v:?}"),
+                );
+            }
+        }
 
         // [node]
         if node.id.is_empty() {
@@ -887,6 +961,7 @@ impl Checker<'_, '_> {
                 groups,
                 file_tuned,
             },
+            mqtt,
         }
     }
 
@@ -1297,6 +1372,16 @@ mod tests {
             "window_s",
             "hop_s",
             "status_interval_s",
+            "host",
+            "port",
+            "username",
+            "password",
+            "client_id",
+            "keepalive_s",
+            "base_topic",
+            "discovery_prefix",
+            "state_dir",
+            "outbox_max_mib",
         ] {
             assert!(
                 EXAMPLE.lines().any(|l| l
@@ -1308,10 +1393,20 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_settings_are_checked() {
+        assert_err("[mqtt]\nport = 0\n", "mqtt.port", 2);
+        assert_err("[mqtt]\n\nkeepalive_s = 1\n", "mqtt.keepalive_s", 3);
+        assert_err("[mqtt]\nbase_topic = \"a/#\"\n", "mqtt.base_topic", 2);
+        let c = Config::from_str("[mqtt]\nhost = \"broker.lan\"\nport = 8883\n", "t.toml").unwrap();
+        assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("broker.lan", 8883));
+        assert_eq!(c.mqtt.base_topic, "hearken");
+    }
+
+    #[test]
     fn unknown_top_level_key() {
         let e = assert_err(
-            "[audio]\nsource = \"default\"\n\n[mqtt]\nhost = \"x\"\n",
-            "mqtt",
+            "[audio]\nsource = \"default\"\n\n[broker]\nhost = \"x\"\n",
+            "broker",
             4,
         );
         assert!(e.message.contains("unknown key"), "{e}");

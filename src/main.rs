@@ -271,6 +271,48 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     }
 }
 
+/// Publisher settings from `[mqtt]` with the command line on top; `None` when no
+/// broker is configured.
+fn mqtt_settings(
+    cfg: &hearken::config::Config,
+    flags: &Mqtt,
+    model: &str,
+) -> Result<Option<hearken::publish::client::MqttSettings>> {
+    use hearken::publish::client::MqttSettings;
+    let m = &cfg.mqtt;
+    let dir = match (&flags.state_dir, m.state_dir.is_empty()) {
+        (Some(d), _) => Some(d.clone()),
+        (None, false) => Some(PathBuf::from(&m.state_dir)),
+        (None, true) => None,
+    };
+    let mut s = match &flags.url {
+        Some(url) => MqttSettings::from_url(url, &cfg.node.id, state_dir(dir))?,
+        None if !m.host.is_empty() => {
+            let url = format!("mqtt://{}:{}", m.host, m.port);
+            let mut s = MqttSettings::from_url(&url, &cfg.node.id, state_dir(dir))?;
+            if !m.username.is_empty() {
+                s.username = Some(m.username.clone());
+                s.password = Some(m.password.clone());
+            }
+            s
+        }
+        None => return Ok(None),
+    };
+    if !m.client_id.is_empty() {
+        s.client_id = m.client_id.clone();
+    }
+    s.keepalive_s = m.keepalive_s;
+    s.prefix = m.base_topic.clone();
+    s.discovery_prefix = m.discovery_prefix.clone();
+    s.outbox_max_bytes = m.outbox_max_mib << 20;
+    s.groups = cfg
+        .enabled_groups()
+        .map(|(n, g)| (n.clone(), g.safety))
+        .collect();
+    s.model = model.to_string();
+    Ok(Some(s))
+}
+
 fn run_daemon(
     config: Option<PathBuf>,
     source: Option<String>,
@@ -307,7 +349,7 @@ fn run_daemon(
         room: cfg.node.room.clone(),
         model: model.name().to_string(),
     };
-    if let Some(id) = mqtt.node_id {
+    if let Some(id) = mqtt.node_id.clone() {
         cfg.node.id = id;
     }
     let ident = Identity {
@@ -316,22 +358,9 @@ fn run_daemon(
     };
     let detector = Detector::from_config(cfg.enabled_groups(), model.labels(), ident)
         .map_err(anyhow::Error::msg)?;
-    let publisher = match &mqtt.url {
-        Some(url) => {
-            let mut s = hearken::publish::client::MqttSettings::from_url(
-                url,
-                &cfg.node.id,
-                state_dir(mqtt.state_dir),
-            )?;
-            s.groups = cfg
-                .enabled_groups()
-                .map(|(n, g)| (n.clone(), g.safety))
-                .collect();
-            s.model = model.name().to_string();
-            Some(hearken::publish::client::Publisher::start(s)?)
-        }
-        None => None,
-    };
+    let publisher = mqtt_settings(&cfg, &mqtt, model.name())?
+        .map(hearken::publish::client::Publisher::start)
+        .transpose()?;
     let groups = detector.group_names().join(", ");
     let (tx, rx) = crossbeam_channel::unbounded();
     let pipeline = Pipeline::start(

@@ -299,3 +299,41 @@ fn events_made_while_the_broker_is_down_arrive_after_a_restart() {
     assert!(events(&collect(sub)).is_empty());
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[test]
+fn the_config_file_chooses_broker_and_topics() {
+    let port = free_port();
+    let _broker = start_broker(port, "cfg");
+    let sub = subscribe(port);
+    let state = tmp("state-cfg");
+    let cfg = state.join("hearken.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nid = \"cfgnode\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nbase_topic = \"home/sound\"\nstate_dir = \"{}\"\n",
+            state.join("st").display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hearken"));
+    c.env("HEARKEN_MODELS", models_dir())
+        .args(["run", "--fast", "--config"])
+        .arg(&cfg)
+        .arg("--source")
+        .arg(format!("file:{}", audio("gunshots.wav").display()));
+    run_ok(c);
+    let msgs = collect(sub);
+    assert!(
+        msgs.iter()
+            .any(|(t, p)| t == "home/sound/cfgnode/status" && p == "online"),
+        "{msgs:?}"
+    );
+    assert!(msgs
+        .iter()
+        .any(|(t, _)| t == "home/sound/cfgnode/event/gunshot"));
+    assert!(
+        state.join("st/outbox").is_dir(),
+        "the outbox lives in mqtt.state_dir"
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
