@@ -115,6 +115,25 @@ fn hearken(file: &str, port: u16, state: &Path, fast: bool) -> Command {
     c
 }
 
+/// The next message on `topic` (a retained one at once), or "" after `wait_s`.
+fn sub_once(port: u16, topic: &str, wait_s: u32) -> String {
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-C",
+            "1",
+        ])
+        .args(["-W", &wait_s.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Runs hearken to the end and insists it succeeded.
 fn run_ok(mut c: Command) -> std::process::Output {
     let out = c.output().unwrap();
@@ -217,51 +236,19 @@ fn kill_9_makes_the_broker_say_offline() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let status = |port: u16| -> String {
-        let out = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                "hearken/testnode/status",
-                "-C",
-                "1",
-                "-W",
-                "3",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     let t = Instant::now();
-    while status(port) != "online" {
+    while sub_once(port, "hearken/testnode/status", 3) != "online" {
         assert!(t.elapsed() < Duration::from_secs(20), "never online");
         std::thread::sleep(Duration::from_millis(200));
     }
     // The diagnostic topic carries the top labels and the level.
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "hearken/testnode/top",
-            "-C",
-            "1",
-            "-W",
-            "8",
-        ])
-        .output()
-        .unwrap();
-    let top: Value = serde_json::from_slice(&out.stdout).expect("a top report within 8 s");
+    let top = sub_once(port, "hearken/testnode/top", 8);
+    let top: Value = serde_json::from_str(&top).expect("a top report within 8 s");
     assert!(top["top"].is_array() && top["dbfs"].is_number(), "{top}");
     child.kill().unwrap(); // SIGKILL: no clean shutdown, the Last Will fires.
     child.wait().unwrap();
     let t = Instant::now();
-    while status(port) != "offline" {
+    while sub_once(port, "hearken/testnode/status", 3) != "offline" {
         assert!(t.elapsed() < Duration::from_secs(20), "no Last Will");
         std::thread::sleep(Duration::from_millis(200));
     }
