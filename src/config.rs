@@ -338,7 +338,11 @@ impl Default for ModelConfig {
     }
 }
 
-/// `[mqtt]`: the broker events are published to (off while `host` is empty).
+/// Where the embedded broker listens by default: loopback only.
+pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
+
+/// `[mqtt]`: the broker events are published to (off while `host` is empty and
+/// `embedded_broker` is off).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table of MQTT settings")]
 pub struct MqttConfig {
@@ -364,6 +368,23 @@ pub struct MqttConfig {
     pub state_dir: String,
     /// Outbox size bound in MiB (1..=4096); the oldest events are dropped past it.
     pub outbox_max_mib: u64,
+    /// QoS of event and state messages (0, 1 or 2). At 0 the broker acknowledges
+    /// nothing, so an event sent into a dying connection can be lost.
+    pub qos: u8,
+    /// Connect with TLS (`mqtts`).
+    pub tls: bool,
+    /// PEM file of the CA(s) that signed the broker's certificate; empty: the
+    /// system's trusted roots.
+    pub ca_file: String,
+    /// PEM client certificate (chain) for brokers that want one; needs `client_key_file`.
+    pub client_cert_file: String,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: String,
+    /// Run a broker inside hearken (rumqttd) and publish to it; `host` must then
+    /// be empty.
+    pub embedded_broker: bool,
+    /// Address the embedded broker listens on.
+    pub embedded_listen: String,
 }
 
 impl Default for MqttConfig {
@@ -379,6 +400,13 @@ impl Default for MqttConfig {
             discovery_prefix: "homeassistant".into(),
             state_dir: String::new(),
             outbox_max_mib: 16,
+            qos: 1,
+            tls: false,
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            embedded_broker: false,
+            embedded_listen: DEFAULT_EMBEDDED_LISTEN.into(),
         }
     }
 }
@@ -835,6 +863,61 @@ impl Checker<'_, '_> {
             false,
             4096,
         );
+        self.range(&["mqtt", "qos"], mqtt.qos, 0, false, 2);
+        if mqtt.embedded_broker {
+            if !mqtt.host.is_empty() {
+                let key = self.blame(&["mqtt", "host"], &["mqtt", "embedded_broker"]);
+                self.fail(
+                    key,
+                    "host and embedded_broker = true both set: publish either to a broker of \
+                     your own (host) or to the embedded one"
+                        .into(),
+                );
+            }
+            if mqtt
+                .embedded_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+            {
+                self.fail(
+                    &["mqtt", "embedded_listen"],
+                    format!(
+                        "must be an IP address and port such as \"{DEFAULT_EMBEDDED_LISTEN}\", got {:?}",
+                        mqtt.embedded_listen
+                    ),
+                );
+            }
+            if mqtt.tls {
+                self.fail(
+                    &["mqtt", "tls"],
+                    "the embedded broker speaks plain MQTT on its listen address; turn tls off"
+                        .into(),
+                );
+            }
+        }
+        if mqtt.client_cert_file.is_empty() != mqtt.client_key_file.is_empty() {
+            let key = if mqtt.client_cert_file.is_empty() {
+                &["mqtt", "client_cert_file"]
+            } else {
+                &["mqtt", "client_key_file"]
+            };
+            self.fail(
+                key,
+                "client_cert_file and client_key_file go together: set both or neither".into(),
+            );
+        }
+        for (k, v) in [
+            ("ca_file", &mqtt.ca_file),
+            ("client_cert_file", &mqtt.client_cert_file),
+            ("client_key_file", &mqtt.client_key_file),
+        ] {
+            if !v.is_empty() && !mqtt.tls {
+                self.fail(
+                    &["mqtt", k],
+                    "is set but tls = false; set tls = true to use it".into(),
+                );
+            }
+        }
         for (k, v) in [
             ("base_topic", &mqtt.base_topic),
             ("discovery_prefix", &mqtt.discovery_prefix),
@@ -1397,6 +1480,26 @@ mod tests {
         assert_err("[mqtt]\nport = 0\n", "mqtt.port", 2);
         assert_err("[mqtt]\n\nkeepalive_s = 1\n", "mqtt.keepalive_s", 3);
         assert_err("[mqtt]\nbase_topic = \"a/#\"\n", "mqtt.base_topic", 2);
+        assert_err("[mqtt]\nqos = 3\n", "mqtt.qos", 2);
+        assert_err(
+            "[mqtt]\nhost = \"b\"\nembedded_broker = true\n",
+            "mqtt.host",
+            2,
+        );
+        assert_err(
+            "[mqtt]\nembedded_broker = true\nembedded_listen = \"localhost\"\n",
+            "mqtt.embedded_listen",
+            3,
+        );
+        assert_err("[mqtt]\nca_file = \"/etc/ca.pem\"\n", "mqtt.ca_file", 2);
+        let e = err("[mqtt]\ntls = true\nclient_cert_file = \"c.pem\"\n");
+        assert_eq!(e.key.as_deref(), Some("mqtt.client_key_file"), "{e}");
+        let c = Config::from_str(
+            "[mqtt]\nembedded_broker = true\nembedded_listen = \"0.0.0.0:1884\"\nqos = 2\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.mqtt.embedded_broker && c.mqtt.qos == 2);
         let c = Config::from_str("[mqtt]\nhost = \"broker.lan\"\nport = 8883\n", "t.toml").unwrap();
         assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("broker.lan", 8883));
         assert_eq!(c.mqtt.base_topic, "hearken");

@@ -69,9 +69,14 @@ enum Command {
         /// Print each event as a JSON line on stdout and a status line to stderr.
         #[arg(long)]
         print_events: bool,
-        /// Publish events to this MQTT broker: mqtt://[user:pass@]host[:port].
+        /// Publish events to this MQTT broker: mqtt://[user:pass@]host[:port] or
+        /// mqtts://… (TLS).
         #[arg(long)]
         mqtt: Option<String>,
+        /// When no broker is configured, run the embedded one ([mqtt]
+        /// embedded_listen, 127.0.0.1:1883 by default) and publish to it.
+        #[arg(long)]
+        embedded_broker: bool,
         /// Node id in MQTT topics (overrides node.id).
         #[arg(long)]
         node_id: Option<String>,
@@ -186,6 +191,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             print_events,
             mqtt,
+            embedded_broker,
             node_id,
             state_dir,
         } => run_daemon(
@@ -196,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_events,
             Mqtt {
                 url: mqtt,
+                embedded_broker,
                 node_id,
                 state_dir,
             },
@@ -250,6 +257,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// MQTT options from the command line.
 struct Mqtt {
     url: Option<String>,
+    embedded_broker: bool,
     node_id: Option<String>,
     state_dir: Option<PathBuf>,
 }
@@ -271,8 +279,26 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     }
 }
 
+/// Where the embedded broker should listen: `Some` when it is asked for (config or
+/// `--embedded-broker`) and no other broker is configured.
+fn embedded_broker_addr(
+    cfg: &hearken::config::Config,
+    flags: &Mqtt,
+) -> Result<Option<std::net::SocketAddr>> {
+    let m = &cfg.mqtt;
+    if !(m.embedded_broker || flags.embedded_broker) || flags.url.is_some() || !m.host.is_empty() {
+        return Ok(None);
+    }
+    m.embedded_listen.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!(
+            "[mqtt] embedded_listen: must be an IP address and port such as \"127.0.0.1:1883\", got {:?}",
+            m.embedded_listen
+        )
+    })
+}
+
 /// Publisher settings from `[mqtt]` with the command line on top; `None` when no
-/// broker is configured.
+/// broker is configured (neither a host nor the embedded broker).
 fn mqtt_settings(
     cfg: &hearken::config::Config,
     flags: &Mqtt,
@@ -287,17 +313,45 @@ fn mqtt_settings(
     };
     let mut s = match &flags.url {
         Some(url) => MqttSettings::from_url(url, &cfg.node.id, state_dir(dir))?,
-        None if !m.host.is_empty() => {
-            let url = format!("mqtt://{}:{}", m.host, m.port);
+        None => {
+            let url = match embedded_broker_addr(cfg, flags)? {
+                Some(addr) => format!("mqtt://{addr}"),
+                None if !m.host.is_empty() => format!("mqtt://{}:{}", m.host, m.port),
+                None => return Ok(None),
+            };
             let mut s = MqttSettings::from_url(&url, &cfg.node.id, state_dir(dir))?;
             if !m.username.is_empty() {
                 s.username = Some(m.username.clone());
                 s.password = Some(m.password.clone());
             }
+            if m.tls {
+                s.tls = Some(hearken::publish::tls::TlsFiles {
+                    ca_file: (!m.ca_file.is_empty()).then(|| PathBuf::from(&m.ca_file)),
+                    client_auth: (!m.client_cert_file.is_empty()).then(|| {
+                        (
+                            PathBuf::from(&m.client_cert_file),
+                            PathBuf::from(&m.client_key_file),
+                        )
+                    }),
+                });
+            }
             s
         }
-        None => return Ok(None),
     };
+    // A mqtts:// URL on the command line still takes the CA and client
+    // certificate from the file.
+    if let (Some(t), Some(_)) = (s.tls.as_mut(), flags.url.as_ref()) {
+        if !m.ca_file.is_empty() {
+            t.ca_file = Some(PathBuf::from(&m.ca_file));
+        }
+        if !m.client_cert_file.is_empty() {
+            t.client_auth = Some((
+                PathBuf::from(&m.client_cert_file),
+                PathBuf::from(&m.client_key_file),
+            ));
+        }
+    }
+    s.qos = m.qos;
     if !m.client_id.is_empty() {
         s.client_id = m.client_id.clone();
     }
@@ -358,6 +412,22 @@ fn run_daemon(
     };
     let detector = Detector::from_config(cfg.enabled_groups(), model.labels(), ident)
         .map_err(anyhow::Error::msg)?;
+    let _broker = match embedded_broker_addr(&cfg, &mqtt)? {
+        Some(addr) => {
+            let login = (!cfg.mqtt.username.is_empty())
+                .then_some((cfg.mqtt.username.as_str(), cfg.mqtt.password.as_str()));
+            let b = hearken::publish::broker::EmbeddedBroker::start(addr, login)?;
+            eprintln!(
+                "hearken: embedded MQTT broker listening on {} (subscribe: mosquitto_sub -h {} -p {} -t '{}/#' -v)",
+                b.addr,
+                b.addr.ip(),
+                b.addr.port(),
+                cfg.mqtt.base_topic
+            );
+            Some(b)
+        }
+        None => None,
+    };
     let publisher = mqtt_settings(&cfg, &mqtt, model.name())?
         .map(hearken::publish::client::Publisher::start)
         .transpose()?;

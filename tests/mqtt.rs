@@ -40,11 +40,16 @@ fn tmp(tag: &str) -> PathBuf {
 }
 
 fn start_broker(port: u16, tag: &str) -> Broker {
+    start_broker_with(port, tag, "allow_anonymous true\n")
+}
+
+/// mosquitto on `port` with extra configuration lines (TLS, passwords).
+fn start_broker_with(port: u16, tag: &str, extra: &str) -> Broker {
     let dir = tmp(&format!("broker-{tag}"));
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\npersistence false\n{extra}"),
     )
     .unwrap();
     let child = Command::new("mosquitto")
@@ -67,7 +72,13 @@ fn start_broker(port: u16, tag: &str) -> Broker {
 
 /// Subscribes to everything and collects `topic payload` lines until killed.
 fn subscribe(port: u16) -> Child {
+    subscribe_with(port, &[])
+}
+
+/// [`subscribe`] with extra mosquitto_sub arguments (TLS, login).
+fn subscribe_with(port: u16, extra: &[&str]) -> Child {
     let child = Command::new("mosquitto_sub")
+        .args(extra)
         .args([
             "-h",
             "127.0.0.1",
@@ -101,10 +112,13 @@ fn collect(mut sub: Child) -> Vec<(String, String)> {
 }
 
 fn hearken(file: &str, port: u16, state: &Path, fast: bool) -> Command {
+    hearken_url(file, &format!("mqtt://127.0.0.1:{port}"), state, fast)
+}
+
+fn hearken_url(file: &str, url: &str, state: &Path, fast: bool) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hearken"));
     c.env("HEARKEN_MODELS", models_dir())
-        .args(["run", "--node-id", "testnode", "--mqtt"])
-        .arg(format!("mqtt://127.0.0.1:{port}"))
+        .args(["run", "--node-id", "testnode", "--mqtt", url])
         .arg("--state-dir")
         .arg(state)
         .arg("--source")
@@ -219,6 +233,32 @@ fn events_states_discovery_and_availability_reach_a_real_broker() {
         .map(|(_, p)| p.as_str())
         .collect();
     assert_eq!(states, vec!["ON", "OFF"]);
+
+    // Every config as received passes Home Assistant's own discovery schemas
+    // (tools/ha-schema-check.py runs them from the homeassistant package).
+    let configs: Vec<Value> = msgs
+        .iter()
+        .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
+        .collect();
+    assert_eq!(configs.len(), 2 * 10 + 2, "{topics:?}");
+    let file = state.join("discovery.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
+    let check = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tools/ha-schema-check.py"
+        ))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    eprintln!("{report}");
+    assert!(
+        check.status.success() && report.contains("all valid"),
+        "Home Assistant rejects a discovery config:\n{report}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -322,5 +362,280 @@ fn the_config_file_chooses_broker_and_topics() {
         state.join("st/outbox").is_dir(),
         "the outbox lives in mqtt.state_dir"
     );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Writes a self-signed CA and a server and a client certificate signed by it
+/// (openssl), returning the directory.
+fn throwaway_ca(tag: &str) -> PathBuf {
+    let dir = tmp(&format!("ca-{tag}"));
+    let sh = |args: &str| {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl: {args}");
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=hearken-test-ca -keyout ca.key -out ca.pem");
+    for (name, cn, ext) in [
+        (
+            "server",
+            "localhost",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ),
+        ("client", "hearken-client", "extendedKeyUsage=clientAuth"),
+    ] {
+        sh(&format!(
+            "openssl req -newkey rsa:2048 -nodes -subj /CN={cn} -keyout {name}.key -out {name}.csr"
+        ));
+        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n")).unwrap();
+        sh(&format!("openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile {name}.ext -out {name}.pem"));
+    }
+    // mosquitto started as root reads its key as the `mosquitto` user.
+    sh("chmod 644 *.key");
+    dir
+}
+
+fn run_with_config(cfg: &Path, file: &str) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hearken"));
+    c.env("HEARKEN_MODELS", models_dir())
+        .args(["run", "--fast", "--node-id", "testnode", "--config"])
+        .arg(cfg)
+        .arg("--source")
+        .arg(format!("file:{}", audio(file).display()));
+    c.output().unwrap()
+}
+
+#[test]
+fn tls_with_a_throwaway_ca_and_client_certificates() {
+    let ca = throwaway_ca("tls");
+    let port = free_port();
+    let _broker = start_broker_with(
+        port,
+        "tls",
+        &format!(
+            "allow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+            ca.display()
+        ),
+    );
+    let d = ca.display();
+    let tls_args = [
+        "--cafile".to_string(),
+        format!("{d}/ca.pem"),
+        "--cert".to_string(),
+        format!("{d}/client.pem"),
+        "--key".to_string(),
+        format!("{d}/client.key"),
+    ];
+    let tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let sub = subscribe_with(port, &tls_args);
+    let state = tmp("state-tls");
+    let cfg = state.join("hearken.toml");
+    let write_cfg = |ca_file: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nqos = 2\ntls = true\nca_file = \"{ca_file}\"\nclient_cert_file = \"{d}/client.pem\"\nclient_key_file = \"{d}/client.key\"\nstate_dir = \"{}\"\n",
+                state.display()
+            ),
+        )
+        .unwrap()
+    };
+
+    // A CA that did not sign the broker's certificate: refused, and said so;
+    // the event waits in the outbox.
+    let other = throwaway_ca("tls-other");
+    write_cfg(&format!("{}/ca.pem", other.display()));
+    let out = run_with_config(&cfg, "gunshots.wav");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("ca_file") && err.contains("outbox"), "{err}");
+
+    // The right CA: connected over TLS with the client certificate, at QoS 2;
+    // the waiting event and the new one arrive.
+    write_cfg(&format!("{d}/ca.pem"));
+    let out = run_with_config(&cfg, "gunshots.wav");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msgs = collect(sub);
+    assert!(
+        msgs.iter()
+            .any(|(t, p)| t == "hearken/testnode/status" && p == "online"),
+        "{msgs:?}"
+    );
+    let ev = events(&msgs);
+    assert_eq!(ev.len(), 4, "two events, start and end each: {ev:#?}");
+    assert_ne!(ev[0]["id"], ev[2]["id"]);
+
+    // A missing CA file stops the daemon at start, naming the file.
+    write_cfg("/nonexistent/ca.pem");
+    let out = run_with_config(&cfg, "gunshots.wav");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    for d in [&ca, &other, &state] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_wrong_password_is_a_clear_error_and_the_right_one_works() {
+    let port = free_port();
+    let dir = tmp("passwd");
+    let pw = dir.join("passwd");
+    let st = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args(["alice", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _broker = start_broker_with(
+        port,
+        "passwd",
+        &format!("allow_anonymous false\npassword_file {}\n", pw.display()),
+    );
+    let state = tmp("state-passwd");
+    let run = |login: &str| {
+        hearken_url(
+            "gunshots.wav",
+            &format!("mqtt://{login}@127.0.0.1:{port}"),
+            &state,
+            true,
+        )
+        .output()
+        .unwrap()
+    };
+    let out = run("alice:wrong");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("check the user name and password"),
+        "{err}"
+    );
+    let sub = subscribe_with(port, &["-u", "alice", "-P", "s3cret"]);
+    let out = run("alice:s3cret");
+    assert!(out.status.success());
+    // The event kept from the refused run arrives with the new one.
+    assert_eq!(events(&collect(sub)).len(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn a_group_removed_from_the_config_loses_its_home_assistant_entity() {
+    let port = free_port();
+    let _broker = start_broker(port, "removal");
+    let state = tmp("state-removal");
+    run_ok(hearken("speech_sample1.wav", port, &state, true));
+    let topic = "homeassistant/binary_sensor/testnode/gunshot/config";
+    assert!(sub_once(port, topic, 2).contains("unique_id"));
+    let cfg = state.join("hearken.toml");
+    std::fs::write(&cfg, "[detection.groups.gunshot]\nenabled = false\n").unwrap();
+    let mut second = hearken("speech_sample1.wav", port, &state, true);
+    second.arg("--config").arg(&cfg);
+    let out = run_ok(second);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(topic), "{err}");
+    // No retained config left (an empty retained payload deletes it), the other
+    // groups keep theirs.
+    assert_eq!(sub_once(port, topic, 2), "");
+    assert_eq!(
+        sub_once(port, "homeassistant/event/testnode/gunshot/config", 2),
+        ""
+    );
+    assert!(
+        sub_once(port, "homeassistant/binary_sensor/testnode/glass/config", 2)
+            .contains("unique_id")
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// gunshots.wav as raw s16le mono (its own format: 44.1 kHz, 16-bit, mono).
+fn gunshots_pcm() -> Vec<u8> {
+    let mut r = hound::WavReader::open(audio("gunshots.wav")).unwrap();
+    let spec = r.spec();
+    assert_eq!(
+        (spec.sample_rate, spec.channels, spec.bits_per_sample),
+        (44100, 1, 16)
+    );
+    r.samples::<i16>()
+        .flat_map(|s| s.unwrap().to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn the_embedded_broker_serves_a_subscriber_without_any_other_broker() {
+    use std::io::Write;
+    let port = free_port();
+    let state = tmp("state-embedded");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearken"))
+        .env("HEARKEN_MODELS", models_dir())
+        .args([
+            "run",
+            "--node-id",
+            "testnode",
+            "--embedded-broker",
+            "--source",
+            "stdin:44100:1",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--config")
+        .arg({
+            let cfg = state.join("hearken.toml");
+            std::fs::write(
+                &cfg,
+                format!("[mqtt]\nembedded_listen = \"127.0.0.1:{port}\"\n"),
+            )
+            .unwrap();
+            cfg
+        })
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the embedded broker never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sub = subscribe(port);
+    assert_eq!(sub_once(port, "hearken/testnode/status", 5), "online");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&gunshots_pcm()).unwrap();
+    drop(stdin);
+    // Events are published before hearken exits; the broker dies with it.
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut sub = Some(sub);
+    while t.elapsed() < Duration::from_secs(30) {
+        if sub_once(port, "hearken/testnode/gunshot/state", 1) == "OFF" {
+            got = collect(sub.take().unwrap());
+            break;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("embedded MQTT broker listening"), "{err}");
+    let ev = events(&got);
+    assert_eq!(ev.len(), 2, "{got:?}\n{err}");
+    assert!(got
+        .iter()
+        .any(|(t, _)| t == "homeassistant/binary_sensor/testnode/gunshot/config"));
     let _ = std::fs::remove_dir_all(&state);
 }

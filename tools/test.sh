@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # PulseAudio with a null sink stands in for a microphone in the capture tests;
 # mosquitto is the broker of the MQTT tests.
-tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients
+tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients openssl
 export HEARKEN_SHARED="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
 if [ ! -d "$HEARKEN_SHARED/models" ]; then
   echo "error: $HEARKEN_SHARED/models not found; set HEARKEN_SHARED to the shared assets folder" >&2
   exit 1
 fi
+# Home Assistant core in a venv: the MQTT test checks discovery configs against its schemas.
+tools/ha-venv.sh >/dev/null
 cargo test --locked 2>&1

@@ -1,17 +1,22 @@
 //! The publisher thread: events → durable outbox → MQTT broker (rumqttc).
 //!
 //! Every event message is written to the [`Outbox`] before it is sent and removed
-//! only when the broker's PUBACK arrives, so a broker outage or a restart loses
-//! nothing (QoS 1: a message may arrive twice, never zero times). Outbox messages go
-//! out one at a time, oldest first. On connect the thread publishes availability
-//! (`online`, retained; the Last Will says `offline`) and the Home Assistant
-//! discovery configs, and announces them again when Home Assistant comes online.
+//! only when the broker acknowledges it (PUBACK at QoS 1, PUBCOMP at QoS 2), so a
+//! broker outage or a restart loses nothing (QoS 1: a message may arrive twice,
+//! never zero times; QoS 0 has no acknowledgement, so a message is removed once
+//! written to the connection). Outbox messages go out one at a time, oldest first.
+//! On connect the thread publishes availability (`online`, retained; the Last Will
+//! says `offline`) and the Home Assistant discovery configs, and announces them
+//! again when Home Assistant comes online. It also subscribes to this node's
+//! retained discovery configs and clears those of groups no longer configured, so
+//! Home Assistant removes their entities.
 //!
 //! Each connection gets a fresh rumqttc client: after a failure nothing is resent
 //! by rumqttc itself, only by the outbox, which keeps PUBACK bookkeeping exact.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,10 +24,14 @@ use anyhow::{bail, Context, Result};
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use rumqttc::{
     Client, ConnectionError, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
 };
 
-use super::discovery::{discovery_messages, ha_status_topic, is_ha_birth};
+use super::discovery::{
+    config_filter, discovery_messages, ha_status_topic, is_ha_birth, stale_config_removal,
+};
 use super::outbox::Outbox;
+use super::tls::{client_config, TlsFiles};
 use super::topics::Topics;
 use super::{
     availability_message, messages_for_event, top_message, OutMessage, RateLimit, TopReport,
@@ -59,16 +68,31 @@ pub struct MqttSettings {
     pub groups: Vec<(String, bool)>,
     /// Model name, for the device description.
     pub model: String,
+    /// QoS of event and state messages (0, 1 or 2).
+    pub qos: u8,
+    /// TLS, when the broker wants it (`mqtts://`).
+    pub tls: Option<TlsFiles>,
 }
 
 impl MqttSettings {
-    /// Settings for `mqtt://[user:pass@]host[:port]` with defaults for the rest.
+    /// `host:port`, with `mqtts://` in front when TLS is on (for log lines).
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl MqttSettings {
+    /// Settings for `mqtt://[user:pass@]host[:port]` (port 1883 by default) or
+    /// `mqtts://…` (TLS with the system's trusted roots, port 8883 by default),
+    /// with defaults for the rest.
     pub fn from_url(url: &str, node_id: &str, state_dir: PathBuf) -> Result<MqttSettings> {
-        let Some(rest) = url.strip_prefix("mqtt://") else {
-            if url.starts_with("mqtts://") {
-                bail!("--mqtt {url}: TLS (mqtts://) is not supported yet; use mqtt://");
-            }
-            bail!("--mqtt {url}: expected mqtt://[user:pass@]host[:port]");
+        let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (r, None, 1883)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (r, Some(TlsFiles::default()), 8883)
+        } else {
+            bail!("--mqtt {url}: expected mqtt://[user:pass@]host[:port] or mqtts://…");
         };
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
@@ -81,7 +105,7 @@ impl MqttSettings {
                 p.parse::<u16>()
                     .with_context(|| format!("--mqtt {url}: bad port {p:?}"))?,
             ),
-            None => (hostport.to_string(), 1883),
+            None => (hostport.to_string(), default_port),
         };
         if host.is_empty() {
             bail!("--mqtt {url}: no host");
@@ -107,6 +131,8 @@ impl MqttSettings {
             outbox_max_bytes: 16 << 20,
             groups: Vec::new(),
             model: String::new(),
+            qos: 1,
+            tls,
         })
     }
 }
@@ -115,7 +141,10 @@ enum Net {
     Connected,
     Outgoing(u16),
     PubAck(u16),
+    PubComp(u16),
     HaOnline,
+    /// A retained discovery config of this node exists on the broker.
+    Config(String),
     Down(String),
 }
 
@@ -145,16 +174,26 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Opens the outbox and starts the publisher thread. A broker that is down is
-    /// not an error: events wait in the outbox and the thread retries with backoff.
+    /// Opens the outbox, reads the TLS files, and starts the publisher thread.
+    /// A broker that is down is not an error: events wait in the outbox and the
+    /// thread retries with backoff. Unreadable TLS files are.
     pub fn start(s: MqttSettings) -> Result<Publisher> {
+        if s.qos > 2 {
+            bail!("MQTT QoS must be 0, 1 or 2, not {}", s.qos);
+        }
         let topics = Topics::new(&s.prefix, &s.node_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tls = match &s.tls {
+            Some(files) => Some(Arc::new(
+                client_config(files).context("[mqtt] TLS settings")?,
+            )),
+            None => None,
+        };
         let outbox = Outbox::open(&s.state_dir.join("outbox"), s.outbox_max_bytes)
             .with_context(|| format!("opening the outbox in {}", s.state_dir.display()))?;
         let (tx, rx) = unbounded();
         let handle = std::thread::Builder::new()
             .name("hearken-mqtt".into())
-            .spawn(move || run(s, topics, outbox, rx))?;
+            .spawn(move || run(s, tls, topics, outbox, rx))?;
         Ok(Publisher {
             tx: Some(tx),
             handle: Some(handle),
@@ -189,8 +228,13 @@ impl Publisher {
     }
 }
 
-fn connect(s: &MqttSettings, topics: &Topics) -> Conn {
+fn connect(s: &MqttSettings, tls: Option<&Arc<rustls::ClientConfig>>, topics: &Topics) -> Conn {
     let mut opts = MqttOptions::new(&s.client_id, &s.host, s.port);
+    if let Some(t) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            t.clone(),
+        )));
+    }
     opts.set_keep_alive(Duration::from_secs(s.keepalive_s.max(5)));
     opts.set_clean_session(true);
     opts.set_last_will(LastWill::new(
@@ -205,6 +249,8 @@ fn connect(s: &MqttSettings, topics: &Topics) -> Conn {
     let (client, mut connection) = Client::new(opts, 512);
     let (ntx, nrx) = unbounded();
     let dp = s.discovery_prefix.clone();
+    let config_prefix = format!("{dp}/");
+    let tls_on = tls.is_some();
     std::thread::Builder::new()
         .name("hearken-mqtt-net".into())
         .spawn(move || {
@@ -212,9 +258,15 @@ fn connect(s: &MqttSettings, topics: &Topics) -> Conn {
                 let msg = match ev {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => Net::Connected,
                     Ok(MqttEvent::Incoming(Packet::PubAck(a))) => Net::PubAck(a.pkid),
+                    Ok(MqttEvent::Incoming(Packet::PubComp(a))) => Net::PubComp(a.pkid),
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         if is_ha_birth(&dp, &p.topic, &p.payload) {
                             Net::HaOnline
+                        } else if p.retain
+                            && !p.payload.is_empty()
+                            && p.topic.starts_with(&config_prefix)
+                        {
+                            Net::Config(p.topic.clone())
                         } else {
                             continue;
                         }
@@ -224,6 +276,18 @@ fn connect(s: &MqttSettings, topics: &Topics) -> Conn {
                     Err(ConnectionError::ConnectionRefused(code)) => {
                         let _ = ntx.send(Net::Down(format!(
                             "the broker refused the connection ({code:?}): check the user name and password"
+                        )));
+                        break;
+                    }
+                    Err(e @ ConnectionError::Tls(_)) => {
+                        let _ = ntx.send(Net::Down(format!(
+                            "{e} (check [mqtt] ca_file, client_cert_file and the broker's host name)"
+                        )));
+                        break;
+                    }
+                    Err(ConnectionError::Io(e)) if tls_on && e.kind() == std::io::ErrorKind::InvalidData => {
+                        let _ = ntx.send(Net::Down(format!(
+                            "TLS: {e} (check [mqtt] ca_file, client_cert_file and the broker's host name)"
                         )));
                         break;
                     }
@@ -296,7 +360,28 @@ fn pump(c: &mut Conn, outbox: &Outbox) {
     }
 }
 
-fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Item>) -> Result<()> {
+fn acked(c: &mut Conn, outbox: &mut Outbox, seq: u64) -> Result<()> {
+    outbox.ack(seq)?;
+    if c.in_flight == Some(seq) {
+        c.in_flight = None;
+    }
+    Ok(())
+}
+
+fn run(
+    s: MqttSettings,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    topics: Topics,
+    mut outbox: Outbox,
+    rx: Receiver<Item>,
+) -> Result<()> {
+    let current = discovery_messages(
+        &topics,
+        &s.node_id,
+        &s.groups,
+        env!("CARGO_PKG_VERSION"),
+        &s.discovery_prefix,
+    );
     let mut conn: Option<Conn> = None;
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(500);
@@ -306,13 +391,13 @@ fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Item>) 
     let mut top_limit = RateLimit::new(DEFAULT_TOP_INTERVAL_S);
     let say = |state: String, last: &mut String| {
         if *last != state {
-            eprintln!("hearken: mqtt {}:{}: {state}", s.host, s.port);
+            eprintln!("hearken: mqtt {}: {state}", s.endpoint());
             *last = state;
         }
     };
     loop {
         if conn.is_none() && Instant::now() >= retry_at && closing.is_none() {
-            conn = Some(connect(&s, &topics));
+            conn = Some(connect(&s, tls.as_ref(), &topics));
         }
         let never = crossbeam_channel::never();
         let never_ev: Receiver<Item> = crossbeam_channel::never();
@@ -322,7 +407,7 @@ fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Item>) 
         select! {
             recv(evrx) -> msg => match msg {
                 Ok(Item::Event(e)) => {
-                    for m in messages_for_event(&topics, &e) {
+                    for m in messages_for_event(&topics, &e, s.qos) {
                         outbox.push(&m.topic, &m.payload, m.qos, m.retain)?;
                     }
                 }
@@ -343,6 +428,9 @@ fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Item>) 
                         say("connected".into(), &mut last_state);
                         let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
                         announce(c, &s, &topics);
+                        // Retained configs of this node arrive next: those no longer
+                        // announced are cleared (Net::Config).
+                        let _ = c.client.try_subscribe(config_filter(&s.discovery_prefix, &s.node_id), QoS::AtLeastOnce);
                     }
                 }
                 Ok(Net::HaOnline) => {
@@ -350,20 +438,30 @@ fn run(s: MqttSettings, topics: Topics, mut outbox: Outbox, rx: Receiver<Item>) 
                         announce(c, &s, &topics);
                     }
                 }
-                Ok(Net::Outgoing(pkid)) => {
+                Ok(Net::Config(topic)) => {
                     if let Some(c) = conn.as_mut() {
-                        if let Some(Kind::Outbox(seq)) = c.kinds.pop_front() {
-                            c.pkids.insert(pkid, seq);
+                        for m in stale_config_removal(&topics, &topic, &current) {
+                            eprintln!("hearken: mqtt: clearing {} (its group is no longer configured)", m.topic);
+                            publish(c, &m, Kind::Other);
                         }
                     }
                 }
-                Ok(Net::PubAck(pkid)) => {
+                Ok(Net::Outgoing(pkid)) => {
+                    if let Some(c) = conn.as_mut() {
+                        if let Some(Kind::Outbox(seq)) = c.kinds.pop_front() {
+                            if s.qos == 0 {
+                                // Nothing will acknowledge it: written is done.
+                                acked(c, &mut outbox, seq)?;
+                            } else {
+                                c.pkids.insert(pkid, seq);
+                            }
+                        }
+                    }
+                }
+                Ok(Net::PubAck(pkid)) | Ok(Net::PubComp(pkid)) => {
                     if let Some(c) = conn.as_mut() {
                         if let Some(seq) = c.pkids.remove(&pkid) {
-                            outbox.ack(seq)?;
-                            if c.in_flight == Some(seq) {
-                                c.in_flight = None;
-                            }
+                            acked(c, &mut outbox, seq)?;
                         }
                     }
                 }

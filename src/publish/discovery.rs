@@ -248,6 +248,26 @@ pub fn stale_configs(seen: &[String], current: &[OutMessage]) -> Vec<OutMessage>
         .collect()
 }
 
+/// What to publish when the broker shows this node's retained config on `topic`
+/// (received through [`config_filter`]): nothing if `current` still announces it;
+/// otherwise an empty retained payload on it (Home Assistant then deletes the
+/// entity) and, for a group's `binary_sensor`, on the group's retained state topic.
+pub fn stale_config_removal(
+    topics: &Topics,
+    topic: &str,
+    current: &[OutMessage],
+) -> Vec<OutMessage> {
+    let mut out = stale_configs(&[topic.to_string()], current);
+    if !out.is_empty() {
+        let parts: Vec<&str> = topic.rsplitn(5, '/').collect();
+        // [config, object, node, component, prefix]
+        if parts.len() == 5 && parts[3] == "binary_sensor" {
+            out.push(clear(topics.state(parts[1])));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +495,28 @@ mod tests {
             config_filter("homeassistant", "n1"),
             "homeassistant/+/n1/+/config"
         );
+    }
+
+    #[test]
+    fn a_removed_groups_sensor_and_state_are_cleared_one_config_at_a_time() {
+        let current = announce("n1");
+        let t = Topics::new("hearken", "n1").unwrap();
+        assert!(
+            stale_config_removal(&t, "homeassistant/binary_sensor/n1/glass/config", &current)
+                .is_empty()
+        );
+        let m = stale_config_removal(&t, "homeassistant/binary_sensor/n1/old/config", &current);
+        let topics: Vec<&str> = m.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/binary_sensor/n1/old/config",
+                "hearken/n1/old/state"
+            ]
+        );
+        assert!(m.iter().all(|m| m.payload.is_empty() && m.retain));
+        let m = stale_config_removal(&t, "homeassistant/event/n1/old/config", &current);
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

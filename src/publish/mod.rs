@@ -7,10 +7,14 @@
 //! - [`topics`]: topic names under `<prefix>/<node_id>`.
 //! - [`discovery`]: Home Assistant MQTT discovery configs and their removal.
 //! - [`outbox`]: the crash-safe on-disk queue.
+//! - [`client`]: the publisher thread; [`tls`]: its TLS setup; [`broker`]: the
+//!   optional embedded broker.
 
+pub mod broker;
 pub mod client;
 pub mod discovery;
 pub mod outbox;
+pub mod tls;
 pub mod topics;
 
 use serde::Serialize;
@@ -40,7 +44,7 @@ pub struct OutMessage {
     /// Payload bytes (UTF-8 text or JSON for everything hearken sends; empty to
     /// clear a retained message).
     pub payload: Vec<u8>,
-    /// MQTT QoS level: 0 or 1.
+    /// MQTT QoS level: 0, 1 or 2.
     pub qos: u8,
     /// Whether the broker keeps the message for later subscribers.
     pub retain: bool,
@@ -99,9 +103,10 @@ pub fn availability_message(topics: &Topics, online: bool) -> OutMessage {
 }
 
 /// The messages an event produces, in publishing order: the event JSON on
-/// `<base>/event/<group>` (QoS 1, not retained), then the group's state on
-/// `<base>/<group>/state`: `ON` for a start, `OFF` for an end (QoS 1, retained).
-pub fn messages_for_event(topics: &Topics, e: &Event) -> Vec<OutMessage> {
+/// `<base>/event/<group>` (not retained), then the group's state on
+/// `<base>/<group>/state`: `ON` for a start, `OFF` for an end (retained); both at
+/// `qos` (the config's, 1 by default).
+pub fn messages_for_event(topics: &Topics, e: &Event, qos: u8) -> Vec<OutMessage> {
     let json = serde_json::to_vec(e).expect("an Event always serialises");
     let state = match e.state {
         EventState::Start => STATE_ON,
@@ -111,10 +116,10 @@ pub fn messages_for_event(topics: &Topics, e: &Event) -> Vec<OutMessage> {
         OutMessage {
             topic: topics.event(&e.group),
             payload: json,
-            qos: 1,
+            qos,
             retain: false,
         },
-        OutMessage::text(topics.state(&e.group), state, 1, true),
+        OutMessage::text(topics.state(&e.group), state, qos, true),
     ]
 }
 
@@ -170,7 +175,7 @@ mod tests {
     fn start_event_messages() {
         let t = Topics::new("hearken", "n1").unwrap();
         let e = event(EventState::Start);
-        let m = messages_for_event(&t, &e);
+        let m = messages_for_event(&t, &e, 1);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].topic, "hearken/n1/event/glass");
         assert_eq!((m[0].qos, m[0].retain), (1, false));
@@ -189,7 +194,7 @@ mod tests {
     fn end_event_messages() {
         let t = Topics::new("hearken", "n1").unwrap();
         let e = event(EventState::End);
-        let m = messages_for_event(&t, &e);
+        let m = messages_for_event(&t, &e, 1);
         let v: serde_json::Value = serde_json::from_slice(&m[0].payload).unwrap();
         assert_eq!(v["id"], e.id.to_string());
         assert_eq!(v["state"], "end");
