@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-step setup on Debian / Raspberry Pi OS: installs build dependencies, builds
 # hearken, installs the models, then starts listening on the default microphone
-# (events printed as JSON lines). Pass --no-run to only set up.
+# (events printed as JSON lines and published over MQTT: to the broker already
+# listening on 127.0.0.1:1883 if there is one, else to hearken's embedded broker).
+# Pass --no-run to only set up.
 set -euo pipefail
 cd "$(dirname "$0")"
 tools/system-deps.sh
@@ -13,10 +15,19 @@ echo "hearken is ready: $bin"
 if [ "${1:-}" = "--no-run" ]; then
   exit 0
 fi
-echo "listening on the default microphone (Ctrl-C to stop)…"
-if ! "$bin" run --print-events; then
+# A broker already on this machine (e.g. Debian's mosquitto) gets the events;
+# otherwise hearken runs its own on loopback.
+if (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+  mqtt=(--mqtt mqtt://127.0.0.1:1883)
+  echo "publishing to the MQTT broker on 127.0.0.1:1883"
+else
+  mqtt=(--embedded-broker)
+fi
+echo "listening on the default microphone (Ctrl-C to stop); watch the MQTT side with:"
+echo "  mosquitto_sub -h 127.0.0.1 -t 'hearken/#' -v"
+if ! "$bin" run --print-events "${mqtt[@]}"; then
   echo
   echo "No usable microphone here. Listen to a recording instead, e.g.:"
-  echo "  $bin run --print-events --source file:$(cd .. && pwd)/shared/audio/gunshots.wav"
+  echo "  $bin run --print-events ${mqtt[*]} --source file:$(cd .. && pwd)/shared/audio/gunshots.wav"
   echo "or pipe audio in:  arecord -f S16_LE -r 48000 -c 2 | $bin run --print-events --source stdin:48000:2"
 fi
