@@ -179,11 +179,24 @@ pub struct SourceStats {
     pub xruns: AtomicU64,
     /// Kind of the first stream error, as an [`error_kind_code`] code.
     stream_error_kind: AtomicU8,
+    /// The device is gone and the capture thread is reopening it.
+    pub device_lost: AtomicBool,
+    /// Times the device was reopened after a loss.
+    pub reconnects: AtomicU64,
+    /// Attempts to reopen it (successful or not).
+    pub reconnect_attempts: AtomicU64,
+    /// Milliseconds since the UNIX epoch of the capture thread's last check while
+    /// the device is lost (alive, waiting to retry).
+    pub last_retry_wait_ms: AtomicU64,
 }
 
 impl SourceStats {
     fn touch(&self) {
         self.last_callback_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn touch_waiting(&self) {
+        self.last_retry_wait_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     fn count(&self, pushed: usize, dropped: usize) {
@@ -510,6 +523,24 @@ fn ring(rate: u32, opts: &SourceOptions) -> Result<(HeapProd<f32>, SourceConsume
     Ok(HeapRb::<f32>::new((n as usize).max(MIN_RING_SAMPLES)).split())
 }
 
+/// A ring whose producer can be made again (after a device reconnect): producer,
+/// consumer and the shared ring.
+fn shared_ring(
+    rate: u32,
+    opts: &SourceOptions,
+) -> Result<(HeapProd<f32>, SourceConsumer, Arc<HeapRb<f32>>)> {
+    let n = (opts.ring_seconds * rate as f64).ceil();
+    if !(n.is_finite() && n < (1u64 << 32) as f64) {
+        bail!("ring of {} s at {rate} Hz is too large", opts.ring_seconds);
+    }
+    let rb = Arc::new(HeapRb::<f32>::new((n as usize).max(MIN_RING_SAMPLES)));
+    Ok((
+        HeapProd::new(rb.clone()),
+        SourceConsumer::new(rb.clone()),
+        rb,
+    ))
+}
+
 /// Sleeps until `due`, in short naps so a stop request is seen. False if stopped.
 fn sleep_until(due: Instant, control: &Control) -> bool {
     loop {
@@ -779,7 +810,63 @@ fn find_device(host: &cpal::Host, name: &str) -> Result<cpal::Device> {
     )
 }
 
-fn start_cpal(name: Option<&str>, opts: &SourceOptions) -> Result<(Source, SourceConsumer)> {
+/// Seconds without a callback after which a running device counts as lost (ALSA
+/// does not always report an unplugged device as an error).
+const CALLBACK_STALL_MS: u64 = 5_000;
+
+/// Reconnection delays: 0.5 s doubling to 10 s (a safety device should come back
+/// soon after its microphone does).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// 0.5 s first, at most 10 s.
+    pub fn new() -> Backoff {
+        Backoff {
+            next: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+        }
+    }
+
+    /// The delay before the next attempt; each call doubles the following one.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// Whether a running device stream must be reopened: it reported a non-recoverable
+/// error, or no callback came for `stall_ms`.
+pub fn stream_lost(stream_error: bool, last_callback_ms: u64, now_ms: u64, stall_ms: u64) -> bool {
+    stream_error || now_ms.saturating_sub(last_callback_ms) > stall_ms
+}
+
+/// What a device is opened with.
+struct DeviceStream {
+    stream: cpal::Stream,
+    rate: u32,
+    channels: usize,
+    description: String,
+}
+
+/// Opens `name` (the default device for `None`) at its default configuration, or
+/// at `want_rate` when given (a reconnect must keep the ring's rate), feeding `prod`.
+fn open_device(
+    name: Option<&str>,
+    want_rate: Option<u32>,
+    prod: impl FnOnce(u32) -> Result<HeapProd<f32>>,
+    stats: &Arc<SourceStats>,
+) -> Result<DeviceStream> {
     let host = cpal::default_host();
     let device = match name {
         None => host
@@ -788,21 +875,33 @@ fn start_cpal(name: Option<&str>, opts: &SourceOptions) -> Result<(Source, Sourc
         Some(n) => find_device(&host, n)?,
     };
     let dname = device_name(&device).unwrap_or_else(|| "?".into());
-    let supported = match device.default_input_config() {
+    let mut supported = match device.default_input_config() {
         Ok(c) => c,
         Err(e) if matches!(name, None | Some("default")) => {
             return Err(anyhow!("cannot open ALSA device '{dname}': {e}").context(NO_DEFAULT_DEVICE))
         }
         Err(e) => bail!("audio input device '{dname}' cannot capture: {e}"),
     };
+    if let Some(rate) = want_rate.filter(|&r| r != supported.sample_rate()) {
+        supported = device
+            .supported_input_configs()
+            .map_err(|e| anyhow!("audio input device '{dname}': {e}"))?
+            .find(|c| c.min_sample_rate() <= rate && rate <= c.max_sample_rate())
+            .map(|c| c.with_sample_rate(rate))
+            .ok_or_else(|| {
+                anyhow!(
+                    "audio input device '{dname}' came back without {rate} Hz (it offers {} Hz \
+                     now); restart hearken to use the new rate",
+                    supported.sample_rate()
+                )
+            })?;
+    }
     let format = supported.sample_format();
     let config = supported.config();
     let rate = config.sample_rate;
     let channels = config.channels.max(1) as usize;
-    let (prod, cons) = ring(rate, opts)?;
-    let stats = Arc::new(SourceStats::default());
     let capture = Capture {
-        prod,
+        prod: prod(rate)?,
         scratch: vec![0.0f32; rate.max(1024) as usize].into_boxed_slice(),
         channels,
         stats: stats.clone(),
@@ -824,6 +923,8 @@ fn start_cpal(name: Option<&str>, opts: &SourceOptions) -> Result<(Source, Sourc
         other => bail!("audio input device '{dname}': unsupported sample format {other}"),
     }
     .map_err(|e| anyhow!("cannot open audio input device '{dname}': {e}"))?;
+    // A fresh stream has not called back yet: start its stall clock now.
+    stats.touch();
     stream
         .play()
         .map_err(|e| anyhow!("cannot start audio input device '{dname}': {e}"))?;
@@ -836,19 +937,168 @@ fn start_cpal(name: Option<&str>, opts: &SourceOptions) -> Result<(Source, Sourc
             format!(" ({label})")
         }
     );
+    Ok(DeviceStream {
+        stream,
+        rate,
+        channels,
+        description,
+    })
+}
+
+/// Opens the device in a capture thread that owns the stream (cpal streams need
+/// not be `Send`) and keeps it alive: when the device reports an error or stops
+/// calling back (unplugged, taken by another program), the thread drops the stream
+/// and reopens the device with backoff, at the same rate, into the same ring.
+fn start_cpal(name: Option<&str>, opts: &SourceOptions) -> Result<(Source, SourceConsumer)> {
+    let stats = Arc::new(SourceStats::default());
+    let control = Arc::new(Control::default());
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = {
+        let (name, opts, stats, control) = (
+            name.map(String::from),
+            *opts,
+            stats.clone(),
+            control.clone(),
+        );
+        std::thread::Builder::new()
+            .name("hearken-capture".into())
+            .spawn(move || {
+                let mut ring_arc = None;
+                let first = open_device(
+                    name.as_deref(),
+                    None,
+                    |rate| {
+                        let (prod, cons, rb) = shared_ring(rate, &opts)?;
+                        ring_arc = Some((rb, cons));
+                        Ok(prod)
+                    },
+                    &stats,
+                );
+                let (dev, (rb, cons)) = match (first, ring_arc) {
+                    (Ok(d), Some(r)) => (d, r),
+                    (Err(e), _) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                    (Ok(_), None) => unreachable!("the ring is made before the stream"),
+                };
+                let DeviceStream {
+                    stream,
+                    rate,
+                    channels,
+                    description,
+                } = dev;
+                if ready_tx
+                    .send(Ok((rate, channels, description.clone(), cons)))
+                    .is_err()
+                {
+                    return;
+                }
+                keep_alive(
+                    name.as_deref(),
+                    stream,
+                    rate,
+                    &description,
+                    &rb,
+                    &stats,
+                    &control,
+                );
+            })
+            .context("cannot start the audio capture thread")?
+    };
+    let (rate, channels, description, cons) = ready_rx
+        .recv()
+        .map_err(|_| anyhow!("the audio capture thread ended while opening the device"))??;
     Ok((
         Source {
             sample_rate: rate,
             channels,
             description,
             stats,
-            control: Arc::new(Control::default()),
-            stream: Some(stream),
-            thread: None,
+            control,
+            stream: None,
+            thread: Some(thread),
             may_block: false,
         },
         cons,
     ))
+}
+
+/// The capture thread's loop after the first open: watches the stream, reopens the
+/// device when it is lost, and drops the stream when told to stop.
+fn keep_alive(
+    name: Option<&str>,
+    stream: cpal::Stream,
+    rate: u32,
+    description: &str,
+    rb: &Arc<HeapRb<f32>>,
+    stats: &Arc<SourceStats>,
+    control: &Control,
+) {
+    let mut stream = Some(stream);
+    let mut backoff = Backoff::new();
+    let mut retry_at = Instant::now();
+    let mut last_error = String::new();
+    while !control.stopped() {
+        std::thread::sleep(Duration::from_millis(50));
+        match &stream {
+            Some(_) => {
+                let error = stats.stream_error.load(Ordering::Acquire);
+                let last = stats.last_callback_ms.load(Ordering::Relaxed);
+                if !stream_lost(error, last, now_ms(), CALLBACK_STALL_MS) {
+                    continue;
+                }
+                let why = if error {
+                    error_kind_text(stats.stream_error_kind.load(Ordering::Relaxed))
+                } else {
+                    "no audio for 5 s"
+                };
+                tracing::warn!(
+                    device = description,
+                    "audio device lost ({why}); reconnecting with backoff"
+                );
+                // Dropping the stream drops its callback and with it the ring's
+                // producer, so a new one can be made for the next stream.
+                drop(stream.take());
+                stats.device_lost.store(true, Ordering::Release);
+                backoff = Backoff::new();
+                retry_at = Instant::now() + backoff.next_delay();
+                last_error.clear();
+            }
+            None if Instant::now() >= retry_at => {
+                stats.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
+                let _ = stats.stream_error_kind.swap(0, Ordering::Relaxed);
+                stats.stream_error.store(false, Ordering::Release);
+                match open_device(name, Some(rate), |_| Ok(HeapProd::new(rb.clone())), stats) {
+                    Ok(d) => {
+                        tracing::info!(
+                            device = d.description.as_str(),
+                            "audio device back; listening again"
+                        );
+                        stream = Some(d.stream);
+                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        stats.device_lost.store(false, Ordering::Release);
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        if e != last_error {
+                            tracing::warn!(
+                                device = description,
+                                "cannot reopen the audio device yet: {e}"
+                            );
+                            last_error = e;
+                        }
+                        retry_at = Instant::now() + backoff.next_delay();
+                    }
+                }
+            }
+            None => {
+                // Waiting to retry: the capture thread is alive (for a watchdog).
+                stats.touch_waiting();
+            }
+        }
+    }
+    drop(stream);
 }
 
 /// One supported input configuration range of a device.
@@ -1379,5 +1629,21 @@ mod tests {
         stats.note_stream_error(cpal::ErrorKind::DeviceNotAvailable);
         assert!(stats.stream_error.load(Ordering::Relaxed));
         assert_eq!(stats.xruns.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_to_ten_seconds() {
+        let mut b = Backoff::new();
+        let d: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(d, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
+    }
+
+    #[test]
+    fn a_stream_is_lost_on_an_error_or_a_long_silence_of_callbacks() {
+        assert!(!stream_lost(false, 10_000, 14_000, 5_000));
+        assert!(stream_lost(false, 10_000, 15_001, 5_000));
+        assert!(stream_lost(true, 10_000, 10_000, 5_000));
+        // A clock that went backwards is not a stall.
+        assert!(!stream_lost(false, 10_000, 9_000, 5_000));
     }
 }
