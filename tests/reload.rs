@@ -251,3 +251,118 @@ fn sighup_without_a_config_file_is_harmless() {
     let st = d.finish(Duration::from_secs(60));
     assert!(st.success(), "{}", d.stderr.text());
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Events queued while the configured broker is unreachable reach the broker a
+/// reload points hearken to: the publisher is restarted on the same durable outbox.
+#[test]
+fn a_reload_that_changes_the_broker_carries_queued_events_over() {
+    use std::process::{Command, Stdio};
+    let dir = tmp("reload-mqtt");
+    let port = free_port();
+    let dead_port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\npersistence false\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let Ok(broker) = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        eprintln!("skipping: mosquitto is not installed (tools/system-deps.sh mosquitto)");
+        return;
+    };
+    let _broker = Killed(broker);
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut sub = Killed(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", "hearken/+/event/#", "-q", "1", "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub"),
+    );
+    let mut sub_lines = common::service::Lines::read(sub.0.stdout.take().unwrap());
+
+    let config = dir.join("hearken.toml");
+    let mqtt = |p: u16| format!("\n[mqtt]\nhost = \"127.0.0.1\"\nport = {p}\n");
+    write_config(&config, &mqtt(dead_port));
+    let (rate, gunshots) = s16le("gunshots.wav");
+    let cfg = config.display().to_string();
+    let state = dir.join("state").display().to_string();
+    let mut d = Daemon::spawn(
+        rate,
+        &[
+            "--config",
+            &cfg,
+            "--state-dir",
+            &state,
+            "--node-id",
+            "reloadnode",
+        ],
+        &[],
+        false,
+        Duration::ZERO,
+    );
+    d.wait_listening();
+    d.feeder().queue(gunshots);
+    let got = d.stdout.wait_for(0, Duration::from_secs(90), |l| {
+        l.contains("\"group\":\"gunshot\"") && l.contains("\"state\":\"start\"")
+    });
+    assert!(got.is_some(), "no gunshot: {}", d.stderr.text());
+    let id = serde_json::from_str::<Value>(&d.stdout.seen[got.unwrap()]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Nothing reached the broker yet.
+    assert!(sub_lines
+        .wait_for(0, Duration::from_millis(500), |_| true)
+        .is_none());
+
+    write_config(&config, &mqtt(port));
+    let from = d.stderr.seen.len();
+    d.signal(libc::SIGHUP);
+    wait_reload(&mut d, from, "configuration reloaded");
+    let delivered = sub_lines.wait_for(0, Duration::from_secs(60), |l| {
+        l.starts_with("hearken/reloadnode/event/gunshot ") && l.contains(&id)
+    });
+    assert!(
+        delivered.is_some(),
+        "the queued event never reached the new broker: {}\n{}",
+        sub_lines.text(),
+        d.stderr.text()
+    );
+    let st = d.finish(Duration::from_secs(60));
+    assert!(st.success(), "{}", d.stderr.text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
