@@ -7,8 +7,10 @@ pub mod audio;
 pub mod bench;
 pub mod classify;
 pub mod dsp;
+pub mod logging;
 pub mod model;
 pub mod scoring;
+pub mod service;
 
 /// Root of the shared assets (models, recordings): `$HEARKEN_SHARED`, or `../shared`
 /// next to the source tree.

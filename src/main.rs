@@ -16,8 +16,35 @@ use hearken::model::{Model, DEFAULT_MODEL};
     about = "Home-sound safety daemon: AudioSet sound recognition on the edge"
 )]
 struct Cli {
+    /// Diagnostics level: error, warn, info, debug or trace [default: info; without
+    /// this flag RUST_LOG is honoured].
+    #[arg(long, global = true, value_enum)]
+    log_level: Option<LogLevel>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-level` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for tracing::level_filters::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        use tracing::level_filters::LevelFilter;
+        match l {
+            LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -109,6 +136,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    hearken::logging::init(cli.log_level.map(Into::into));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -367,6 +395,169 @@ fn mqtt_settings(
     Ok(Some(s))
 }
 
+/// Command-line settings that stay on top of the configuration file, at start and on
+/// every reload.
+struct Overrides {
+    source: Option<String>,
+    model: Option<String>,
+    node_id: Option<String>,
+}
+
+/// The configuration in force: the file (or the defaults) with the command line on top.
+fn effective_config(
+    file: Option<&std::path::Path>,
+    o: &Overrides,
+) -> Result<hearken::config::Config, hearken::config::ConfigError> {
+    let mut cfg = match file {
+        Some(p) => hearken::config::Config::load(p)?,
+        None => hearken::config::Config::default(),
+    };
+    if let Some(s) = &o.source {
+        cfg.audio.source = s.clone();
+    }
+    if let Some(m) = &o.model {
+        cfg.set_model(m);
+    }
+    if let Some(id) = &o.node_id {
+        cfg.node.id = id.clone();
+    }
+    Ok(cfg)
+}
+
+/// Checks `cfg` against the running model and builds its detector; errors name the file
+/// (and line) the configuration came from.
+fn build_detector(
+    cfg: &hearken::config::Config,
+    model: &Model,
+    file: Option<&std::path::Path>,
+) -> Result<hearken::detect::Detector> {
+    use hearken::detect::{Detector, Identity};
+    if let Err(e) = cfg.check_labels(model.labels()) {
+        let e = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                e.in_file(&f.display().to_string(), &text)
+            }
+            None => e,
+        };
+        return Err(e.into());
+    }
+    let ident = Identity {
+        node: cfg.node.id.clone(),
+        room: cfg.node.room.clone(),
+        model: model.name().to_string(),
+    };
+    Detector::from_config(cfg.enabled_groups(), model.labels(), ident).map_err(anyhow::Error::msg)
+}
+
+/// Whether two publisher configurations differ.
+fn mqtt_changed(
+    a: &Option<hearken::publish::client::MqttSettings>,
+    b: &Option<hearken::publish::client::MqttSettings>,
+) -> bool {
+    a != b
+}
+
+/// What a reload needs and changes.
+struct Running {
+    file: Option<PathBuf>,
+    overrides: Overrides,
+    mqtt_flags: Mqtt,
+    model: std::sync::Arc<Model>,
+    cfg: hearken::config::Config,
+    mqtt: Option<hearken::publish::client::MqttSettings>,
+}
+
+impl Running {
+    /// SIGHUP: re-reads the file, validates it completely and applies what can change
+    /// while running; on any error the running configuration stays.
+    fn reload(
+        &mut self,
+        pipeline: &hearken::pipeline::Pipeline,
+        publisher: &crossbeam_channel::Sender<Option<hearken::publish::client::MqttSettings>>,
+    ) {
+        use tracing::{error, info, warn};
+        let Some(file) = self.file.clone() else {
+            info!("SIGHUP: no --config file was given, so there is nothing to reload");
+            return;
+        };
+        let shown = file.display().to_string();
+        let prepared = (|| -> Result<_> {
+            let mut new = effective_config(Some(&file), &self.overrides)?;
+            let restart = hearken::service::restart_keys(&self.cfg, &new);
+            hearken::service::keep_running_values(&self.cfg, &mut new);
+            let detector = build_detector(&new, &self.model, Some(&file))?;
+            let mqtt = mqtt_settings(&new, &self.mqtt_flags, self.model.name())?;
+            Ok((new, restart, detector, mqtt))
+        })();
+        let (new, restart, detector, mqtt) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                error!(
+                    file = %shown,
+                    reason = %format!("{e:#}"),
+                    "cannot reload {shown}: {e:#}; keeping the current configuration"
+                );
+                return;
+            }
+        };
+        if !restart.is_empty() {
+            let keys = restart.join(", ");
+            warn!(file = %shown, keys = %keys, "{keys} changed in {shown}; restart to apply (keeping the running values)");
+        }
+        let groups = detector.group_names().join(", ");
+        if let Err(e) = pipeline.reconfigure(detector) {
+            error!("cannot apply the reloaded configuration: {e:#}");
+            return;
+        }
+        if mqtt_changed(&self.mqtt, &mqtt) {
+            info!("MQTT settings changed: restarting the publisher (queued events stay in the outbox)");
+            let _ = publisher.send(mqtt.clone());
+            self.mqtt = mqtt;
+        }
+        self.cfg = new;
+        info!(file = %shown, groups = %groups, "configuration reloaded from {shown} (groups: {groups})");
+    }
+}
+
+/// Replaces the running publisher: the old one flushes to its outbox and stops, then
+/// the new one opens the same outbox (nothing queued is lost). If the new one cannot
+/// start, the old settings are started again.
+fn swap_publisher(
+    current: &mut Option<hearken::publish::client::Publisher>,
+    settings: &mut Option<hearken::publish::client::MqttSettings>,
+    new: Option<hearken::publish::client::MqttSettings>,
+) {
+    use hearken::publish::client::Publisher;
+    use tracing::{error, info, warn};
+    if let Some(p) = current.take() {
+        if let Err(e) = p.shutdown() {
+            warn!("stopping the MQTT publisher: {e:#}");
+        }
+    }
+    let Some(s) = new else {
+        info!("MQTT publishing is off");
+        *settings = None;
+        return;
+    };
+    match Publisher::start(s.clone()) {
+        Ok(p) => {
+            info!(host = %s.host, port = s.port, "MQTT publisher started for {}:{}", s.host, s.port);
+            *current = Some(p);
+            *settings = Some(s);
+        }
+        Err(e) => {
+            error!("cannot start the MQTT publisher with the new settings: {e:#}; keeping the previous ones");
+            if let Some(old) = settings.clone() {
+                match Publisher::start(old) {
+                    Ok(p) => *current = Some(p),
+                    Err(e) => error!("cannot restart the MQTT publisher: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
 fn run_daemon(
     config: Option<PathBuf>,
     source: Option<String>,
@@ -376,49 +567,44 @@ fn run_daemon(
     mqtt: Mqtt,
 ) -> Result<ExitCode> {
     use hearken::audio::source::SourceSpec;
-    use hearken::config::Config;
-    use hearken::detect::{Detector, Identity};
     use hearken::pipeline::{Message, Pipeline, PipelineSettings};
+    use hearken::service::{self, Health, Notifier, StallCheck};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tracing::{debug, error, info, warn};
 
-    let mut cfg = match &config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
+    // SIGHUP's default action is to terminate: take it over before anything else.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    let notifier = Notifier::from_env();
+    let watchdog = service::watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+
+    let overrides = Overrides {
+        source,
+        model,
+        node_id: mqtt.node_id.clone(),
     };
-    if let Some(s) = source {
-        cfg.audio.source = s;
-    }
-    if let Some(m) = model {
-        cfg.set_model(&m);
-    }
+    let cfg = effective_config(config.as_deref(), &overrides)?;
     let spec: SourceSpec = cfg
         .audio
         .source
         .parse()
         .map_err(|e| anyhow::anyhow!("--source / audio.source: {e}"))?;
     let model = Arc::new(Model::open(&cfg.model.name)?);
-    cfg.check_labels(model.labels())?;
-    let ident = Identity {
-        node: cfg.node.id.clone(),
-        room: cfg.node.room.clone(),
-        model: model.name().to_string(),
-    };
-    if let Some(id) = mqtt.node_id.clone() {
-        cfg.node.id = id;
-    }
-    let ident = Identity {
-        node: cfg.node.id.clone(),
-        ..ident
-    };
-    let detector = Detector::from_config(cfg.enabled_groups(), model.labels(), ident)
-        .map_err(anyhow::Error::msg)?;
+    debug!(model = %model.name(), "model {} loaded", model.name());
+    let detector = build_detector(&cfg, &model, config.as_deref())?;
     let _broker = match embedded_broker_addr(&cfg, &mqtt)? {
         Some(addr) => {
             let login = (!cfg.mqtt.username.is_empty())
                 .then_some((cfg.mqtt.username.as_str(), cfg.mqtt.password.as_str()));
             let b = hearken::publish::broker::EmbeddedBroker::start(addr, login)?;
-            eprintln!(
-                "hearken: embedded MQTT broker listening on {} (subscribe: mosquitto_sub -h {} -p {} -t '{}/#' -v)",
+            info!(
+                "embedded MQTT broker listening on {} (subscribe: mosquitto_sub -h {} -p {} -t '{}/#' -v)",
                 b.addr,
                 b.addr.ip(),
                 b.addr.port(),
@@ -428,7 +614,9 @@ fn run_daemon(
         }
         None => None,
     };
-    let publisher = mqtt_settings(&cfg, &mqtt, model.name())?
+    let mqtt_now = mqtt_settings(&cfg, &mqtt, model.name())?;
+    let publisher = mqtt_now
+        .clone()
         .map(hearken::publish::client::Publisher::start)
         .transpose()?;
     let groups = detector.group_names().join(", ");
@@ -451,75 +639,231 @@ fn run_daemon(
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    eprintln!(
-        "hearken: listening on {} with {} (groups: {groups})",
+    info!(
+        source = %pipeline.source_description,
+        model = %model.name(),
+        groups = %groups,
+        "listening on {} with {} (groups: {groups})",
         pipeline.source_description,
         model.name()
     );
-    let printer = std::thread::spawn(move || {
-        let mut last_overruns = 0;
-        for msg in rx.iter() {
-            if let (Message::Status(s), Some(p)) = (&msg, &publisher) {
-                p.send_top(hearken::publish::TopReport {
-                    top: s.top.clone(),
-                    dbfs: s.dbfs,
-                });
-            }
-            match msg {
-                Message::Event(e) => {
-                    if let Some(p) = &publisher {
-                        p.send(e.clone());
-                    }
-                    if print_events {
-                        if let Ok(line) = serde_json::to_string(&e) {
-                            println!("{line}");
+    let events_seen = Arc::new(AtomicU64::new(0));
+    let (pub_tx, pub_rx) = crossbeam_channel::unbounded();
+    let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<bool>();
+    let printer = {
+        let events_seen = events_seen.clone();
+        let mut settings = mqtt_now.clone();
+        std::thread::spawn(move || {
+            let mut publisher = publisher;
+            let mut pub_rx = pub_rx;
+            let mut last_overruns = 0;
+            loop {
+                let msg = crossbeam_channel::select! {
+                    recv(rx) -> m => match m {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    },
+                    recv(audio_rx) -> ok => {
+                        if let (Ok(ok), Some(p)) = (ok, &publisher) {
+                            p.set_listening(ok);
                         }
-                    } else {
-                        eprintln!(
-                            "hearken: event {:?} {} {} at {:.2} s (score {:.2})",
+                        continue;
+                    },
+                    recv(pub_rx) -> s => {
+                        match s {
+                            Ok(s) => swap_publisher(&mut publisher, &mut settings, s),
+                            Err(_) => pub_rx = crossbeam_channel::never(),
+                        }
+                        continue;
+                    },
+                };
+                if let (Message::Status(s), Some(p)) = (&msg, &publisher) {
+                    p.send_top(hearken::publish::TopReport {
+                        top: s.top.clone(),
+                        dbfs: s.dbfs,
+                    });
+                }
+                match msg {
+                    Message::Event(e) => {
+                        if e.state == hearken::detect::EventState::Start {
+                            events_seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(p) = &publisher {
+                            p.send(e.clone());
+                        }
+                        let text = format!(
+                            "event {:?} {} {} at {:.2} s (score {:.2})",
                             e.state, e.group, e.id, e.start_s, e.peak_score
                         );
+                        if print_events {
+                            if let Ok(line) = serde_json::to_string(&e) {
+                                println!("{line}");
+                            }
+                            debug!(group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
+                        } else {
+                            info!(group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
+                        }
+                    }
+                    Message::Status(s) if print_events => {
+                        let top: Vec<String> = s
+                            .top
+                            .iter()
+                            .map(|p| format!("{} {:.2}", p.label, p.probability))
+                            .collect();
+                        info!(
+                            stream_s = s.t_s,
+                            dbfs = s.dbfs,
+                            cpu_percent = s.cpu_percent,
+                            overruns = s.overruns,
+                            "status t={:.0}s level={:.1} dBFS top=[{}] cpu={:.1}% overruns={} gated={}/{}",
+                            s.t_s,
+                            s.dbfs,
+                            top.join(", "),
+                            s.cpu_percent,
+                            s.overruns,
+                            s.gated_calls,
+                            s.gated_calls + s.model_calls
+                        );
+                    }
+                    // Without --print-events, only news worth a line: dropped audio.
+                    Message::Status(s) => {
+                        if s.overruns > last_overruns {
+                            warn!(
+                                dropped = s.overruns - last_overruns,
+                                "{} samples dropped at capture since the last report (the pipeline fell behind)",
+                                s.overruns - last_overruns
+                            );
+                            last_overruns = s.overruns;
+                        }
                     }
                 }
-                Message::Status(s) if print_events => {
-                    let top: Vec<String> = s
-                        .top
-                        .iter()
-                        .map(|p| format!("{} {:.2}", p.label, p.probability))
-                        .collect();
-                    eprintln!(
-                        "hearken: status t={:.0}s level={:.1} dBFS top=[{}] cpu={:.1}% overruns={} gated={}/{}",
-                        s.t_s,
-                        s.dbfs,
-                        top.join(", "),
-                        s.cpu_percent,
-                        s.overruns,
-                        s.gated_calls,
-                        s.gated_calls + s.model_calls
-                    );
-                }
-                // Without --print-events, only news worth a line: dropped audio.
-                Message::Status(s) => {
-                    if s.overruns > last_overruns {
-                        eprintln!(
-                            "hearken: warning: {} samples dropped at capture since the last report (the pipeline fell behind)",
-                            s.overruns - last_overruns
-                        );
-                        last_overruns = s.overruns;
+            }
+            publisher
+        })
+    };
+
+    // The control loop: readiness, the watchdog, status and reloads.
+    let mut running = Running {
+        file: config,
+        overrides,
+        mqtt_flags: mqtt,
+        model: model.clone(),
+        cfg,
+        mqtt: mqtt_now,
+    };
+    let status_line = |stalled: Option<service::Stage>| {
+        let n = events_seen.load(Ordering::Relaxed);
+        let base = format!(
+            "listening on {} with {}, {n} events",
+            pipeline.source_description,
+            model.name()
+        );
+        match stalled {
+            Some(stage) => format!("{base}; {stage} stalled"),
+            None => base,
+        }
+    };
+    const STATUS_EVERY: Duration = Duration::from_secs(10);
+    let t0 = Instant::now();
+    let mut ready = false;
+    let mut check: Option<StallCheck> = None;
+    let mut stalled: Option<service::Stage> = None;
+    let mut next_ping = Instant::now();
+    let mut next_status = Instant::now() + STATUS_EVERY;
+    let mut device_lost = false;
+    while !stop.load(Ordering::Acquire) && !pipeline.source_finished() {
+        // The capture thread logs the loss and reopens the device; here the MQTT
+        // availability and systemd's status line follow it.
+        let lost = pipeline.source_stats.device_lost.load(Ordering::Acquire);
+        if lost != device_lost {
+            device_lost = lost;
+            let _ = audio_tx.send(!lost);
+            let line = if lost {
+                format!("{}; audio device lost, reconnecting", status_line(stalled))
+            } else {
+                status_line(stalled)
+            };
+            let _ = notifier.send(&service::status_message(&line));
+        }
+        if hup.swap(false, Ordering::AcqRel) {
+            let _ = notifier.send(&service::reloading_message(service::monotonic_usec()));
+            running.reload(&pipeline, &pub_tx);
+            if ready {
+                let _ = notifier.send(&service::ready_message(&status_line(stalled)));
+            }
+        }
+        let now = Instant::now();
+        if !ready && pipeline.source_stats.samples.load(Ordering::Relaxed) > 0 {
+            ready = true;
+            let _ = notifier.send(&service::ready_message(&status_line(None)));
+            debug!("audio flows: ready");
+            if let Some(wd) = watchdog {
+                let limit = wd.as_secs_f64();
+                check = Some(StallCheck::new(
+                    t0.elapsed().as_secs_f64(),
+                    pipeline.snapshot(),
+                    limit,
+                    (2.0 * pipeline.hop_s + 1.0).max(limit),
+                ));
+                info!(
+                    watchdog_s = limit,
+                    "watchdog enabled: pinging every {:.1} s while capture, DSP and inference make progress",
+                    limit / 2.0
+                );
+            }
+        }
+        if let (Some(c), Some(wd)) = (check.as_mut(), watchdog) {
+            if now >= next_ping {
+                next_ping = now + wd / 2;
+                match c.observe(t0.elapsed().as_secs_f64(), pipeline.snapshot()) {
+                    Health::Healthy => {
+                        let _ = notifier.send(service::WATCHDOG_MESSAGE);
+                        if let Some(stage) = stalled.take() {
+                            info!(stage = %stage, "the {stage} stage is making progress again; watchdog pings resume");
+                            let _ = notifier.send(&service::status_message(&status_line(None)));
+                        }
+                    }
+                    Health::Stalled { stage, idle_s } => {
+                        if stalled.is_none() {
+                            error!(
+                                stage = %stage,
+                                idle_s = idle_s,
+                                "the {stage} stage has made no progress for {idle_s:.1} s; no longer pinging the watchdog (systemd will restart hearken)"
+                            );
+                            stalled = Some(stage);
+                            let _ = notifier.send(&service::status_message(&status_line(stalled)));
+                        }
                     }
                 }
             }
         }
-        publisher
-    });
+        if ready && now >= next_status {
+            next_status = now + STATUS_EVERY;
+            let _ = notifier.send(&service::status_message(&status_line(stalled)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = notifier.send(&service::stopping_message(
+        "stopping: draining the pipeline",
+    ));
     let summary = pipeline.wait()?;
+    drop(pub_tx);
     // The pipeline has closed every event; the publisher flushes and says offline.
     if let Ok(Some(p)) = printer.join() {
         p.shutdown()?;
     }
-    eprintln!(
-        "hearken: stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} samples dropped",
-        summary.audio_s, summary.events, summary.model_calls, summary.gated_calls, summary.overruns
+    info!(
+        audio_s = summary.audio_s,
+        events = summary.events,
+        model_calls = summary.model_calls,
+        gated_calls = summary.gated_calls,
+        overruns = summary.overruns,
+        "stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} samples dropped",
+        summary.audio_s,
+        summary.events,
+        summary.model_calls,
+        summary.gated_calls,
+        summary.overruns
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,10 @@
 //! and `detect`. A stop flag (SIGINT/SIGTERM) stops the source; everything already
 //! captured then drains through, open events are closed, and [`Pipeline::wait`]
 //! returns.
+//!
+//! A configuration reload hands the inference thread a new [`Detector`] through
+//! [`Pipeline::reconfigure`]: it takes over between two blocks, at the current stream
+//! time, without touching the source or losing audio.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use ringbuf::traits::{Consumer, Observer};
 use serde::Serialize;
 
-use crate::audio::source::{Source, SourceOptions, SourceSpec};
+use crate::audio::source::{Source, SourceOptions, SourceSpec, SourceStats};
 use crate::audio::StreamResampler;
 use crate::classify::{run_unit, top_k, Prediction};
 use crate::detect::{Detector, Event, Hop};
@@ -115,6 +119,11 @@ pub struct Progress {
     pub dsp_samples: AtomicU64,
     /// Windows the inference thread has scored.
     pub windows: AtomicU64,
+    /// Blocks of frames the DSP thread has handed (or is handing) to the inference
+    /// thread.
+    pub blocks_sent: AtomicU64,
+    /// Blocks the inference thread has finished.
+    pub blocks_done: AtomicU64,
 }
 
 /// A running pipeline.
@@ -125,8 +134,13 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
     /// Progress counters.
     pub progress: Arc<Progress>,
+    /// The source's counters (samples captured, last callback).
+    pub source_stats: Arc<SourceStats>,
     /// Source sample rate and description.
     pub source_description: String,
+    /// Seconds between scored windows.
+    pub hop_s: f64,
+    reconfigure: Sender<Detector>,
 }
 
 /// Per-frame levels: mean power of consecutive `hop`-sample blocks, in dBFS.
@@ -217,6 +231,8 @@ impl Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let (btx, brx): (Sender<Block>, Receiver<Block>) = bounded(32);
+        let (rtx, rrx): (Sender<Detector>, Receiver<Detector>) = crossbeam_channel::unbounded();
+        let plan_hop_s = plan.hop_frames as f64 * plan.frame_hop_s;
 
         let fe_params = model.manifest().frontend.clone();
         let dsp_stats = stats.clone();
@@ -244,14 +260,20 @@ impl Pipeline {
                     resampled.clear();
                     rs.push(&buf[..n], &mut resampled);
                     let block = analyse(&mut fe, &mut meter, &resampled, false);
-                    if !block.frames.is_empty() && btx.send(block).is_err() {
-                        return Ok(());
+                    if !block.frames.is_empty() {
+                        // Counted before the send, which blocks while inference is
+                        // behind: the watchdog sees the block waiting.
+                        dsp_progress.blocks_sent.fetch_add(1, Ordering::Relaxed);
+                        if btx.send(block).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
                 resampled.clear();
                 rs.finish(&mut resampled);
                 let block = analyse(&mut fe, &mut meter, &resampled, true);
                 if !block.frames.is_empty() {
+                    dsp_progress.blocks_sent.fetch_add(1, Ordering::Relaxed);
                     let _ = btx.send(block);
                 }
                 Ok(())
@@ -306,13 +328,55 @@ impl Pipeline {
                     };
                     detector.step(&hop, labels, events);
                 };
-                for block in brx.iter() {
+                let mut rrx = rrx;
+                loop {
+                    // A new detector takes over before any later block: pending ones
+                    // first, then whichever arrives.
+                    let block = match rrx.try_recv() {
+                        Ok(d) => Err(d),
+                        Err(_) => crossbeam_channel::select! {
+                            recv(brx) -> b => match b {
+                                Ok(b) => Ok(b),
+                                Err(_) => break,
+                            },
+                            recv(rrx) -> d => match d {
+                                Ok(d) => Err(d),
+                                Err(_) => {
+                                    rrx = crossbeam_channel::never();
+                                    continue;
+                                }
+                            },
+                        },
+                    };
+                    let block = match block {
+                        Ok(b) => b,
+                        Err(new) => {
+                            let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
+                            let wall = if realtime {
+                                SystemTime::now()
+                            } else {
+                                t0_wall + Duration::from_secs_f64(end_s)
+                            };
+                            detector.reconfigure(new, end_s, wall, &mut events);
+                            tracing::info!(
+                                stream_s = end_s,
+                                groups = %detector.group_names().join(", "),
+                                "detector reconfigured at {end_s:.1} s of audio (groups: {})",
+                                detector.group_names().join(", ")
+                            );
+                            if !send_events(&mut events, &mut summary) {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
                     scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
                     for ws in windows.drain(..) {
                         inf_progress.windows.fetch_add(1, Ordering::Relaxed);
                         step(&ws, &mut detector, &mut events);
                         last_window = Some(ws);
                     }
+                    inf_progress.blocks_done.fetch_add(1, Ordering::Relaxed);
                     if !send_events(&mut events, &mut summary) {
                         break;
                     }
@@ -360,8 +424,34 @@ impl Pipeline {
             inference: Some(inference),
             stop,
             progress,
+            source_stats: stats,
             source_description,
+            hop_s: plan_hop_s,
+            reconfigure: rtx,
         })
+    }
+
+    /// Hands the inference thread a new detector (a configuration reload). It takes
+    /// over before the next block at the current stream time: open events of groups
+    /// that remain continue, those of removed groups end (see
+    /// [`Detector::reconfigure`]). Fails only when the inference thread has ended.
+    pub fn reconfigure(&self, detector: Detector) -> Result<()> {
+        self.reconfigure
+            .send(detector)
+            .map_err(|_| anyhow!("the inference thread has ended"))
+    }
+
+    /// The progress counters now, for the watchdog.
+    pub fn snapshot(&self) -> crate::service::Snapshot {
+        let p = &self.progress;
+        crate::service::Snapshot {
+            captured: self.source_stats.samples.load(Ordering::Relaxed),
+            reconnecting: self.source_stats.reconnect_ticks.load(Ordering::Relaxed),
+            dsp: p.dsp_samples.load(Ordering::Relaxed),
+            blocks_sent: p.blocks_sent.load(Ordering::Relaxed),
+            blocks_done: p.blocks_done.load(Ordering::Relaxed),
+            windows: p.windows.load(Ordering::Relaxed),
+        }
     }
 
     /// A flag that stops capture when set (wire SIGINT/SIGTERM to it).

@@ -70,7 +70,7 @@ impl EmbeddedBroker {
             .spawn(move || {
                 let mut broker = Broker::new(config);
                 if let Err(e) = broker.start() {
-                    eprintln!("hearken: embedded broker stopped: {e}");
+                    tracing::error!("embedded broker stopped: {e}");
                 }
             })
             .context("cannot start the embedded broker thread")?;

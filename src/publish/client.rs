@@ -40,7 +40,7 @@ use super::{
 use crate::detect::Event;
 
 /// Where and how to publish.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     /// Broker host.
     pub host: String,
@@ -165,6 +165,7 @@ struct Conn {
 enum Item {
     Event(Event),
     Top(TopReport),
+    Listening(bool),
 }
 
 /// The running publisher.
@@ -212,6 +213,16 @@ impl Publisher {
     pub fn send_top(&self, r: TopReport) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Item::Top(r));
+        }
+    }
+
+    /// Says whether hearken can hear: while the audio device is lost, the node's
+    /// availability topic says `offline` (Home Assistant shows its entities as
+    /// unavailable, which automations can act on), and `online` again once audio
+    /// flows.
+    pub fn set_listening(&self, ok: bool) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Item::Listening(ok));
         }
     }
 
@@ -328,8 +339,8 @@ fn publish(c: &mut Conn, m: &OutMessage, kind: Kind) -> bool {
     true
 }
 
-fn announce(c: &mut Conn, s: &MqttSettings, topics: &Topics) {
-    publish(c, &availability_message(topics, true), Kind::Other);
+fn announce(c: &mut Conn, s: &MqttSettings, topics: &Topics, listening: bool) {
+    publish(c, &availability_message(topics, listening), Kind::Other);
     for m in discovery_messages(
         topics,
         &s.node_id,
@@ -389,9 +400,14 @@ fn run(
     let mut closing: Option<Instant> = None;
     let started = Instant::now();
     let mut top_limit = RateLimit::new(DEFAULT_TOP_INTERVAL_S);
+    let mut listening = true;
     let say = |state: String, last: &mut String| {
         if *last != state {
-            eprintln!("hearken: mqtt {}: {state}", s.endpoint());
+            if state.starts_with("unavailable") {
+                tracing::warn!(broker = %s.endpoint(), "mqtt {}: {state}", s.endpoint());
+            } else {
+                tracing::info!(broker = %s.endpoint(), "mqtt {}: {state}", s.endpoint());
+            }
             *last = state;
         }
     };
@@ -418,6 +434,12 @@ fn run(
                         }
                     }
                 }
+                Ok(Item::Listening(ok)) => {
+                    listening = ok;
+                    if let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                        publish(c, &availability_message(&topics, ok), Kind::Other);
+                    }
+                }
                 Err(_) => closing = Some(Instant::now()),
             },
             recv(net) -> msg => match msg {
@@ -427,7 +449,7 @@ fn run(
                         backoff = Duration::from_millis(500);
                         say("connected".into(), &mut last_state);
                         let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
-                        announce(c, &s, &topics);
+                        announce(c, &s, &topics, listening);
                         // Retained configs of this node arrive next: those no longer
                         // announced are cleared (Net::Config).
                         let _ = c.client.try_subscribe(config_filter(&s.discovery_prefix, &s.node_id), QoS::AtLeastOnce);
@@ -435,13 +457,13 @@ fn run(
                 }
                 Ok(Net::HaOnline) => {
                     if let Some(c) = conn.as_mut() {
-                        announce(c, &s, &topics);
+                        announce(c, &s, &topics, listening);
                     }
                 }
                 Ok(Net::Config(topic)) => {
                     if let Some(c) = conn.as_mut() {
                         for m in stale_config_removal(&topics, &topic, &current) {
-                            eprintln!("hearken: mqtt: clearing {} (its group is no longer configured)", m.topic);
+                            tracing::info!("mqtt: clearing {} (its group is no longer configured)", m.topic);
                             publish(c, &m, Kind::Other);
                         }
                     }
@@ -501,8 +523,8 @@ fn run(
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 if !outbox.is_empty() {
-                    eprintln!(
-                        "hearken: mqtt: {} messages stay in the outbox for the next start",
+                    tracing::warn!(
+                        "mqtt: {} messages stay in the outbox for the next start",
                         outbox.len()
                     );
                 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pulse;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 
