@@ -88,3 +88,98 @@ fn a_gunshot_played_into_the_microphone_raises_an_event() {
         "event onset {diff:+.2} s from the first shot"
     );
 }
+
+/// Runs hearken on the ALSA `pulse` device and returns it with a channel of its
+/// stderr lines, once it listens.
+fn listen(
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearken"))
+        .env("HEARKEN_MODELS", common::models_dir())
+        .args(["run", "--print-events", "--source", "device:pulse"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    wait_for(&rx, &mut log, "listening on", Duration::from_secs(60));
+    (child, rx, log)
+}
+
+/// Reads stderr lines until one contains `what`; panics after `limit`.
+fn wait_for(
+    rx: &std::sync::mpsc::Receiver<String>,
+    log: &mut Vec<String>,
+    what: &str,
+    limit: Duration,
+) {
+    let t = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let hit = l.contains(what);
+                log.push(l);
+                if hit {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("hearken ended before {what:?}: {log:#?}")
+            }
+            Err(_) => {}
+        }
+        assert!(
+            t.elapsed() < limit,
+            "no {what:?} within {limit:?}: {log:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_microphone_vanishes_and_comes_back_and_detection_resumes() {
+    let Some(pulse) = start_pulse() else {
+        return;
+    };
+    let (child, rx, mut log) = listen(&[]);
+    std::thread::sleep(Duration::from_secs(2));
+    // Unplugged: the sound server goes away with the stream.
+    pulse.kill();
+    wait_for(&rx, &mut log, "audio device lost", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    // Plugged back in: hearken reopens it by itself.
+    pulse.restart();
+    wait_for(&rx, &mut log, "audio device back", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let clip = hearken::shared_dir().join("audio/gunshots.wav");
+    let mut player = Command::new("paplay")
+        .arg("--device=hearken_null")
+        .arg(&clip)
+        .spawn()
+        .expect("paplay");
+    let st = wait_with_timeout(&mut player, Duration::from_secs(30)).expect("paplay hung");
+    assert!(st.success());
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    log.extend(rx.try_iter());
+    assert!(out.status.success(), "{log:#?}");
+    let gunshots = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["group"] == "gunshot" && e["state"] == "start")
+        .count();
+    assert_eq!(gunshots, 1, "log: {log:#?}");
+}

@@ -17,7 +17,9 @@
 #   PULSE_COOKIE       its auth cookie (the socket also accepts anonymous clients)
 #   HEARKEN_PULSE_DIR  the temporary directory, for `stop`
 #
-# `stop [DIR]` kills that daemon and removes the directory. Exit status 2 from `start`
+# `stop [DIR]` kills that daemon and removes the directory. `kill DIR` kills it and
+# keeps the directory; `start DIR` starts it again there, on the same socket (a
+# device that vanishes and comes back). Exit status 2 from `start`
 # means the packages could not be installed (so callers may skip); 1 is any other failure.
 set -euo pipefail
 
@@ -51,13 +53,8 @@ install_pkgs() {
   fi
 }
 
-stop_daemon() {
-  local dir=${1:-${HEARKEN_PULSE_DIR:-}}
-  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
-    log "stop: no daemon directory (give it or set HEARKEN_PULSE_DIR)"
-    return 0
-  fi
-  local pid=""
+kill_daemon() {
+  local dir=$1 pid=""
   [ -f "$dir/runtime/pid" ] && pid=$(tr -dc 0-9 <"$dir/runtime/pid")
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
@@ -67,6 +64,15 @@ stop_daemon() {
     done
     kill -KILL "$pid" 2>/dev/null || true
   fi
+}
+
+stop_daemon() {
+  local dir=${1:-${HEARKEN_PULSE_DIR:-}}
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+    log "stop: no daemon directory (give it or set HEARKEN_PULSE_DIR)"
+    return 0
+  fi
+  kill_daemon "$dir"
   case "$dir" in
     */hearken-pulse.*) rm -rf "$dir" ;;
   esac
@@ -74,8 +80,15 @@ stop_daemon() {
 
 start_daemon() {
   install_pkgs || exit $?
-  local dir
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/hearken-pulse.XXXXXX")
+  local dir=${1:-}
+  if [ -n "$dir" ]; then
+    # Again in the same directory (same socket): clients see the sound server
+    # vanish and come back, as when a USB microphone is unplugged and replugged.
+    kill_daemon "$dir"
+    rm -f "$dir/native" "$dir/runtime/pid"
+  else
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/hearken-pulse.XXXXXX")
+  fi
   mkdir -p "$dir/runtime" "$dir/home" "$dir/state"
   chmod 700 "$dir" "$dir/runtime"
   # The daemon's own environment: everything private to $dir.
@@ -117,10 +130,11 @@ start_daemon() {
 }
 
 case "${1:-start}" in
-  start) start_daemon ;;
+  start) start_daemon "${2:-}" ;;
+  kill) kill_daemon "${2:?kill needs the daemon directory}" ;;
   stop) stop_daemon "${2:-}" ;;
   *)
-    echo "usage: $0 [start|stop [DIR]]" >&2
+    echo "usage: $0 [start [DIR]|kill DIR|stop [DIR]]" >&2
     exit 1
     ;;
 esac

@@ -185,9 +185,9 @@ pub struct SourceStats {
     pub reconnects: AtomicU64,
     /// Attempts to reopen it (successful or not).
     pub reconnect_attempts: AtomicU64,
-    /// Milliseconds since the UNIX epoch of the capture thread's last check while
-    /// the device is lost (alive, waiting to retry).
-    pub last_retry_wait_ms: AtomicU64,
+    /// Ticks of the capture thread while the device is lost (it is alive, waiting
+    /// to retry: a watchdog must not take that for a hang).
+    pub reconnect_ticks: AtomicU64,
 }
 
 impl SourceStats {
@@ -196,7 +196,7 @@ impl SourceStats {
     }
 
     fn touch_waiting(&self) {
-        self.last_retry_wait_ms.store(now_ms(), Ordering::Relaxed);
+        self.reconnect_ticks.fetch_add(1, Ordering::Relaxed);
     }
 
     fn count(&self, pushed: usize, dropped: usize) {
@@ -1066,6 +1066,7 @@ fn keep_alive(
                 last_error.clear();
             }
             None if Instant::now() >= retry_at => {
+                stats.touch_waiting();
                 stats.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
                 let _ = stats.stream_error_kind.swap(0, Ordering::Relaxed);
                 stats.stream_error.store(false, Ordering::Release);

@@ -89,3 +89,29 @@ pub fn start_pulse() -> Option<Pulse> {
     let dir = dir.unwrap_or_else(|| panic!("no HEARKEN_PULSE_DIR in:\n{stdout}"));
     Some(Pulse { dir })
 }
+
+impl Pulse {
+    /// Kills the sound server (the "device" vanishes) and keeps its directory.
+    pub fn kill(&self) {
+        let st = Command::new(script())
+            .args(["kill", &self.dir])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Starts it again on the same socket (the device comes back).
+    pub fn restart(&self) {
+        let out = Command::new(script())
+            .args(["start", &self.dir])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
