@@ -14,3 +14,5 @@ fi
 # Home Assistant core in a venv: the MQTT test checks discovery configs against its schemas.
 tools/ha-venv.sh >/dev/null
 cargo test --locked 2>&1
+# The .deb: builds it from the test build, installs it, checks it, removes it.
+tools/test-deb.sh

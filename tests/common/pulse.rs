@@ -26,10 +26,15 @@ pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::proc
     }
 }
 
+/// One sound server per test process at a time: its address is process-wide
+/// environment (PULSE_SERVER), inherited by every child.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The daemon; stopped (and its directory removed) on drop, even when a check fails.
 pub struct Pulse {
     /// Runtime directory of the daemon.
     pub dir: String,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Pulse {
@@ -47,6 +52,7 @@ impl Drop for Pulse {
 /// Starts the daemon and exports its client environment into this process.
 /// None when the packages cannot be installed (exit status 2).
 pub fn start_pulse() -> Option<Pulse> {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out_path = std::env::temp_dir().join(format!("hearken-pulse-{}.out", std::process::id()));
     let err_path = out_path.with_extension("err");
     let mut child = Command::new(script())
@@ -87,7 +93,7 @@ pub fn start_pulse() -> Option<Pulse> {
         std::env::set_var(key, value);
     }
     let dir = dir.unwrap_or_else(|| panic!("no HEARKEN_PULSE_DIR in:\n{stdout}"));
-    Some(Pulse { dir })
+    Some(Pulse { dir, _turn: turn })
 }
 
 impl Pulse {

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# CI check of the Debian package: builds the amd64 .deb, verifies the systemd unit,
+# installs the package, checks what it installed (binary, config, models, user,
+# unit), then removes and purges it and checks nothing is left.
+#
+#   tools/test-deb.sh [--profile dev|release] [--no-build] [--deb FILE]
+#
+#   --profile P   profile of the packaged binary (default dev: the binary `cargo test`
+#                 already built; its dependencies are optimised, so it classifies fast)
+#   --no-build    package the binary already in target/ without running cargo build
+#   --deb FILE    test this .deb instead of building one
+#
+# Needs root (or sudo) for dpkg. Runs without systemd as PID 1 (CI containers): the
+# maintainer scripts then only create the enable symlinks. Safe on a development
+# machine: it refuses to run when a hearken package or a `hearken` user already
+# exists, and purges what it installed on exit, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=dev
+deb=""
+build_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="${2:?}"; shift 2 ;;
+    --deb) deb="$(realpath "${2:?}")"; shift 2 ;;
+    --no-build) build_args+=(--no-build); shift ;;
+    *) echo "test-deb.sh: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export HEARKEN_SHARED="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
+audio="$HEARKEN_SHARED/audio/gunshots.wav"
+[ -f "$audio" ] || { echo "test-deb.sh: $audio not found; set HEARKEN_SHARED" >&2; exit 1; }
+
+step() { echo "test-deb: $*"; }
+fail() { echo "test-deb: FAIL: $*" >&2; exit 1; }
+
+# Never touch a real installation.
+if dpkg-query -W -f='${Status}' hearken 2>/dev/null | grep -qv "not-installed"; then
+  fail "a hearken package is already on this machine ($(dpkg-query -W -f='${Status}' hearken)); remove it first (dpkg -P hearken)"
+fi
+if getent passwd hearken >/dev/null || getent group hearken >/dev/null; then
+  fail "a hearken user or group already exists; this test would delete it on purge"
+fi
+
+if [ -z "$deb" ]; then
+  start=$SECONDS
+  deb="$(tools/build-deb.sh --profile "$profile" --fast --output target/debian-test "${build_args[@]}" | tail -n1)"
+  step "built $deb ($(du -h "$deb" | cut -f1)) in $((SECONDS - start)) s"
+fi
+
+step "systemd unit (before install)"
+tools/verify-unit.sh systemd/hearken.service
+
+installed=0
+cleanup() {
+  if [ "$installed" = 1 ]; then
+    echo "test-deb: cleaning up: dpkg -P hearken" >&2
+    $sudo dpkg -P hearken >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+step "dpkg -i $(basename "$deb")"
+installed=1
+$sudo dpkg -i "$deb"
+dpkg-query -W -f='${Status}\n' hearken | grep -qx "install ok installed" || fail "not installed after dpkg -i"
+
+step "installed files"
+[ -x /usr/bin/hearken ] || fail "/usr/bin/hearken missing"
+unit=/usr/lib/systemd/system/hearken.service
+[ -f "$unit" ] || fail "$unit missing"
+for m in efficientat-mn04 yamnet; do
+  for f in model.toml model.onnx labels.csv; do
+    [ -s "/usr/share/hearken/models/$m/$f" ] || fail "/usr/share/hearken/models/$m/$f missing"
+  done
+done
+dpkg-query -W -f='${Conffiles}\n' hearken | grep -q "/etc/hearken/hearken.toml" ||
+  fail "/etc/hearken/hearken.toml is not a conffile"
+[ "$(stat -c '%U:%G %a' /etc/hearken/hearken.toml)" = "root:hearken 640" ] ||
+  fail "/etc/hearken/hearken.toml is $(stat -c '%U:%G %a' /etc/hearken/hearken.toml), want root:hearken 640"
+
+step "shared libraries match Depends"
+# Depends: in Cargo.toml lists libasound, libc6 (>= 2.35) and libgcc-s1 by hand; a new
+# shared library or a newer glibc symbol must be added there.
+needed="$(objdump -p /usr/bin/hearken | awk '/NEEDED/ { print $2 }' | sort | tr '\n' ' ')"
+for lib in $needed; do
+  case "$lib" in
+    libasound.so.2|libgcc_s.so.1|libm.so.6|libc.so.6|ld-linux*) ;;
+    *) fail "/usr/bin/hearken links $lib, which Depends: does not cover (Cargo.toml [package.metadata.deb])" ;;
+  esac
+done
+glibc="$(objdump -T /usr/bin/hearken | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n1)"
+dpkg --compare-versions "${glibc#GLIBC_}" le 2.35 ||
+  fail "/usr/bin/hearken needs $glibc; raise libc6 (>= 2.35) in Depends"
+echo "  links: $needed(newest symbol $glibc)"
+
+step "system user"
+getent passwd hearken >/dev/null || fail "user hearken missing"
+id -nG hearken | tr ' ' '\n' | grep -qx audio || fail "hearken is not in group audio"
+[ "$(getent passwd hearken | cut -d: -f7)" = /usr/sbin/nologin ] || fail "hearken has a login shell"
+
+step "systemd unit (installed, real ExecStart)"
+tools/verify-unit.sh "$unit"
+[ -L /etc/systemd/system/multi-user.target.wants/hearken.service ] ||
+  fail "hearken.service was not enabled (no multi-user.target.wants link)"
+
+step "check-config"
+out="$(/usr/bin/hearken check-config /etc/hearken/hearken.toml)" || fail "check-config: $out"
+echo "  $out"
+# The service user can read its config (root:hearken 0640).
+runuser -u hearken -- /usr/bin/hearken check-config /etc/hearken/hearken.toml >/dev/null ||
+  fail "user hearken cannot check /etc/hearken/hearken.toml"
+
+step "classify with the installed models"
+# From / with HEARKEN_MODELS unset, models are found by name in /usr/share/hearken/models;
+# the explicit directories make sure those very files load (sha256-checked).
+# mn04 ranks Gunshot first; YAMNet ranks Explosion just above it.
+for spec in efficientat-mn04:'clip +Gunshot' /usr/share/hearken/models/efficientat-mn04:'clip +Gunshot' \
+  /usr/share/hearken/models/yamnet:'clip .*Gunshot'; do
+  model="${spec%%:*}"
+  want="${spec#*:}"
+  out="$(cd / && env -u HEARKEN_MODELS /usr/bin/hearken classify --model "$model" --top 3 "$audio")" ||
+    fail "classify --model $model: $out"
+  clip="$(echo "$out" | grep -m1 '^  clip')"
+  echo "  $model: $clip"
+  echo "$clip" | grep -Eq "^  $want" || fail "classify --model $model: no Gunshot where expected ($want)"
+done
+
+step "the daemon as the service user (recording as the source)"
+# What systemd would set up: the state directory and the user; the config as installed.
+$sudo install -d -o hearken -g hearken -m 0750 /var/lib/hearken
+out="$(cd / && timeout 300 runuser -u hearken -- env STATE_DIRECTORY=/var/lib/hearken \
+  /usr/bin/hearken run --config /etc/hearken/hearken.toml --source "file:$audio" --fast \
+  --print-events 2>/dev/null)" || fail "hearken run as user hearken failed: $out"
+echo "$out" | grep -Eq '"group": ?"gunshot"' || fail "hearken run as user hearken reported no gunshot event: $out"
+echo "  $(echo "$out" | grep -c '"group"') event messages, gunshot among them"
+
+step "reinstall over itself (upgrade path; conffile edits survive)"
+echo "# local edit" | $sudo tee -a /etc/hearken/hearken.toml >/dev/null
+$sudo dpkg -i "$deb" >/dev/null
+grep -q "^# local edit" /etc/hearken/hearken.toml || fail "reinstall lost a conffile edit"
+[ "$(stat -c '%U:%G %a' /etc/hearken/hearken.toml)" = "root:hearken 640" ] || fail "reinstall changed config ownership"
+# Stand in for state the running service would have left (StateDirectory=hearken).
+$sudo install -o hearken -g hearken -m 0640 /dev/null /var/lib/hearken/test-state
+
+step "dpkg -r hearken"
+$sudo dpkg -r hearken
+[ ! -e /usr/bin/hearken ] || fail "/usr/bin/hearken left after dpkg -r"
+[ ! -e "$unit" ] || fail "$unit left after dpkg -r"
+[ ! -e /usr/share/hearken ] || fail "/usr/share/hearken left after dpkg -r"
+[ -f /etc/hearken/hearken.toml ] || fail "dpkg -r removed the conffile (only purge should)"
+[ ! -e /etc/systemd/system/multi-user.target.wants/hearken.service ] || fail "service still enabled after dpkg -r"
+
+step "dpkg -P hearken"
+$sudo dpkg -P hearken
+installed=0
+for p in /etc/hearken /var/lib/hearken /usr/share/doc/hearken /etc/systemd/system/hearken.service \
+  /etc/systemd/system/multi-user.target.wants/hearken.service \
+  /var/lib/systemd/deb-systemd-helper-enabled/hearken.service.dsh-also \
+  /var/lib/systemd/deb-systemd-helper-enabled/multi-user.target.wants/hearken.service \
+  /var/lib/systemd/deb-systemd-helper-masked/hearken.service; do
+  if [ -e "$p" ] || [ -L "$p" ]; then fail "$p left after purge"; fi
+done
+! getent passwd hearken >/dev/null || fail "user hearken left after purge"
+! getent group hearken >/dev/null || fail "group hearken left after purge"
+! dpkg-statoverride --list /etc/hearken/hearken.toml >/dev/null || fail "statoverride left after purge"
+[ -z "$(dpkg -L hearken 2>/dev/null)" ] || fail "dpkg -L hearken still lists files"
+! dpkg-query -W -f='${Status}' hearken 2>/dev/null | grep -q "config-files" || fail "hearken still has config-files status"
+
+echo "test-deb: ok"
