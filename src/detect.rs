@@ -41,6 +41,51 @@ pub struct Hop<'a> {
     pub wall: SystemTime,
 }
 
+/// A [`Hop`] that owns its scores, for recording a stream's hops and replaying
+/// them through detectors with other settings (`hearken eval`'s threshold sweeps).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedHop {
+    /// Window start, seconds.
+    pub start_s: f64,
+    /// Window end, seconds.
+    pub end_s: f64,
+    /// Seconds of new audio this hop added.
+    pub hop_s: f64,
+    /// Scores pooled by mean.
+    pub scores_mean: Vec<f32>,
+    /// Scores pooled by max.
+    pub scores_max: Vec<f32>,
+    /// Window loudness, dBFS.
+    pub dbfs: f32,
+}
+
+impl OwnedHop {
+    /// A copy of `hop`.
+    pub fn of(hop: &Hop<'_>) -> OwnedHop {
+        OwnedHop {
+            start_s: hop.start_s,
+            end_s: hop.end_s,
+            hop_s: hop.hop_s,
+            scores_mean: hop.scores_mean.to_vec(),
+            scores_max: hop.scores_max.to_vec(),
+            dbfs: hop.dbfs,
+        }
+    }
+
+    /// This hop as a [`Hop`] stamped with `wall`.
+    pub fn as_hop(&self, wall: SystemTime) -> Hop<'_> {
+        Hop {
+            start_s: self.start_s,
+            end_s: self.end_s,
+            hop_s: self.hop_s,
+            scores_mean: &self.scores_mean,
+            scores_max: &self.scores_max,
+            dbfs: self.dbfs,
+            wall,
+        }
+    }
+}
+
 /// Per-group score source for a hop. The default reads pooled AudioSet scores.
 pub trait GroupScorer: Send {
     /// The group's score in [0, 1] for this hop.
@@ -113,6 +158,9 @@ pub struct Event {
     pub start_s: f64,
     /// End, seconds from the stream start (null while it lasts).
     pub end_s: Option<f64>,
+    /// When the start was announced, seconds from the stream start (the end of the
+    /// window that raised it): `detected_s - start_s` is the detection latency.
+    pub detected_s: f64,
     /// Onset, RFC 3339 wall clock.
     pub started_at: String,
     /// End, RFC 3339 wall clock (null while it lasts).
@@ -255,6 +303,7 @@ impl Detector {
                     out.extend(Self::close(g, hop.end_s, hop.wall));
                 } else if !g.announced && hop.end_s - a.start_s >= g.cfg.tuning.min_duration_s {
                     g.announced = true;
+                    a.detected_s = hop.end_s;
                     out.push(a.clone());
                 }
                 continue;
@@ -280,6 +329,7 @@ impl Detector {
                     safety: g.cfg.safety,
                     start_s: first.max(0.0),
                     end_s: None,
+                    detected_s: hop.end_s,
                     started_at: rfc3339(started_wall),
                     ended_at: None,
                     peak_score: score,

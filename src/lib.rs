@@ -7,6 +7,7 @@ pub mod audio;
 pub mod bench;
 pub mod classify;
 pub mod dsp;
+pub mod eval;
 pub mod logging;
 pub mod model;
 pub mod scoring;

@@ -130,6 +130,57 @@ enum Command {
         /// Recording to process.
         file: PathBuf,
     },
+    /// Measure detection on labelled recordings mixed into home backgrounds: per group
+    /// recall, false alarms per hour, latency, and a threshold sweep.
+    Eval {
+        /// Labelled folder with labels.csv (default: $HEARKEN_SHARED/eval-dev).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Configuration file (groups, thresholds); without it, built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model name or directory (overrides the config).
+        #[arg(long)]
+        model: Option<String>,
+        /// Which recordings: test (held out by source recording), train, or all.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Mixture seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Event-to-background ratios in dB; each event is placed once per SNR.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "9,3,-3",
+            allow_hyphen_values = true
+        )]
+        snr: Vec<f64>,
+        /// Sample rate of the mixture (the simulated device), Hz.
+        #[arg(long, default_value_t = 48_000)]
+        rate: u32,
+        /// Channels of the mixture.
+        #[arg(long, default_value_t = 2)]
+        channels: u16,
+        /// At most this many event clips per group (chosen by the seed).
+        #[arg(long)]
+        max_per_group: Option<usize>,
+        /// Seconds per event slot in the mixture.
+        #[arg(long, default_value_t = 30.0)]
+        slot: f64,
+        /// Seconds of background only before the first event.
+        #[arg(long, default_value_t = 60.0)]
+        lead: f64,
+        /// Where the mixture WAV goes (default: a temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write recall against false alarms per hour as SVG here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// List audio input devices (for --source device:NAME) and their configurations.
     Devices,
 }
@@ -258,6 +309,82 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         r.stage, r.audio_s, r.cpu_s, r.audio_s_per_cpu_s
                     );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            data,
+            config,
+            model,
+            split,
+            seed,
+            snr,
+            rate,
+            channels,
+            max_per_group,
+            slot,
+            lead,
+            work_dir,
+            json,
+            plot,
+        } => {
+            use hearken::eval::{mix::MixSpec, run};
+            let cfg = effective_config(
+                config.as_deref(),
+                &Overrides {
+                    source: None,
+                    model,
+                    node_id: None,
+                },
+            )?;
+            let split: hearken::eval::dataset::Split = split
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--split: {e}"))?;
+            if !(1..=8).contains(&channels) {
+                bail!("--channels must be 1 to 8, not {channels}");
+            }
+            if !(8_000..=192_000).contains(&rate) {
+                bail!("--rate must be 8000 to 192000 Hz, not {rate}");
+            }
+            if slot.is_nan() || slot < 5.0 || lead.is_nan() || lead < 0.0 {
+                bail!("--slot must be at least 5 s and --lead not negative");
+            }
+            let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
+            cfg.check_labels(model.labels())?;
+            let opts = run::EvalOptions {
+                data: data.unwrap_or_else(|| hearken::shared_dir().join("eval-dev")),
+                split,
+                mix: MixSpec {
+                    seed,
+                    rate,
+                    snrs_db: snr,
+                    slot_s: slot,
+                    lead_s: lead,
+                    ..MixSpec::default()
+                },
+                channels,
+                max_per_group,
+                scales: run::default_scales(),
+                matching: Default::default(),
+                work_dir: work_dir.unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("hearken-eval-{}", std::process::id()))
+                }),
+            };
+            let report = run::evaluate(model, &cfg, &opts)?;
+            if let Some(p) = &plot {
+                hearken::eval::plot::plot_recall_vs_fa(
+                    p,
+                    &format!(
+                        "{}: recall vs false alarms ({} split)",
+                        report.model, report.split
+                    ),
+                    &report.curves,
+                )?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", run::render_text(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -632,6 +759,7 @@ fn run_daemon(
             hop_s: Some(cfg.model.hop_s),
             detector,
             status_interval_s: cfg.detection.status_interval_s,
+            hop_tap: None,
         },
         tx,
     )?;

@@ -52,6 +52,9 @@ pub struct PipelineSettings {
     pub detector: Detector,
     /// Seconds between status messages.
     pub status_interval_s: f64,
+    /// Receives a copy of every hop the detector sees (evaluation; `None` in the
+    /// daemon).
+    pub hop_tap: Option<Sender<crate::detect::OwnedHop>>,
 }
 
 /// A periodic health and level report.
@@ -210,6 +213,7 @@ impl Pipeline {
             hop_s,
             mut detector,
             status_interval_s,
+            hop_tap,
         } = settings;
         let plan = WindowPlan::from_manifest(model.manifest(), window_s, hop_s)
             .map_err(|e| anyhow!("model window settings: {e}"))?;
@@ -326,6 +330,9 @@ impl Pipeline {
                         dbfs: ws.dbfs,
                         wall,
                     };
+                    if let Some(tap) = &hop_tap {
+                        let _ = tap.send(crate::detect::OwnedHop::of(&hop));
+                    }
                     detector.step(&hop, labels, events);
                 };
                 let mut rrx = rrx;

@@ -156,6 +156,7 @@ mod tests {
             safety: true,
             start_s: 1.5,
             end_s: matches!(state, EventState::End).then_some(3.0),
+            detected_s: 2.0,
             started_at: "2024-01-01T00:00:01Z".into(),
             ended_at: None,
             peak_score: 0.9,

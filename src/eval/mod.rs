@@ -1,0 +1,16 @@
+//! `hearken eval`: detection quality measured the way a home hears events — mixed
+//! into long backgrounds of ordinary sounds — through the real pipeline.
+//!
+//! - [`dataset`]: labelled folders, groups, the split by source recording.
+//! - [`mix`]: seeded mixtures at chosen SNRs (pure).
+//! - [`metrics`]: matching detections to events, recall, false alarms per hour,
+//!   latency, precision, average precision (pure).
+//! - [`plot`]: the curves as SVG.
+//! - [`run`]: building mixtures from files and running them through
+//!   [`crate::pipeline::Pipeline`], the code path of `hearken run --fast`.
+
+pub mod dataset;
+pub mod metrics;
+pub mod mix;
+pub mod plot;
+pub mod run;

@@ -1,0 +1,391 @@
+//! Running an evaluation: decode the labelled clips, build a seeded mixture, write it
+//! as a WAV file at the chosen device rate and channel count, run it through the
+//! live [`Pipeline`] as `hearken run --fast` does, and score what the detector said.
+//! The pipeline's hops are recorded, so threshold sweeps replay the detector on
+//! them without running the model again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+
+use super::dataset::{self, in_split, Split, EVAL_GROUPS};
+use super::metrics::{score, CurvePoint, Detection, GroupResult, Matching, TruthEvent};
+use super::mix::{self, MixSpec, Mixture, Placed, Signal};
+use crate::audio::source::SourceSpec;
+use crate::audio::{FileDecoder, StreamResampler};
+use crate::config::Config;
+use crate::detect::{Detector, Event, EventState, Identity, OwnedHop};
+use crate::model::Model;
+use crate::pipeline::{Message, Pipeline, PipelineSettings};
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// The labelled folder (with `labels.csv`).
+    pub data: PathBuf,
+    /// Which recordings.
+    pub split: Split,
+    /// The mixture (seed, rate, SNRs, slots).
+    pub mix: MixSpec,
+    /// Channels of the written mixture (the same signal in each).
+    pub channels: u16,
+    /// At most this many clips per group (`None`: all), chosen by the seed.
+    pub max_per_group: Option<usize>,
+    /// Threshold multipliers for the sweep (1.0 = the configured thresholds).
+    pub scales: Vec<f64>,
+    /// Matching tolerances.
+    pub matching: Matching,
+    /// Where the mixture WAV is written (kept for listening).
+    pub work_dir: PathBuf,
+}
+
+/// Threshold multipliers from ×0.25 to ×4, log-spaced, with 1.0 among them.
+pub fn default_scales() -> Vec<f64> {
+    (-8..=8).map(|i| 2f64.powf(i as f64 / 4.0)).collect()
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Model name.
+    pub model: String,
+    /// Which split was evaluated.
+    pub split: String,
+    /// Mixture seed.
+    pub seed: u64,
+    /// SNRs, dB.
+    pub snrs_db: Vec<f64>,
+    /// Mixture rate and channels.
+    pub rate: u32,
+    /// Mixture channels.
+    pub channels: u16,
+    /// Mixture length, seconds.
+    pub duration_s: f64,
+    /// Seconds of background without events (false-alarm denominator).
+    pub background_s: f64,
+    /// The mixture file.
+    pub mixture: PathBuf,
+    /// Per group at the configured thresholds.
+    pub groups: Vec<GroupResult>,
+    /// Per group, the threshold sweep.
+    pub curves: Vec<(String, Vec<CurvePoint>)>,
+    /// Ground truth.
+    pub truth: Vec<Placed>,
+    /// What the live pipeline detected (all groups).
+    pub detections: Vec<Detection>,
+}
+
+/// Decodes `path` to mono at `rate`.
+pub fn decode_at(path: &Path, rate: u32) -> Result<Vec<f32>> {
+    let mut dec = FileDecoder::open(path)?;
+    let mut rs = StreamResampler::new(dec.info().sample_rate, rate)?;
+    let mut chunk = Vec::new();
+    let mut out = Vec::new();
+    while dec.next_chunk(&mut chunk)? {
+        rs.push(&chunk, &mut out);
+        chunk.clear();
+    }
+    rs.push(&chunk, &mut out);
+    rs.finish(&mut out);
+    Ok(out)
+}
+
+/// Writes mono `samples` as a 16-bit WAV with `channels` identical channels.
+pub fn write_wav(path: &Path, samples: &[f32], rate: u32, channels: u16) -> Result<()> {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    for &v in samples {
+        let s = (v.clamp(-1.0, 1.0) * 32767.0).round() as i16;
+        for _ in 0..channels {
+            w.write_sample(s)?;
+        }
+    }
+    w.finalize()
+        .with_context(|| format!("cannot finish {}", path.display()))
+}
+
+/// Detections from an event stream: one per event id, its start and end merged.
+pub fn detections(events: &[Event]) -> Vec<Detection> {
+    let mut by_id: HashMap<uuid::Uuid, Detection> = HashMap::new();
+    let mut order = Vec::new();
+    for e in events {
+        match e.state {
+            EventState::Start => {
+                order.push(e.id);
+                by_id.insert(
+                    e.id,
+                    Detection {
+                        group: e.group.clone(),
+                        start_s: e.start_s,
+                        detected_s: e.detected_s,
+                        end_s: e.end_s.unwrap_or(e.detected_s),
+                        peak_score: e.peak_score,
+                    },
+                );
+            }
+            EventState::End => {
+                if let Some(d) = by_id.get_mut(&e.id) {
+                    d.end_s = e.end_s.unwrap_or(d.end_s);
+                    d.peak_score = d.peak_score.max(e.peak_score);
+                }
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .collect()
+}
+
+/// A detector for `cfg`'s enabled groups with every `on`/`off` threshold
+/// multiplied by `scale` (capped at 1).
+pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detector> {
+    let groups: Vec<(String, crate::config::GroupConfig)> = cfg
+        .enabled_groups()
+        .map(|(n, g)| {
+            let mut g = g.clone();
+            g.tuning.on = (g.tuning.on as f64 * scale).min(1.0) as f32;
+            g.tuning.off = (g.tuning.off as f64 * scale).min(1.0) as f32;
+            (n.clone(), g)
+        })
+        .collect();
+    let ident = Identity {
+        node: cfg.node.id.clone(),
+        room: cfg.node.room.clone(),
+        model: model.name().to_string(),
+    };
+    Detector::from_config(groups.iter().map(|(n, g)| (n, g)), model.labels(), ident)
+        .map_err(anyhow::Error::msg)
+}
+
+/// Runs `hops` through `detector` and returns its events (closed at the end).
+pub fn replay(
+    mut detector: Detector,
+    hops: &[OwnedHop],
+    labels: &crate::model::Labels,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let wall = |t: f64| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0));
+    for h in hops {
+        detector.step(&h.as_hop(wall(h.end_s)), labels, &mut out);
+    }
+    let end = hops.last().map_or(0.0, |h| h.end_s);
+    detector.finish(end, wall(end), &mut out);
+    out
+}
+
+/// Clips of `split` decoded at the mixing rate: (events of the evaluated groups,
+/// backgrounds). `max_per_group` picks that many event clips per group by seed.
+pub fn load_signals(opts: &EvalOptions, groups: &[&str]) -> Result<(Vec<Signal>, Vec<Signal>)> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let clips: Vec<_> = dataset::load(&opts.data)?
+        .into_iter()
+        .filter(|c| in_split(c, opts.split))
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.mix.seed);
+    let mut events = Vec::new();
+    let mut backgrounds = Vec::new();
+    for g in groups {
+        let mut of_group: Vec<_> = clips.iter().filter(|c| c.group == Some(*g)).collect();
+        if let Some(n) = opts.max_per_group {
+            of_group.shuffle(&mut rng);
+            of_group.truncate(n);
+        }
+        for c in of_group {
+            events.push(Signal {
+                name: c.file.display().to_string(),
+                group: Some(g.to_string()),
+                samples: decode_at(&c.file, opts.mix.rate)
+                    .with_context(|| format!("decoding {}", c.file.display()))?,
+            });
+        }
+    }
+    for c in clips.iter().filter(|c| c.group.is_none()) {
+        backgrounds.push(Signal {
+            name: c.file.display().to_string(),
+            group: None,
+            samples: decode_at(&c.file, opts.mix.rate)
+                .with_context(|| format!("decoding {}", c.file.display()))?,
+        });
+    }
+    Ok((events, backgrounds))
+}
+
+/// Builds the mixture, runs the pipeline on it, scores the result and sweeps the
+/// thresholds.
+pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
+    let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
+    let groups: Vec<&str> = EVAL_GROUPS
+        .iter()
+        .copied()
+        .filter(|g| enabled.contains(g))
+        .collect();
+    if groups.is_empty() {
+        return Err(anyhow!(
+            "none of the evaluated groups ({}) is enabled in the configuration",
+            EVAL_GROUPS.join(", ")
+        ));
+    }
+    let (events, backgrounds) = load_signals(opts, &groups)?;
+    if events.is_empty() {
+        return Err(anyhow!(
+            "{}: no event clips of {} in the {:?} split",
+            opts.data.display(),
+            groups.join(", "),
+            opts.split
+        ));
+    }
+    let ev: Vec<&Signal> = events.iter().collect();
+    let bg: Vec<&Signal> = backgrounds.iter().collect();
+    let mixture: Mixture = mix::build(&ev, &bg, &opts.mix);
+    std::fs::create_dir_all(&opts.work_dir)
+        .with_context(|| format!("cannot create {}", opts.work_dir.display()))?;
+    let wav = opts.work_dir.join(format!(
+        "mixture-seed{}-{}hz-{}ch.wav",
+        opts.mix.seed, opts.mix.rate, opts.channels
+    ));
+    write_wav(&wav, &mixture.samples, mixture.rate, opts.channels)?;
+
+    let (hop_tx, hop_rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let pipeline = Pipeline::start(
+        PipelineSettings {
+            model: model.clone(),
+            source: SourceSpec::File(wav.clone()),
+            realtime: false,
+            ring_seconds: cfg.audio.ring_seconds,
+            gate_dbfs: Some(cfg.audio.gate_dbfs),
+            window_s: Some(cfg.model.window_s),
+            hop_s: Some(cfg.model.hop_s),
+            detector: scaled_detector(cfg, &model, 1.0)?,
+            status_interval_s: 3600.0,
+            hop_tap: Some(hop_tx),
+        },
+        tx,
+    )?;
+    // Drain while it runs: the channels are unbounded, but an hour of hops is big.
+    let collector = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        let mut hops = Vec::new();
+        loop {
+            crossbeam_channel::select! {
+                recv(rx) -> m => match m {
+                    Ok(Message::Event(e)) => events.push(e),
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+                recv(hop_rx) -> h => if let Ok(h) = h { hops.push(h) },
+            }
+        }
+        hops.extend(hop_rx.try_iter());
+        (events, hops)
+    });
+    pipeline.wait()?;
+    let (live_events, hops) = collector
+        .join()
+        .map_err(|_| anyhow!("the evaluation collector panicked"))?;
+
+    let truth: Vec<TruthEvent> = mixture
+        .truth
+        .iter()
+        .map(|p| TruthEvent {
+            group: p.group.clone(),
+            onset_s: p.onset_s,
+            offset_s: p.offset_s,
+        })
+        .collect();
+    let m = &opts.matching;
+    let background_s = mix::background_s(&mixture, m.early_s, m.late_s);
+    let hours = background_s / 3600.0;
+    let group_names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let live = detections(&live_events);
+    let results = score(&truth, &live, &group_names, hours, m);
+
+    let mut curves: Vec<(String, Vec<CurvePoint>)> = group_names
+        .iter()
+        .map(|g| (g.clone(), Vec::new()))
+        .collect();
+    for &scale in &opts.scales {
+        let dets = detections(&replay(
+            scaled_detector(cfg, &model, scale)?,
+            &hops,
+            model.labels(),
+        ));
+        for (r, (_, curve)) in score(&truth, &dets, &group_names, hours, m)
+            .into_iter()
+            .zip(curves.iter_mut())
+        {
+            curve.push(CurvePoint {
+                scale,
+                recall: r.recall,
+                false_alarms_per_hour: r.false_alarms_per_hour,
+                precision: r.precision,
+            });
+        }
+    }
+    Ok(EvalReport {
+        model: model.name().to_string(),
+        split: format!("{:?}", opts.split).to_lowercase(),
+        seed: opts.mix.seed,
+        snrs_db: opts.mix.snrs_db.clone(),
+        rate: opts.mix.rate,
+        channels: opts.channels,
+        duration_s: mixture.duration_s(),
+        background_s,
+        mixture: wav,
+        groups: results,
+        curves,
+        truth: mixture.truth,
+        detections: live,
+    })
+}
+
+/// The report as a text table.
+pub fn render_text(r: &EvalReport) -> String {
+    let mut s = format!(
+        "{} on {:.1} min of mixtures ({} split, seed {}, SNR {:?} dB, {} Hz {} ch; {:.1} min of background)\n",
+        r.model,
+        r.duration_s / 60.0,
+        r.split,
+        r.seed,
+        r.snrs_db,
+        r.rate,
+        r.channels,
+        r.background_s / 60.0
+    );
+    s.push_str(
+        "group         events  found  recall  false alarms/h  precision  latency median/p90\n",
+    );
+    for g in &r.groups {
+        let lat = match (g.latency_median_s, g.latency_p90_s) {
+            (Some(a), Some(b)) => format!("{a:.2} / {b:.2} s"),
+            _ => "-".into(),
+        };
+        s.push_str(&format!(
+            "{:<13} {:>6} {:>6} {:>7.2} {:>15.1} {:>10.2}  {lat}\n",
+            g.group, g.events, g.found, g.recall, g.false_alarms_per_hour, g.precision
+        ));
+    }
+    s.push_str("best recall with at most 1 false alarm per hour (threshold scale):\n");
+    for (g, curve) in &r.curves {
+        match super::metrics::recall_at_fa(curve, 1.0) {
+            Some(p) => s.push_str(&format!(
+                "  {g:<13} {:.2} at x{:.2} ({:.1}/h)\n",
+                p.recall, p.scale, p.false_alarms_per_hour
+            )),
+            None => s.push_str(&format!("  {g:<13} none\n")),
+        }
+    }
+    s
+}
