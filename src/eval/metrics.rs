@@ -222,6 +222,18 @@ pub struct CurvePoint {
     pub precision: f64,
 }
 
+impl CurvePoint {
+    /// A point of a sweep at threshold multiplier `scale`.
+    pub fn new(scale: f64, recall: f64, false_alarms_per_hour: f64, precision: f64) -> Self {
+        CurvePoint {
+            scale,
+            recall,
+            false_alarms_per_hour,
+            precision,
+        }
+    }
+}
+
 /// Average precision of scored clips `(score, is_positive)`: the area under the
 /// precision-recall curve as scikit-learn's `average_precision_score` computes it,
 /// `AP = sum_n (R_n - R_{n-1}) P_n` over the distinct scores taken as thresholds from
@@ -605,12 +617,7 @@ mod tests {
     }
 
     fn pt(scale: f64, recall: f64, fa: f64, precision: f64) -> CurvePoint {
-        CurvePoint {
-            scale,
-            recall,
-            false_alarms_per_hour: fa,
-            precision,
-        }
+        CurvePoint::new(scale, recall, fa, precision)
     }
 
     #[test]

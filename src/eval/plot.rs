@@ -200,12 +200,7 @@ mod tests {
     }
 
     fn pt(scale: f64, recall: f64, fa: f64, precision: f64) -> CurvePoint {
-        CurvePoint {
-            scale,
-            recall,
-            false_alarms_per_hour: fa,
-            precision,
-        }
+        CurvePoint::new(scale, recall, fa, precision)
     }
 
     fn sample() -> Vec<(String, Vec<CurvePoint>)> {

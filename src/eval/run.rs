@@ -326,12 +326,12 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
             .into_iter()
             .zip(curves.iter_mut())
         {
-            curve.push(CurvePoint {
+            curve.push(CurvePoint::new(
                 scale,
-                recall: r.recall,
-                false_alarms_per_hour: r.false_alarms_per_hour,
-                precision: r.precision,
-            });
+                r.recall,
+                r.false_alarms_per_hour,
+                r.precision,
+            ));
         }
     }
     Ok(EvalReport {
