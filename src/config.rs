@@ -416,6 +416,9 @@ impl Default for MqttConfig {
 pub struct DetectionConfig {
     /// How often `--print-events` writes a status line, in seconds (1..=3600).
     pub status_interval_s: f64,
+    /// Trained detectors (`hearken train`): a folder of `<group>.json` files; empty:
+    /// the model's `detectors` folder if it exists; `off`: raw AudioSet scores only.
+    pub detectors: String,
     /// All groups by key: the built-ins merged with the file's tables, including
     /// disabled ones (see [`Config::enabled_groups`]).
     pub groups: BTreeMap<String, GroupConfig>,
@@ -429,6 +432,7 @@ impl Default for DetectionConfig {
     fn default() -> Self {
         DetectionConfig {
             status_interval_s: DEFAULT_STATUS_INTERVAL_S,
+            detectors: String::new(),
             groups: BUILTIN_GROUPS
                 .iter()
                 .map(|b| (b.name.to_string(), b.config()))
@@ -678,6 +682,7 @@ struct FileConfig {
 )]
 struct FileDetection {
     status_interval_s: f64,
+    detectors: String,
     groups: BTreeMap<String, FileGroup>,
 }
 
@@ -685,6 +690,7 @@ impl Default for FileDetection {
     fn default() -> Self {
         FileDetection {
             status_interval_s: DEFAULT_STATUS_INTERVAL_S,
+            detectors: String::new(),
             groups: BTreeMap::new(),
         }
     }
@@ -1041,6 +1047,7 @@ impl Checker<'_, '_> {
             model,
             detection: DetectionConfig {
                 status_interval_s: detection.status_interval_s,
+                detectors: detection.detectors,
                 groups,
                 file_tuned,
             },
@@ -1455,6 +1462,7 @@ mod tests {
             "window_s",
             "hop_s",
             "status_interval_s",
+            "detectors",
             "host",
             "port",
             "username",

@@ -37,6 +37,9 @@ pub struct Hop<'a> {
     pub scores_max: &'a [f32],
     /// Window loudness, dBFS.
     pub dbfs: f32,
+    /// The model's embedding pooled over the window (all zeros when the gate
+    /// skipped it; empty when the caller has none).
+    pub embedding: &'a [f32],
     /// Wall-clock time of the window end.
     pub wall: SystemTime,
 }
@@ -57,6 +60,8 @@ pub struct OwnedHop {
     pub scores_max: Vec<f32>,
     /// Window loudness, dBFS.
     pub dbfs: f32,
+    /// Pooled embedding.
+    pub embedding: Vec<f32>,
 }
 
 impl OwnedHop {
@@ -69,6 +74,7 @@ impl OwnedHop {
             scores_mean: hop.scores_mean.to_vec(),
             scores_max: hop.scores_max.to_vec(),
             dbfs: hop.dbfs,
+            embedding: hop.embedding.to_vec(),
         }
     }
 
@@ -81,6 +87,7 @@ impl OwnedHop {
             scores_mean: &self.scores_mean,
             scores_max: &self.scores_max,
             dbfs: self.dbfs,
+            embedding: &self.embedding,
             wall,
         }
     }
@@ -246,17 +253,33 @@ impl Detector {
         labels: &Labels,
         ident: Identity,
     ) -> Result<Self, String> {
+        Self::with_trained(groups, labels, ident, &[])
+    }
+
+    /// As [`Detector::from_config`], but a group with a trained detector in
+    /// `trained` is scored by it, with its `on`/`off` thresholds (the raw-score ones
+    /// mean nothing on its scale); onset, cooldown and timing stay the group's.
+    pub fn with_trained<'a>(
+        groups: impl IntoIterator<Item = (&'a String, &'a GroupConfig)>,
+        labels: &Labels,
+        ident: Identity,
+        trained: &[crate::train::LinearDetector],
+    ) -> Result<Self, String> {
         let mut v = Vec::new();
         for (name, cfg) in groups {
             if !cfg.enabled {
                 continue;
             }
-            let s = ClassScorer::new(name, cfg, labels)?;
-            v.push((
-                name.clone(),
-                cfg.clone(),
-                Box::new(s) as Box<dyn GroupScorer>,
-            ));
+            let mut cfg = cfg.clone();
+            let scorer: Box<dyn GroupScorer> = match trained.iter().find(|d| &d.group == name) {
+                Some(d) => {
+                    cfg.tuning.on = d.on;
+                    cfg.tuning.off = d.off;
+                    Box::new(crate::train::LinearScorer(d.clone()))
+                }
+                None => Box::new(ClassScorer::new(name, &cfg, labels)?),
+            };
+            v.push((name.clone(), cfg, scorer));
         }
         Ok(Detector::new(v, ident))
     }
@@ -450,6 +473,7 @@ mod tests {
                 scores_mean: &scores,
                 scores_max: &scores,
                 dbfs: -20.0,
+                embedding: &[],
                 wall: t0 + std::time::Duration::from_secs_f64(end),
             };
             d.step(&hop, &l, &mut out);

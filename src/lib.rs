@@ -12,6 +12,7 @@ pub mod logging;
 pub mod model;
 pub mod scoring;
 pub mod service;
+pub mod train;
 
 /// Root of the shared assets (models, recordings): `$HEARKEN_SHARED`, or `../shared`
 /// next to the source tree.

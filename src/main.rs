@@ -181,6 +181,51 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Learn a detector per group on the model's embeddings from labelled recordings
+    /// mixed into home backgrounds; writes <group>.json files the daemon loads.
+    Train {
+        /// Labelled folders (labels.csv); default: the training part of
+        /// $HEARKEN_SHARED/eval-dev and all of $HEARKEN_SHARED/train-extra. A folder
+        /// given here is used whole.
+        #[arg(long)]
+        data: Vec<PathBuf>,
+        /// Configuration file (groups and their timing); without it, the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model name or directory (overrides the config).
+        #[arg(long)]
+        model: Option<String>,
+        /// Groups to train.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "glass,gunshot,siren,smoke_alarm,scream"
+        )]
+        groups: Vec<String>,
+        /// Where the detectors go (default: the model's `detectors` folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed of the mixtures.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Event-to-background ratios in dB.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "9,3,-3",
+            allow_hyphen_values = true
+        )]
+        snr: Vec<f64>,
+        /// At most this many clips per group.
+        #[arg(long, default_value_t = 120)]
+        max_per_group: usize,
+        /// Target false alarms per hour on the training mixtures.
+        #[arg(long, default_value_t = 0.5)]
+        target_fa: f64,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List audio input devices (for --source device:NAME) and their configurations.
     Devices,
 }
@@ -388,6 +433,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train {
+            data,
+            config,
+            model,
+            groups,
+            out,
+            seed,
+            snr,
+            max_per_group,
+            target_fa,
+            json,
+        } => {
+            use hearken::eval::{dataset::Split, learn, mix::MixSpec};
+            let cfg = effective_config(
+                config.as_deref(),
+                &Overrides {
+                    source: None,
+                    model,
+                    node_id: None,
+                },
+            )?;
+            let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
+            cfg.check_labels(model.labels())?;
+            for g in &groups {
+                if !cfg.detection.groups.contains_key(g) {
+                    bail!("--groups: no group {g:?} in the configuration");
+                }
+            }
+            let sources = if data.is_empty() {
+                learn::default_sources(&hearken::shared_dir())
+            } else {
+                data.into_iter()
+                    .map(|dir| learn::Source {
+                        dir,
+                        split: Split::All,
+                    })
+                    .collect()
+            };
+            let out = out.unwrap_or_else(|| model.dir().join("detectors"));
+            let opts = learn::TrainOptions {
+                sources,
+                groups,
+                mix: MixSpec {
+                    seed,
+                    rate: model.manifest().frontend.sample_rate,
+                    snrs_db: snr,
+                    slot_s: 15.0,
+                    lead_s: 30.0,
+                    ..MixSpec::default()
+                },
+                events_per_mixture: 40,
+                max_per_group: Some(max_per_group),
+                target_fa_per_hour: target_fa,
+                l2: 1e-3,
+                iterations: 300,
+                out,
+                work_dir: std::env::temp_dir()
+                    .join(format!("hearken-train-{}", std::process::id())),
+            };
+            let summary = learn::train(model, &cfg, &opts)?;
+            let _ = std::fs::remove_dir_all(&opts.work_dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                for s in &summary {
+                    println!(
+                        "{:<12} {:>4} clips, {:>6} / {:>6} windows +/-, on {:.2} off {:.2}: train recall {:.2} at {:.2} false alarms/h -> {}",
+                        s.group, s.clips, s.positives, s.negatives, s.on, s.off, s.train_recall, s.train_fa_per_hour, s.file.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Devices => {
             let devices = hearken::audio::source::list_devices()?;
             if devices.is_empty() {
@@ -574,7 +692,12 @@ fn build_detector(
         room: cfg.node.room.clone(),
         model: model.name().to_string(),
     };
-    Detector::from_config(cfg.enabled_groups(), model.labels(), ident).map_err(anyhow::Error::msg)
+    let trained = hearken::train::configured(cfg, model)?;
+    for d in &trained {
+        tracing::info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
+    }
+    Detector::with_trained(cfg.enabled_groups(), model.labels(), ident, &trained)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Whether two publisher configurations differ.

@@ -328,6 +328,7 @@ impl Pipeline {
                         scores_mean: &ws.scores_mean,
                         scores_max: &ws.scores_max,
                         dbfs: ws.dbfs,
+                        embedding: &ws.embedding,
                         wall,
                     };
                     if let Some(tap) = &hop_tap {

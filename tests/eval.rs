@@ -7,35 +7,20 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{models_dir, shared};
+use common::models_dir;
 use serde_json::Value;
 
 /// A labelled folder with two gunshots and a few ordinary sounds from eval-dev.
 fn small_set(tag: &str) -> PathBuf {
-    let src = shared().join("eval-dev");
-    let dir = std::env::temp_dir().join(format!("hearken-eval-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(src.join("clips"), dir.join("clips")).unwrap();
-    let text = std::fs::read_to_string(src.join("labels.csv")).unwrap();
-    let mut lines = text.lines();
-    let mut out = vec![lines.next().unwrap().to_string()];
-    for (label, n) in [
-        ("gunshot", 2),
-        ("speech", 2),
-        ("keyboard_typing", 2),
-        ("door_knock", 2),
-    ] {
-        out.extend(
-            lines
-                .clone()
-                .filter(|l| l.split(',').nth(3) == Some(label))
-                .take(n)
-                .map(String::from),
-        );
-    }
-    std::fs::write(dir.join("labels.csv"), out.join("\n") + "\n").unwrap();
-    dir
+    common::labelled_subset(
+        &format!("eval-{tag}"),
+        &[
+            ("gunshot", 2),
+            ("speech", 2),
+            ("keyboard_typing", 2),
+            ("door_knock", 2),
+        ],
+    )
 }
 
 fn eval(data: &PathBuf, work: &PathBuf, seed: &str) -> Value {

@@ -6,10 +6,12 @@
 //! - [`metrics`]: matching detections to events, recall, false alarms per hour,
 //!   latency, precision, average precision (pure).
 //! - [`plot`]: the curves as SVG.
+//! - [`learn`]: `hearken train`, detectors learnt on mixtures.
 //! - [`run`]: building mixtures from files and running them through
 //!   [`crate::pipeline::Pipeline`], the code path of `hearken run --fast`.
 
 pub mod dataset;
+pub mod learn;
 pub mod metrics;
 pub mod mix;
 pub mod plot;

@@ -147,9 +147,14 @@ pub fn detections(events: &[Event]) -> Vec<Detection> {
         .collect()
 }
 
-/// A detector for `cfg`'s enabled groups with every `on`/`off` threshold
-/// multiplied by `scale` (capped at 1).
+/// A detector for `cfg`'s enabled groups (with the trained detectors it names)
+/// with every `on`/`off` threshold multiplied by `scale` (capped at 1).
 pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detector> {
+    let mut trained = crate::train::configured(cfg, model)?;
+    for d in &mut trained {
+        d.on = (d.on as f64 * scale).min(1.0) as f32;
+        d.off = (d.off as f64 * scale).min(1.0) as f32;
+    }
     let groups: Vec<(String, crate::config::GroupConfig)> = cfg
         .enabled_groups()
         .map(|(n, g)| {
@@ -164,8 +169,13 @@ pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detect
         room: cfg.node.room.clone(),
         model: model.name().to_string(),
     };
-    Detector::from_config(groups.iter().map(|(n, g)| (n, g)), model.labels(), ident)
-        .map_err(anyhow::Error::msg)
+    Detector::with_trained(
+        groups.iter().map(|(n, g)| (n, g)),
+        model.labels(),
+        ident,
+        &trained,
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// Runs `hops` through `detector` and returns its events (closed at the end).
@@ -184,42 +194,93 @@ pub fn replay(
     out
 }
 
-/// Clips of `split` decoded at the mixing rate: (events of the evaluated groups,
-/// backgrounds). `max_per_group` picks that many event clips per group by seed.
-pub fn load_signals(opts: &EvalOptions, groups: &[&str]) -> Result<(Vec<Signal>, Vec<Signal>)> {
+/// Clips of `split` in `dir` decoded at `rate`: (events of `groups`, backgrounds).
+/// `max_per_group` picks that many event clips per group with `rng`.
+pub fn load_clips(
+    dir: &Path,
+    split: Split,
+    groups: &[&str],
+    rate: u32,
+    max_per_group: Option<usize>,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<(Vec<Signal>, Vec<Signal>)> {
     use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let clips: Vec<_> = dataset::load(&opts.data)?
+    let clips: Vec<_> = dataset::load(dir)?
         .into_iter()
-        .filter(|c| in_split(c, opts.split))
+        .filter(|c| in_split(c, split))
         .collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.mix.seed);
+    let decode = |c: &dataset::Clip, group: Option<String>| -> Result<Signal> {
+        Ok(Signal {
+            name: c.file.display().to_string(),
+            group,
+            samples: decode_at(&c.file, rate)
+                .with_context(|| format!("decoding {}", c.file.display()))?,
+        })
+    };
     let mut events = Vec::new();
-    let mut backgrounds = Vec::new();
     for g in groups {
         let mut of_group: Vec<_> = clips.iter().filter(|c| c.group == Some(*g)).collect();
-        if let Some(n) = opts.max_per_group {
-            of_group.shuffle(&mut rng);
+        if let Some(n) = max_per_group {
+            of_group.shuffle(rng);
             of_group.truncate(n);
         }
         for c in of_group {
-            events.push(Signal {
-                name: c.file.display().to_string(),
-                group: Some(g.to_string()),
-                samples: decode_at(&c.file, opts.mix.rate)
-                    .with_context(|| format!("decoding {}", c.file.display()))?,
-            });
+            events.push(decode(c, Some(g.to_string()))?);
         }
     }
+    let mut backgrounds = Vec::new();
     for c in clips.iter().filter(|c| c.group.is_none()) {
-        backgrounds.push(Signal {
-            name: c.file.display().to_string(),
-            group: None,
-            samples: decode_at(&c.file, opts.mix.rate)
-                .with_context(|| format!("decoding {}", c.file.display()))?,
-        });
+        backgrounds.push(decode(c, None)?);
     }
     Ok((events, backgrounds))
+}
+
+/// Runs `wav` through the pipeline as `hearken run --fast` does, with `detector`;
+/// returns its events and every hop it scored.
+pub fn run_pipeline(
+    model: &Arc<Model>,
+    cfg: &Config,
+    wav: &Path,
+    detector: Detector,
+) -> Result<(Vec<Event>, Vec<OwnedHop>)> {
+    let (hop_tx, hop_rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let pipeline = Pipeline::start(
+        PipelineSettings {
+            model: model.clone(),
+            source: SourceSpec::File(wav.to_path_buf()),
+            realtime: false,
+            ring_seconds: cfg.audio.ring_seconds,
+            gate_dbfs: Some(cfg.audio.gate_dbfs),
+            window_s: Some(cfg.model.window_s),
+            hop_s: Some(cfg.model.hop_s),
+            detector,
+            status_interval_s: 3600.0,
+            hop_tap: Some(hop_tx),
+        },
+        tx,
+    )?;
+    // Drain while it runs: an hour of hops is big.
+    let collector = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        let mut hops = Vec::new();
+        loop {
+            crossbeam_channel::select! {
+                recv(rx) -> m => match m {
+                    Ok(Message::Event(e)) => events.push(e),
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+                recv(hop_rx) -> h => if let Ok(h) = h { hops.push(h) },
+            }
+        }
+        hops.extend(hop_rx.try_iter());
+        (events, hops)
+    });
+    pipeline.wait()?;
+    collector
+        .join()
+        .map_err(|_| anyhow!("the pipeline collector panicked"))
 }
 
 /// Builds the mixture, runs the pipeline on it, scores the result and sweeps the
@@ -237,7 +298,18 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
             EVAL_GROUPS.join(", ")
         ));
     }
-    let (events, backgrounds) = load_signals(opts, &groups)?;
+    let mut rng = {
+        use rand::SeedableRng;
+        rand_chacha::ChaCha8Rng::seed_from_u64(opts.mix.seed)
+    };
+    let (events, backgrounds) = load_clips(
+        &opts.data,
+        opts.split,
+        &groups,
+        opts.mix.rate,
+        opts.max_per_group,
+        &mut rng,
+    )?;
     if events.is_empty() {
         return Err(anyhow!(
             "{}: no event clips of {} in the {:?} split",
@@ -257,44 +329,7 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
     ));
     write_wav(&wav, &mixture.samples, mixture.rate, opts.channels)?;
 
-    let (hop_tx, hop_rx) = crossbeam_channel::unbounded();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let pipeline = Pipeline::start(
-        PipelineSettings {
-            model: model.clone(),
-            source: SourceSpec::File(wav.clone()),
-            realtime: false,
-            ring_seconds: cfg.audio.ring_seconds,
-            gate_dbfs: Some(cfg.audio.gate_dbfs),
-            window_s: Some(cfg.model.window_s),
-            hop_s: Some(cfg.model.hop_s),
-            detector: scaled_detector(cfg, &model, 1.0)?,
-            status_interval_s: 3600.0,
-            hop_tap: Some(hop_tx),
-        },
-        tx,
-    )?;
-    // Drain while it runs: the channels are unbounded, but an hour of hops is big.
-    let collector = std::thread::spawn(move || {
-        let mut events = Vec::new();
-        let mut hops = Vec::new();
-        loop {
-            crossbeam_channel::select! {
-                recv(rx) -> m => match m {
-                    Ok(Message::Event(e)) => events.push(e),
-                    Ok(_) => {}
-                    Err(_) => break,
-                },
-                recv(hop_rx) -> h => if let Ok(h) = h { hops.push(h) },
-            }
-        }
-        hops.extend(hop_rx.try_iter());
-        (events, hops)
-    });
-    pipeline.wait()?;
-    let (live_events, hops) = collector
-        .join()
-        .map_err(|_| anyhow!("the evaluation collector panicked"))?;
+    let (live_events, hops) = run_pipeline(&model, cfg, &wav, scaled_detector(cfg, &model, 1.0)?)?;
 
     let truth: Vec<TruthEvent> = mixture
         .truth

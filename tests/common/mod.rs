@@ -70,3 +70,27 @@ pub fn models_dir() -> PathBuf {
     }
     root
 }
+
+/// A labelled folder (labels.csv + the clips folder linked) holding the first `n`
+/// clips of each `(label, n)` of `$HEARKEN_SHARED/eval-dev`.
+pub fn labelled_subset(tag: &str, wanted: &[(&str, usize)]) -> PathBuf {
+    let src = shared().join("eval-dev");
+    let dir = std::env::temp_dir().join(format!("hearken-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(src.join("clips"), dir.join("clips")).unwrap();
+    let text = std::fs::read_to_string(src.join("labels.csv")).unwrap();
+    let mut lines = text.lines();
+    let mut out = vec![lines.next().unwrap().to_string()];
+    for &(label, n) in wanted {
+        out.extend(
+            lines
+                .clone()
+                .filter(|l| l.split(',').nth(3) == Some(label))
+                .take(n)
+                .map(String::from),
+        );
+    }
+    std::fs::write(dir.join("labels.csv"), out.join("\n") + "\n").unwrap();
+    dir
+}

@@ -1,0 +1,139 @@
+//! `hearken train` on a small seeded set of real recordings, and the trained
+//! detector in use: by `hearken eval` and by the live daemon.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{audio, labelled_subset, models_dir};
+use serde_json::Value;
+
+fn hearken(args: &[&str], extra: &[&Path]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_hearken"))
+        .env("HEARKEN_MODELS", models_dir())
+        .args(args)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
+    let data = labelled_subset(
+        "train",
+        &[
+            ("gunshot", 3),
+            ("speech", 2),
+            ("keyboard_typing", 2),
+            ("door_knock", 2),
+        ],
+    );
+    let (out_a, out_b) = (data.join("det-a"), data.join("det-b"));
+    let train = |out: &Path| {
+        let o = hearken(
+            &[
+                "train", "--json", "--groups", "gunshot", "--snr", "9,0", "--seed", "3",
+            ],
+            &[Path::new("--data"), &data, Path::new("--out"), out],
+        );
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let summary = train(&out_a);
+    let g = &summary[0];
+    assert_eq!(g["group"], "gunshot");
+    assert_eq!(g["clips"], 3);
+    assert!(g["positives"].as_u64().unwrap() > 10, "{g:#}");
+    assert!(g["negatives"].as_u64().unwrap() > 10, "{g:#}");
+    let file = out_a.join("gunshot.json");
+    let det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(det["model"], "efficientat-mn04");
+    assert_eq!(det["weights"].as_array().unwrap().len(), 384);
+    let on = det["on"].as_f64().unwrap();
+    assert!(on > 0.0 && on < 1.0 && det["off"].as_f64().unwrap() <= on);
+
+    // Same seed, same detector, to the byte.
+    train(&out_b);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(out_b.join("gunshot.json")).unwrap()
+    );
+
+    // The daemon loads it and scores gunshot with it.
+    let cfg = data.join("hearken.toml");
+    std::fs::write(
+        &cfg,
+        format!("[detection]\ndetectors = \"{}\"\n", out_a.display()),
+    )
+    .unwrap();
+    let src = format!("file:{}", audio("gunshots.wav").display());
+    let run = hearken(
+        &[
+            "run",
+            "--fast",
+            "--print-events",
+            "--source",
+            &src,
+            "--config",
+        ],
+        &[&cfg],
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("gunshot: trained detector"), "{err}");
+    let events: Vec<Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["group"] == "gunshot" && e["state"] == "start"),
+        "{events:#?}"
+    );
+
+    // hearken eval measures with it too.
+    let ev = hearken(
+        &[
+            "eval", "--json", "--split", "all", "--snr", "9", "--slot", "15", "--lead", "10",
+            "--config",
+        ],
+        &[
+            &cfg,
+            Path::new("--data"),
+            &data,
+            Path::new("--work-dir"),
+            &data.join("w"),
+        ],
+    );
+    let report: Value = serde_json::from_slice(&ev.stdout).unwrap();
+    let gun = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "gunshot")
+        .unwrap();
+    assert_eq!(gun["events"], 3);
+
+    // A detector made for another model is refused with a clear reason.
+    let y = Command::new(env!("CARGO_BIN_EXE_hearken"))
+        .env("HEARKEN_MODELS", models_dir())
+        .args([
+            "run", "--fast", "--model", "yamnet", "--source", &src, "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!y.status.success());
+    let err = String::from_utf8_lossy(&y.stderr);
+    assert!(
+        err.contains("gunshot.json") && err.contains("retrain"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
