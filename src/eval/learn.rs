@@ -226,19 +226,24 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             trained: serde_json::Value::Null,
         };
         // The lowest `on` (off = 0.7 on) that keeps false alarms on the training
-        // mixtures at or under the target, replaying the real detector logic.
-        let mut chosen = None;
-        for k in 1..=98 {
-            let on = k as f32 / 100.0;
+        // mixtures at or under the target, replaying the real detector logic; if
+        // none does, the one with the fewest. Candidates are even steps of the
+        // logit, so the search reaches far into the tail (0.12 … 0.99995).
+        let mut best: Option<(f32, f64, f64)> = None;
+        for k in 0..=48 {
+            let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
             det.on = on;
             det.off = on * 0.7;
             let (recall, fa) = replay_group(&model, cfg, &det, &batches, total_h);
             if fa <= opts.target_fa_per_hour {
-                chosen = Some((on, recall, fa));
+                best = Some((on, recall, fa));
                 break;
             }
+            if best.is_none_or(|(_, _, f)| fa < f) {
+                best = Some((on, recall, fa));
+            }
         }
-        let (on, recall, fa) = chosen.unwrap_or((0.99, 0.0, f64::NAN));
+        let (on, recall, fa) = best.expect("at least one candidate");
         det.on = on;
         det.off = on * 0.7;
         let clips = events
@@ -273,6 +278,10 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+fn sigmoid_f32(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
 }
 
 fn ident(cfg: &Config, model: &Model) -> Identity {
