@@ -141,15 +141,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             hops.len()
         );
         batches.push(Batch {
-            truth: m
-                .truth
-                .iter()
-                .map(|p| TruthEvent {
-                    group: p.group.clone(),
-                    onset_s: p.onset_s,
-                    offset_s: p.offset_s,
-                })
-                .collect(),
+            truth: m.truth.iter().map(TruthEvent::from).collect(),
             background_h: mix::background_s(&m, matching.early_s, matching.late_s) / 3600.0,
             hops,
         });

@@ -68,6 +68,16 @@ pub struct Placed {
     pub snr_db: f64,
 }
 
+impl From<&Placed> for super::metrics::TruthEvent {
+    fn from(p: &Placed) -> Self {
+        super::metrics::TruthEvent {
+            group: p.group.clone(),
+            onset_s: p.onset_s,
+            offset_s: p.offset_s,
+        }
+    }
+}
+
 /// A built mixture.
 #[derive(Debug, Clone)]
 pub struct Mixture {

@@ -331,15 +331,7 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
 
     let (live_events, hops) = run_pipeline(&model, cfg, &wav, scaled_detector(cfg, &model, 1.0)?)?;
 
-    let truth: Vec<TruthEvent> = mixture
-        .truth
-        .iter()
-        .map(|p| TruthEvent {
-            group: p.group.clone(),
-            onset_s: p.onset_s,
-            offset_s: p.offset_s,
-        })
-        .collect();
+    let truth: Vec<TruthEvent> = mixture.truth.iter().map(TruthEvent::from).collect();
     let m = &opts.matching;
     let background_s = mix::background_s(&mixture, m.early_s, m.late_s);
     let hours = background_s / 3600.0;
