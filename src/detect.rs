@@ -258,7 +258,8 @@ impl Detector {
 
     /// As [`Detector::from_config`], but a group with a trained detector in
     /// `trained` is scored by it, with its `on`/`off` thresholds (the raw-score ones
-    /// mean nothing on its scale); onset, cooldown and timing stay the group's.
+    /// mean nothing on its scale) and its onset rule if it has one; cooldown and
+    /// timing stay the group's.
     pub fn with_trained<'a>(
         groups: impl IntoIterator<Item = (&'a String, &'a GroupConfig)>,
         labels: &Labels,
@@ -275,7 +276,11 @@ impl Detector {
                 Some(d) => {
                     cfg.tuning.on = d.on;
                     cfg.tuning.off = d.off;
-                    Box::new(crate::train::LinearScorer(d.clone()))
+                    if d.onset_hops > 0 {
+                        cfg.tuning.onset_hops = d.onset_hops;
+                        cfg.tuning.onset_of = d.onset_of;
+                    }
+                    Box::new(crate::train::LinearScorer::new(d.clone()))
                 }
                 None => Box::new(ClassScorer::new(name, &cfg, labels)?),
             };

@@ -217,11 +217,37 @@ enum Command {
         )]
         snr: Vec<f64>,
         /// At most this many clips per group.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 60)]
         max_per_group: usize,
-        /// Target false alarms per hour on the training mixtures.
+        /// Target false alarms per hour on the cross-validation mixtures.
         #[arg(long, default_value_t = 0.5)]
         target_fa: f64,
+        /// Placements of each clip per SNR, each over other background.
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// Feature kinds to try: scores (class log-odds), embedding, embedding_scores.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "scores,embedding,embedding_scores"
+        )]
+        features: Vec<String>,
+        /// L2 penalties to try.
+        #[arg(long, value_delimiter = ',', default_value = "0.0003,0.003,0.03")]
+        l2: Vec<f64>,
+        /// Window the detectors are trained on and the daemon then uses, seconds
+        /// (default: [model] window_s if the configuration sets it, else 2).
+        #[arg(long)]
+        window_s: Option<f64>,
+        /// Hop between windows, seconds (default: [model] hop_s if set, else 0.5).
+        #[arg(long)]
+        hop_s: Option<f64>,
+        /// Hidden-layer sizes to try (0: logistic regression; more: a small MLP).
+        #[arg(long, value_delimiter = ',', default_value = "0,16")]
+        hidden: Vec<usize>,
+        /// Cross-validation folds, dealt by source recording.
+        #[arg(long, default_value_t = 2)]
+        folds: usize,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -374,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             plot,
         } => {
             use hearken::eval::{mix::MixSpec, run};
-            let cfg = effective_config(
+            let mut cfg = effective_config(
                 config.as_deref(),
                 &Overrides {
                     source: None,
@@ -396,6 +422,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
             cfg.check_labels(model.labels())?;
+            hearken::train::adopt_window(&mut cfg, &model)?;
             let opts = run::EvalOptions {
                 data: data.unwrap_or_else(|| hearken::shared_dir().join("eval-dev")),
                 split,
@@ -443,10 +470,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             snr,
             max_per_group,
             target_fa,
+            repeats,
+            features,
+            l2,
+            window_s,
+            hop_s,
+            hidden,
+            folds,
             json,
         } => {
             use hearken::eval::{dataset::Split, learn, mix::MixSpec};
-            let cfg = effective_config(
+            let mut cfg = effective_config(
                 config.as_deref(),
                 &Overrides {
                     source: None,
@@ -456,6 +490,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
             cfg.check_labels(model.labels())?;
+            {
+                use hearken::config::{DEFAULT_HOP_S, DEFAULT_WINDOW_S};
+                use hearken::train::{TRAIN_HOP_S, TRAIN_WINDOW_S};
+                let default =
+                    (cfg.model.window_s, cfg.model.hop_s) == (DEFAULT_WINDOW_S, DEFAULT_HOP_S);
+                let (w, h) = if default {
+                    (TRAIN_WINDOW_S, TRAIN_HOP_S)
+                } else {
+                    (cfg.model.window_s, cfg.model.hop_s)
+                };
+                cfg.model.window_s = window_s.unwrap_or(w);
+                cfg.model.hop_s = hop_s.unwrap_or(h);
+                if !(0.96..=60.0).contains(&cfg.model.window_s)
+                    || !(0.1..=cfg.model.window_s).contains(&cfg.model.hop_s)
+                {
+                    bail!("--window-s must be 0.96 to 60 s and --hop-s 0.1 s to the window");
+                }
+            }
             for g in &groups {
                 if !cfg.detection.groups.contains_key(g) {
                     bail!("--groups: no group {g:?} in the configuration");
@@ -479,15 +531,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seed,
                     rate: model.manifest().frontend.sample_rate,
                     snrs_db: snr,
-                    slot_s: 15.0,
-                    lead_s: 30.0,
+                    slot_s: 25.0,
+                    lead_s: 60.0,
                     ..MixSpec::default()
                 },
                 events_per_mixture: 40,
                 max_per_group: Some(max_per_group),
+                repeats,
                 target_fa_per_hour: target_fa,
-                l2: 1e-3,
+                features: features
+                    .iter()
+                    .map(|f| {
+                        hearken::train::Features::ALL
+                            .into_iter()
+                            .find(|k| k.name() == f)
+                            .ok_or_else(|| anyhow::anyhow!("--features: {f:?} is not scores, embedding or embedding_scores"))
+                    })
+                    .collect::<Result<_>>()?,
+                l2s: l2,
+                hidden_units: hidden,
                 iterations: 300,
+                epochs: 20,
+                folds,
                 out,
                 work_dir: std::env::temp_dir()
                     .join(format!("hearken-train-{}", std::process::id())),
@@ -499,8 +564,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 for s in &summary {
                     println!(
-                        "{:<12} {:>4} clips, {:>6} / {:>6} windows +/-, on {:.2} off {:.2}: train recall {:.2} at {:.2} false alarms/h -> {}",
-                        s.group, s.clips, s.positives, s.negatives, s.on, s.off, s.train_recall, s.train_fa_per_hour, s.file.display()
+                        "{:<12} {:>4} clips, {:>6} / {:>6} windows +/-, {} features, {} hidden units, L2 {}, on {:.6} off {:.6} in {} of {} hops: cross-validated recall {:.2} at {:.2} false alarms/h -> {}",
+                        s.group, s.clips, s.positives, s.negatives, s.features, s.hidden, s.l2, s.on, s.off, s.onset_hops, s.onset_of, s.cv_recall, s.cv_fa_per_hour, s.file.display()
                     );
                 }
             }
@@ -734,6 +799,7 @@ impl Running {
         let shown = file.display().to_string();
         let prepared = (|| -> Result<_> {
             let mut new = effective_config(Some(&file), &self.overrides)?;
+            hearken::train::adopt_window(&mut new, &self.model)?;
             let restart = hearken::service::restart_keys(&self.cfg, &new);
             hearken::service::keep_running_values(&self.cfg, &mut new);
             let detector = build_detector(&new, &self.model, Some(&file))?;
@@ -839,7 +905,7 @@ fn run_daemon(
         model,
         node_id: mqtt.node_id.clone(),
     };
-    let cfg = effective_config(config.as_deref(), &overrides)?;
+    let mut cfg = effective_config(config.as_deref(), &overrides)?;
     let spec: SourceSpec = cfg
         .audio
         .source
@@ -847,6 +913,12 @@ fn run_daemon(
         .map_err(|e| anyhow::anyhow!("--source / audio.source: {e}"))?;
     let model = Arc::new(Model::open(&cfg.model.name)?);
     debug!(model = %model.name(), "model {} loaded", model.name());
+    if let Some((w, h)) = hearken::train::adopt_window(&mut cfg, &model)? {
+        info!(
+            "{}'s trained detectors use {w} s windows every {h} s",
+            model.name()
+        );
+    }
     let detector = build_detector(&cfg, &model, config.as_deref())?;
     let _broker = match embedded_broker_addr(&cfg, &mqtt)? {
         Some(addr) => {

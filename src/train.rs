@@ -1,11 +1,15 @@
-//! Trained detectors: a logistic regression per group on the model's pooled
-//! embedding (mn04: 384-d per 10 s window; YAMNet: 1024-d averaged over the
-//! window's patches), learnt from labelled recordings mixed into home backgrounds.
+//! Trained detectors: a logistic regression per group on what the model says about
+//! each window — its pooled embedding (mn04: 384-d per window; YAMNet: 1024-d
+//! averaged over the window's patches), the log-odds of its AudioSet class scores,
+//! or both — learnt from labelled recordings mixed into home backgrounds.
 //!
 //! A detector is a small JSON file (`<group>.json`): the model it belongs to, the
-//! standardisation (`mean`, `scale`), `weights`, `bias`, and the `on`/`off`
-//! thresholds chosen on the training mixtures. Its score for a window is
-//! `sigmoid(bias + Σ weights[i] · (e[i] − mean[i]) · scale[i])`. The daemon loads
+//! `features` it reads (`embedding`, `scores` or `embedding_scores`: the embedding
+//! followed by `ln(p / (1 − p))` of each class score, max-pooled over the window,
+//! `p` clamped to [1e-6, 1 − 1e-6]), the standardisation (`mean`, `scale`),
+//! `weights`, `bias`, and the `on`/`off` thresholds chosen on validation mixtures.
+//! Its score for a window with features `x` is
+//! `sigmoid(bias + Σ weights[i] · (x[i] − mean[i]) · scale[i])`. The daemon loads
 //! detectors from a folder and uses them in place of the raw AudioSet class scores
 //! of their groups, with the same onset, hysteresis and cooldown machinery.
 
@@ -16,6 +20,77 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::{GroupScorer, Hop};
 
+/// What a detector reads from each scored window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Features {
+    /// The model's pooled embedding.
+    #[default]
+    Embedding,
+    /// The log-odds of every class score (max-pooled over the window).
+    Scores,
+    /// The embedding, then the class log-odds.
+    EmbeddingScores,
+}
+
+impl Features {
+    /// Every kind, in the order training tries them.
+    pub const ALL: [Features; 3] = [
+        Features::Scores,
+        Features::Embedding,
+        Features::EmbeddingScores,
+    ];
+
+    /// The name used in detector files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Features::Embedding => "embedding",
+            Features::Scores => "scores",
+            Features::EmbeddingScores => "embedding_scores",
+        }
+    }
+
+    /// Length of the feature vector.
+    pub fn dim(self, embedding_dim: usize, classes: usize) -> usize {
+        match self {
+            Features::Embedding => embedding_dim,
+            Features::Scores => classes,
+            Features::EmbeddingScores => embedding_dim + classes,
+        }
+    }
+
+    /// Writes the hop's features into `out` (cleared first); `false`, with `out`
+    /// empty, for a window the loudness gate skipped (all-zero embedding and scores).
+    pub fn extract(self, hop: &Hop<'_>, out: &mut Vec<f32>) -> bool {
+        out.clear();
+        let gated =
+            hop.embedding.iter().all(|&v| v == 0.0) && hop.scores_max.iter().all(|&v| v == 0.0);
+        if gated {
+            return false;
+        }
+        if self != Features::Scores {
+            out.extend_from_slice(hop.embedding);
+        }
+        if self != Features::Embedding {
+            out.extend(hop.scores_max.iter().map(|&p| {
+                let p = p.clamp(1e-6, 1.0 - 1e-6);
+                (p / (1.0 - p)).ln()
+            }));
+        }
+        true
+    }
+}
+
+/// A hidden layer of rectified linear units: unit `j` is
+/// `max(0, bias[j] + Σ weights[j · n + i] · x[i])` over the `n` standardised features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hidden {
+    /// Row-major weights, one row of `n` inputs per unit.
+    pub weights: Vec<f32>,
+    /// One bias per unit.
+    pub bias: Vec<f32>,
+}
+
 /// One group's trained detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearDetector {
@@ -25,14 +100,37 @@ pub struct LinearDetector {
     pub model: String,
     /// Embedding size.
     pub embedding_dim: usize,
-    /// Per-dimension mean of the training embeddings.
+    /// What it reads (files from before this field read the embedding).
+    #[serde(default)]
+    pub features: Features,
+    /// Number of class scores (0 when it reads none).
+    #[serde(default)]
+    pub classes: usize,
+    /// Window length it was trained on, seconds (0: not recorded).
+    #[serde(default)]
+    pub window_s: f64,
+    /// Hop it was trained on, seconds (0: not recorded).
+    #[serde(default)]
+    pub hop_s: f64,
+    /// Per-feature mean over the training windows.
     pub mean: Vec<f32>,
     /// Per-dimension 1/standard deviation.
     pub scale: Vec<f32>,
-    /// Weights on the standardised embedding.
+    /// Output weights: on the standardised features, or on the hidden units.
     pub weights: Vec<f32>,
-    /// Bias.
+    /// Output bias.
     pub bias: f32,
+    /// A hidden layer between features and output (a small MLP); none for a
+    /// logistic regression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Hidden>,
+    /// Onset rule chosen in training: an event starts when the score reaches `on`
+    /// in `onset_hops` of the last `onset_of` hops (0: the group's own rule).
+    #[serde(default)]
+    pub onset_hops: usize,
+    /// See `onset_hops`.
+    #[serde(default)]
+    pub onset_of: usize,
     /// Score at which an event starts.
     pub on: f32,
     /// Score under which it ends.
@@ -47,27 +145,66 @@ fn sigmoid(z: f64) -> f64 {
 }
 
 impl LinearDetector {
-    /// The detector's score in [0, 1] for an embedding; 0 for an all-zero embedding
-    /// (a window the loudness gate skipped) or one of the wrong size.
+    /// Length of its feature vector.
+    pub fn input_dim(&self) -> usize {
+        self.features.dim(self.embedding_dim, self.classes)
+    }
+
+    /// The detector's score in [0, 1] for a feature vector; 0 for an empty one (a
+    /// window the loudness gate skipped) or one of the wrong size.
     pub fn score(&self, e: &[f32]) -> f32 {
-        if e.len() != self.embedding_dim || e.iter().all(|&v| v == 0.0) {
+        if e.len() != self.input_dim() {
             return 0.0;
         }
-        let z: f64 = self.bias as f64
-            + e.iter()
-                .zip(&self.mean)
-                .zip(&self.scale)
-                .zip(&self.weights)
-                .map(|(((&x, &m), &s), &w)| ((x - m) * s * w) as f64)
-                .sum::<f64>();
+        let std = |i: usize| (e[i] - self.mean[i]) * self.scale[i];
+        let z: f64 = match &self.hidden {
+            None => {
+                self.bias as f64
+                    + (0..e.len())
+                        .map(|i| (std(i) * self.weights[i]) as f64)
+                        .sum::<f64>()
+            }
+            Some(h) => {
+                let n = e.len();
+                self.bias as f64
+                    + h.weights
+                        .chunks_exact(n)
+                        .zip(&h.bias)
+                        .zip(&self.weights)
+                        .map(|((row, &b), &w)| {
+                            let a = b + (0..n).map(|i| row[i] * std(i)).sum::<f32>();
+                            (a.max(0.0) * w) as f64
+                        })
+                        .sum::<f64>()
+            }
+        };
         sigmoid(z) as f32
     }
 
     /// Checks sizes and values; errors name `origin`.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        let d = self.embedding_dim;
-        if d == 0 || self.mean.len() != d || self.scale.len() != d || self.weights.len() != d {
-            bail!("{origin}: mean, scale and weights must each have embedding_dim = {d} values");
+        let d = self.input_dim();
+        let out_dim = match &self.hidden {
+            None => d,
+            Some(h) => {
+                let units = h.bias.len();
+                if units == 0
+                    || h.weights.len() != units * d
+                    || !h.weights.iter().chain(&h.bias).all(|x| x.is_finite())
+                {
+                    bail!("{origin}: the hidden layer must have finite weights for {units} units × {d} features");
+                }
+                units
+            }
+        };
+        if d == 0 || self.mean.len() != d || self.scale.len() != d || self.weights.len() != out_dim
+        {
+            bail!(
+                "{origin}: mean and scale must have {d} values and weights {out_dim} ({} features of embedding_dim {} and {} classes)",
+                self.features.name(),
+                self.embedding_dim,
+                self.classes
+            );
         }
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         if !finite(&self.mean)
@@ -83,6 +220,13 @@ impl LinearDetector {
                 "{origin}: thresholds must satisfy 0 <= off <= on <= 1 (on {}, off {})",
                 self.on,
                 self.off
+            );
+        }
+        if self.onset_hops > self.onset_of || self.onset_of > 60 {
+            bail!(
+                "{origin}: onset_hops ({}) must not exceed onset_of ({}), which is at most 60",
+                self.onset_hops,
+                self.onset_of
             );
         }
         Ok(())
@@ -108,18 +252,37 @@ impl LinearDetector {
 
 /// The [`GroupScorer`] of a trained detector.
 #[derive(Debug, Clone)]
-pub struct LinearScorer(pub LinearDetector);
+pub struct LinearScorer {
+    detector: LinearDetector,
+    features: Vec<f32>,
+}
+
+impl LinearScorer {
+    /// A scorer for `detector`.
+    pub fn new(detector: LinearDetector) -> Self {
+        let features = Vec::with_capacity(detector.input_dim());
+        LinearScorer { detector, features }
+    }
+}
 
 impl GroupScorer for LinearScorer {
     fn score(&mut self, hop: &Hop<'_>) -> f32 {
-        self.0.score(hop.embedding)
+        if !self.detector.features.extract(hop, &mut self.features) {
+            return 0.0;
+        }
+        self.detector.score(&self.features)
     }
 }
 
 /// The detectors in `dir` for `model` (`*.json`, one per group), sorted by group.
 /// A missing folder is no detectors; a file for another model or with bad content
 /// is an error naming it.
-pub fn load_dir(dir: &Path, model: &str, embedding_dim: usize) -> Result<Vec<LinearDetector>> {
+pub fn load_dir(
+    dir: &Path,
+    model: &str,
+    embedding_dim: usize,
+    classes: usize,
+) -> Result<Vec<LinearDetector>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -138,7 +301,8 @@ pub fn load_dir(dir: &Path, model: &str, embedding_dim: usize) -> Result<Vec<Lin
     let mut out = Vec::new();
     for p in paths {
         let d = LinearDetector::load(&p)?;
-        if d.model != model || d.embedding_dim != embedding_dim {
+        let wrong_classes = d.features != Features::Embedding && d.classes != classes;
+        if d.model != model || d.embedding_dim != embedding_dim || wrong_classes {
             bail!(
                 "detector {} was trained for model {} ({}-d embedding), not {model} ({embedding_dim}-d); retrain it with `hearken train --model {model}`",
                 p.display(),
@@ -170,28 +334,91 @@ pub fn configured(
         }
     };
     let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
-    Ok(
-        load_dir(&dir, model.name(), model.manifest().io.embedding_dim)?
-            .into_iter()
-            .filter(|d| enabled.contains(&d.group.as_str()))
-            .collect(),
-    )
+    let detectors: Vec<LinearDetector> = load_dir(
+        &dir,
+        model.name(),
+        model.manifest().io.embedding_dim,
+        model.labels().len(),
+    )?
+    .into_iter()
+    .filter(|d| enabled.contains(&d.group.as_str()))
+    .collect();
+    for d in &detectors {
+        let differs = |a: f64, b: f64| a > 0.0 && (a - b).abs() > 1e-6;
+        if differs(d.window_s, cfg.model.window_s) || differs(d.hop_s, cfg.model.hop_s) {
+            bail!(
+                "the {} detector in {} was trained on {} s windows every {} s, but [model] has window_s = {} and hop_s = {}; set those or retrain it",
+                d.group,
+                dir.display(),
+                d.window_s,
+                d.hop_s,
+                cfg.model.window_s,
+                cfg.model.hop_s
+            );
+        }
+    }
+    Ok(detectors)
+}
+
+/// Window and hop `hearken train` uses unless told otherwise: short windows keep a
+/// one-second bang from being averaged away in ten seconds of room sound, and a
+/// half-second hop announces it sooner.
+pub const TRAIN_WINDOW_S: f64 = 2.0;
+/// See [`TRAIN_WINDOW_S`].
+pub const TRAIN_HOP_S: f64 = 0.5;
+
+/// Lets the model's own trained detectors bring their window: when `[detection]
+/// detectors` is `""` (the model's `detectors` folder) and `[model] window_s` and
+/// `hop_s` are at their defaults, and every enabled group's detector there was
+/// trained on one window and hop, the configuration takes those. Returns the
+/// window and hop it set, if it changed anything.
+pub fn adopt_window(
+    cfg: &mut crate::config::Config,
+    model: &crate::model::Model,
+) -> Result<Option<(f64, f64)>> {
+    use crate::config::{DEFAULT_HOP_S, DEFAULT_WINDOW_S};
+    if !cfg.detection.detectors.is_empty()
+        || cfg.model.window_s != DEFAULT_WINDOW_S
+        || cfg.model.hop_s != DEFAULT_HOP_S
+    {
+        return Ok(None);
+    }
+    let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
+    let windows: Vec<(f64, f64)> = load_dir(
+        &model.dir().join("detectors"),
+        model.name(),
+        model.manifest().io.embedding_dim,
+        model.labels().len(),
+    )?
+    .iter()
+    .filter(|d| enabled.contains(&d.group.as_str()) && d.window_s > 0.0)
+    .map(|d| (d.window_s, d.hop_s))
+    .collect();
+    match windows.first() {
+        Some(&w)
+            if windows.iter().all(|&x| x == w) && w != (cfg.model.window_s, cfg.model.hop_s) =>
+        {
+            (cfg.model.window_s, cfg.model.hop_s) = w;
+            Ok(Some(w))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Per-dimension mean and 1/std (1 where a dimension is constant).
-pub fn standardisation(x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
-    let d = x.first().map_or(0, Vec::len);
+pub fn standardisation<R: AsRef<[f32]>>(x: &[R]) -> (Vec<f32>, Vec<f32>) {
+    let d = x.first().map_or(0, |r| r.as_ref().len());
     let n = x.len().max(1) as f64;
     let mut mean = vec![0f64; d];
     for row in x {
-        for (m, &v) in mean.iter_mut().zip(row) {
+        for (m, &v) in mean.iter_mut().zip(row.as_ref()) {
             *m += v as f64;
         }
     }
     mean.iter_mut().for_each(|m| *m /= n);
     let mut var = vec![0f64; d];
     for row in x {
-        for ((s, &v), &m) in var.iter_mut().zip(row).zip(&mean) {
+        for ((s, &v), &m) in var.iter_mut().zip(row.as_ref()).zip(&mean) {
             *s += (v as f64 - m).powi(2);
         }
     }
@@ -212,8 +439,13 @@ pub fn standardisation(x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
 /// Fits `sigmoid(b + w·z)` to labels `y` on standardised rows `z` by full-batch
 /// gradient descent with L2 penalty `l2` on `w`, positives and negatives weighted
 /// to count equally. Deterministic (no randomness at all).
-pub fn fit_logistic(z: &[Vec<f32>], y: &[bool], l2: f64, iterations: usize) -> (Vec<f32>, f32) {
-    let d = z.first().map_or(0, Vec::len);
+pub fn fit_logistic<R: AsRef<[f32]>>(
+    z: &[R],
+    y: &[bool],
+    l2: f64,
+    iterations: usize,
+) -> (Vec<f32>, f32) {
+    let d = z.first().map_or(0, |r| r.as_ref().len());
     let pos = y.iter().filter(|&&v| v).count().max(1) as f64;
     let neg = (y.len() as f64 - pos).max(1.0);
     let (wp, wn) = (0.5 / pos, 0.5 / neg);
@@ -227,6 +459,7 @@ pub fn fit_logistic(z: &[Vec<f32>], y: &[bool], l2: f64, iterations: usize) -> (
     for t in 1..=iterations {
         g.iter_mut().for_each(|x| *x = 0.0);
         for (row, &label) in z.iter().zip(y) {
+            let row = row.as_ref();
             let s = b + row
                 .iter()
                 .zip(&w)
@@ -256,6 +489,99 @@ pub fn fit_logistic(z: &[Vec<f32>], y: &[bool], l2: f64, iterations: usize) -> (
         }
     }
     (w.into_iter().map(|x| x as f32).collect(), b as f32)
+}
+
+/// Fits a one-hidden-layer network `sigmoid(b + w · relu(B + W z))` with `units`
+/// hidden units to labels `y` on standardised rows `z`: minibatch Adam over
+/// `epochs` passes, L2 penalty `l2` on the weights, positives and negatives
+/// weighted to count equally. Deterministic given `seed`.
+pub fn fit_mlp<R: AsRef<[f32]>>(
+    z: &[R],
+    y: &[bool],
+    l2: f64,
+    units: usize,
+    epochs: usize,
+    seed: u64,
+) -> (Hidden, Vec<f32>, f32) {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let d = z.first().map_or(0, |r| r.as_ref().len());
+    let n = z.len();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // He-uniform initialisation; a small output layer.
+    let lim1 = (6.0 / d.max(1) as f32).sqrt();
+    let lim2 = (1.0 / units.max(1) as f32).sqrt();
+    // Parameters in one vector: W (units × d), B (units), w (units), b.
+    let (ow, ob, ov) = (0, units * d, units * d + units);
+    let last = ov + units;
+    let mut p = vec![0f32; last + 1];
+    for v in &mut p[..ob] {
+        *v = rng.gen_range(-lim1..lim1);
+    }
+    for v in &mut p[ov..last] {
+        *v = rng.gen_range(-lim2..lim2);
+    }
+    let pos = y.iter().filter(|&&v| v).count().max(1) as f32;
+    let neg = (n as f32 - pos).max(1.0);
+    let (wp, wn) = (0.5 / pos, 0.5 / neg);
+    let (lr, b1, b2, eps) = (3e-3f32, 0.9f32, 0.999f32, 1e-8f32);
+    let mut m = vec![0f32; p.len()];
+    let mut v = vec![0f32; p.len()];
+    let mut g = vec![0f32; p.len()];
+    let mut h = vec![0f32; units];
+    let mut order: Vec<usize> = (0..n).collect();
+    let batch = 256usize;
+    let mut t = 0i32;
+    for _ in 0..epochs {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(batch) {
+            g.iter_mut().for_each(|x| *x = 0.0);
+            // Scaled so a batch's gradient estimates the full one.
+            let k = n as f32 / chunk.len() as f32;
+            for &r in chunk {
+                let x = z[r].as_ref();
+                let mut s = p[last];
+                for j in 0..units {
+                    let row = &p[ow + j * d..ow + (j + 1) * d];
+                    let a = p[ob + j] + row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+                    h[j] = a;
+                    s += p[ov + j] * a.max(0.0);
+                }
+                let (target, weight) = if y[r] { (1.0, wp) } else { (0.0, wn) };
+                let err = (sigmoid(s as f64) as f32 - target) * weight * k;
+                g[last] += err;
+                for j in 0..units {
+                    if h[j] <= 0.0 {
+                        continue;
+                    }
+                    g[ov + j] += err * h[j];
+                    let delta = err * p[ov + j];
+                    g[ob + j] += delta;
+                    for (gi, &xi) in g[ow + j * d..ow + (j + 1) * d].iter_mut().zip(x) {
+                        *gi += delta * xi;
+                    }
+                }
+            }
+            for i in (ow..ob).chain(ov..last) {
+                g[i] += l2 as f32 * p[i];
+            }
+            t += 1;
+            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            for i in 0..p.len() {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                p[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
+            }
+        }
+    }
+    (
+        Hidden {
+            weights: p[ow..ob].to_vec(),
+            bias: p[ob..ov].to_vec(),
+        },
+        p[ov..last].to_vec(),
+        p[last],
+    )
 }
 
 /// Whether a window `[start_s, end_s]` holds enough of an event `[onset, offset]` to
@@ -288,10 +614,17 @@ mod tests {
             group: "glass".into(),
             model: "m".into(),
             embedding_dim: d,
+            features: Features::Embedding,
+            classes: 0,
+            window_s: 10.0,
+            hop_s: 1.0,
             mean: vec![0.0; d],
             scale: vec![1.0; d],
             weights: w,
             bias: b,
+            hidden: None,
+            onset_hops: 0,
+            onset_of: 0,
             on: 0.6,
             off: 0.4,
             trained: serde_json::Value::Null,
@@ -305,7 +638,7 @@ mod tests {
         d.scale = vec![0.5, 1.0];
         // z = 0.5 + 2 * (3 - 1) * 0.5 - 1 * 1 = 1.5
         assert!((d.score(&[3.0, 1.0]) - sigmoid(1.5) as f32).abs() < 1e-6);
-        assert_eq!(d.score(&[0.0, 0.0]), 0.0, "a gated window scores 0");
+        assert_eq!(d.score(&[]), 0.0, "a gated window scores 0");
         assert_eq!(d.score(&[1.0]), 0.0, "a wrong-sized embedding scores 0");
     }
 
@@ -336,11 +669,97 @@ mod tests {
     }
 
     #[test]
+    fn a_hidden_layer_scores_through_rectified_units() {
+        let mut d = det(vec![1.0, -2.0], 0.25);
+        d.hidden = Some(Hidden {
+            // Unit 0 = x0 + x1; unit 1 = x0 - x1 - 1.
+            weights: vec![1.0, 1.0, 1.0, -1.0],
+            bias: vec![0.0, -1.0],
+        });
+        d.validate("t").unwrap();
+        // x = (2, 3): units relu(5) = 5, relu(-2) = 0 → 0.25 + 5.
+        assert!((d.score(&[2.0, 3.0]) - sigmoid(5.25) as f32).abs() < 1e-6);
+        // x = (3, -1): units relu(2) = 2, relu(3) = 3 → 0.25 + 2 - 6.
+        assert!((d.score(&[3.0, -1.0]) - sigmoid(-3.75) as f32).abs() < 1e-6);
+        d.hidden.as_mut().unwrap().bias.pop();
+        assert!(d.validate("t").is_err());
+    }
+
+    #[test]
+    fn an_mlp_learns_what_a_line_cannot_deterministically() {
+        // XOR-like: positive when x0 and x1 share a sign.
+        let z: Vec<Vec<f32>> = (0..400)
+            .map(|i| {
+                let a = ((i * 37) % 101) as f32 / 50.0 - 1.0;
+                let b = ((i * 53) % 97) as f32 / 48.0 - 1.0;
+                vec![a, b]
+            })
+            .collect();
+        let y: Vec<bool> = z.iter().map(|r| r[0] * r[1] > 0.0).collect();
+        let (h, w, b) = fit_mlp(&z, &y, 1e-4, 8, 300, 7);
+        let mut d = det(w, b);
+        (d.embedding_dim, d.mean, d.scale) = (2, vec![0.0; 2], vec![1.0; 2]);
+        d.hidden = Some(h.clone());
+        d.validate("t").unwrap();
+        let acc = z
+            .iter()
+            .zip(&y)
+            .filter(|(r, &l)| (d.score(r) > 0.5) == l)
+            .count();
+        assert!(acc >= 340, "{acc}/400");
+        assert_eq!(fit_mlp(&z, &y, 1e-4, 8, 300, 7).0, h);
+    }
+
+    #[test]
     fn standardisation_centres_and_scales() {
         let x = vec![vec![1.0, 5.0], vec![3.0, 5.0]];
         let (m, s) = standardisation(&x);
         assert_eq!(m, [2.0, 5.0]);
         assert_eq!(s, [1.0, 1.0]); // sd 1; constant column keeps scale 1
+    }
+
+    fn hop<'a>(embedding: &'a [f32], scores: &'a [f32]) -> Hop<'a> {
+        Hop {
+            start_s: 0.0,
+            end_s: 10.0,
+            hop_s: 1.0,
+            scores_mean: scores,
+            scores_max: scores,
+            dbfs: -20.0,
+            embedding,
+            wall: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn features_are_the_embedding_and_class_log_odds() {
+        let mut out = Vec::new();
+        let h = hop(&[1.0, 2.0], &[0.5, 0.0, 1.0]);
+        assert!(Features::Embedding.extract(&h, &mut out));
+        assert_eq!(out, [1.0, 2.0]);
+        assert!(Features::Scores.extract(&h, &mut out));
+        assert_eq!(out[0], 0.0);
+        assert!(
+            (out[1] + 13.8155).abs() < 1e-3 && (out[2] - 13.8155).abs() < 0.05,
+            "{out:?}"
+        );
+        assert!(Features::EmbeddingScores.extract(&h, &mut out));
+        assert_eq!(out.len(), Features::EmbeddingScores.dim(2, 3));
+        assert!(!Features::Scores.extract(&hop(&[0.0, 0.0], &[0.0; 3]), &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_scorer_reads_its_features_from_the_hop() {
+        let mut d = det(vec![0.0, 0.0, 1.0], 0.0);
+        d.features = Features::Scores;
+        d.embedding_dim = 2;
+        d.classes = 3;
+        d.validate("t").unwrap();
+        let mut s = LinearScorer::new(d);
+        let p = s.score(&hop(&[1.0, 2.0], &[0.1, 0.1, 0.75]));
+        assert!((p - 0.75).abs() < 1e-4, "{p}");
+        assert_eq!(s.score(&hop(&[0.0, 0.0], &[0.0; 3])), 0.0);
     }
 
     #[test]
@@ -358,15 +777,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let d = det(vec![1.0, 2.0], 0.1);
         d.save(&dir.join("glass.json")).unwrap();
-        assert_eq!(load_dir(&dir, "m", 2).unwrap(), vec![d.clone()]);
-        let e = format!("{:#}", load_dir(&dir, "other", 2).unwrap_err());
+        assert_eq!(load_dir(&dir, "m", 2, 3).unwrap(), vec![d.clone()]);
+        let e = format!("{:#}", load_dir(&dir, "other", 2, 3).unwrap_err());
         assert!(e.contains("glass.json") && e.contains("retrain"), "{e}");
         let mut bad = d;
         bad.weights.pop();
         bad.save(&dir.join("glass.json")).unwrap();
-        let e = format!("{:#}", load_dir(&dir, "m", 2).unwrap_err());
+        let e = format!("{:#}", load_dir(&dir, "m", 2, 3).unwrap_err());
         assert!(e.contains("embedding_dim"), "{e}");
-        assert!(load_dir(&dir.join("none"), "m", 2).unwrap().is_empty());
+        assert!(load_dir(&dir.join("none"), "m", 2, 3).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

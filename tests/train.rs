@@ -40,6 +40,7 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
         let o = hearken(
             &[
                 "train", "--json", "--groups", "gunshot", "--snr", "9,0", "--seed", "3",
+                "--hidden", "0,4",
             ],
             &[Path::new("--data"), &data, Path::new("--out"), out],
         );
@@ -54,7 +55,28 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let file = out_a.join("gunshot.json");
     let det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(det["model"], "efficientat-mn04");
-    assert_eq!(det["weights"].as_array().unwrap().len(), 384);
+    // Cross-validation by recording tried every feature kind and penalty and kept one.
+    assert_eq!(
+        g["candidates"].as_array().unwrap().len(),
+        3 * 3 * 2,
+        "{g:#}"
+    );
+    let dim = match det["features"].as_str().unwrap() {
+        "embedding" => 384,
+        "scores" => 527,
+        "embedding_scores" => 384 + 527,
+        f => panic!("features {f}"),
+    };
+    assert_eq!(det["features"], g["features"]);
+    let units = g["hidden"].as_u64().unwrap() as usize;
+    let out_dim = if units == 0 { dim } else { units };
+    assert_eq!(det["weights"].as_array().unwrap().len(), out_dim);
+    assert_eq!(det["mean"].as_array().unwrap().len(), dim);
+    // Trained on short windows unless told otherwise.
+    assert_eq!(
+        (det["window_s"].as_f64(), det["hop_s"].as_f64()),
+        (Some(2.0), Some(0.5))
+    );
     let on = det["on"].as_f64().unwrap();
     assert!(on > 0.0 && on < 1.0 && det["off"].as_f64().unwrap() <= on);
 
@@ -69,7 +91,10 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let cfg = data.join("hearken.toml");
     std::fs::write(
         &cfg,
-        format!("[detection]\ndetectors = \"{}\"\n", out_a.display()),
+        format!(
+            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
+            out_a.display()
+        ),
     )
     .unwrap();
     let src = format!("file:{}", audio("gunshots.wav").display());
@@ -135,5 +160,39 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
         err.contains("gunshot.json") && err.contains("retrain"),
         "{err}"
     );
+
+    // So is one trained on windows of another length.
+    let cfg2 = data.join("short.toml");
+    std::fs::write(
+        &cfg2,
+        format!(
+            "[model]\nwindow_s = 10.0\nhop_s = 1.0\n[detection]\ndetectors = \"{}\"\n",
+            out_a.display()
+        ),
+    )
+    .unwrap();
+    let w = Command::new(env!("CARGO_BIN_EXE_hearken"))
+        .env("HEARKEN_MODELS", models_dir())
+        .args(["run", "--fast", "--source", &src, "--config"])
+        .arg(&cfg2)
+        .output()
+        .unwrap();
+    assert!(!w.status.success());
+    let err = String::from_utf8_lossy(&w.stderr);
+    assert!(err.contains("window_s") && err.contains("retrain"), "{err}");
+
+    // Installed as the model's own detectors, it brings its window along: no
+    // configuration needed.
+    let own = models_dir().join("efficientat-mn04").join("detectors");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::copy(&file, own.join("gunshot.json")).unwrap();
+    let run = hearken(&["run", "--fast", "--print-events", "--source", &src], &[]);
+    let _ = std::fs::remove_dir_all(&own);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("gunshot: trained detector") && err.contains("2 s windows every 0.5 s"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("\"gunshot\""));
     let _ = std::fs::remove_dir_all(&data);
 }

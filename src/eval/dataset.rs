@@ -97,7 +97,7 @@ impl std::str::FromStr for Split {
 }
 
 /// FNV-1a, 64-bit: a stable hash (the same on every machine and Rust version).
-fn fnv1a(s: &str) -> u64 {
+pub fn fnv1a(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= b as u64;

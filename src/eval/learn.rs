@@ -1,12 +1,21 @@
-//! `hearken train`: a logistic-regression detector per group on the model's pooled
-//! window embeddings, learnt from labelled clips mixed into home backgrounds (the
-//! augmentation: SNR, background, level and time shift all vary by seed), with its
-//! thresholds chosen on the training mixtures for a target false-alarm rate.
+//! `hearken train`: a logistic-regression detector per group on what the model says
+//! about each window (embedding, class log-odds or both; see [`Features`]), learnt
+//! from labelled clips mixed into home backgrounds (the augmentation: SNR,
+//! background, level and time shift all vary by seed, and each clip is placed
+//! `repeats` times per SNR).
+//!
+//! The choice of features and L2 penalty, and the `on` threshold, are made by
+//! cross-validation *by source recording*: the clips and backgrounds are dealt into
+//! folds so that no recording is in two; each candidate is fitted on all folds but
+//! one and scored on that one, and the detector logic is replayed over the
+//! out-of-fold scores to find, per group, the candidate with the highest event
+//! recall at the target false-alarm rate. The winner is refitted on all folds.
 //!
 //! Training mixtures go through the same pipeline as `hearken run --fast`, so the
-//! embeddings are exactly those the daemon sees. Everything is seeded; the split by
+//! features are exactly those the daemon sees. Everything is seeded; the split by
 //! source recording ([`super::dataset`]) keeps the held-out recordings out.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,14 +23,16 @@ use anyhow::{bail, Result};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::dataset::Split;
+use super::dataset::{fnv1a, Split};
 use super::metrics::{score, Matching, TruthEvent};
 use super::mix::{self, MixSpec, Signal};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
-use crate::detect::{Detector, Identity, OwnedHop};
+use crate::detect::{Detector, GroupScorer, Hop, Identity, OwnedHop};
 use crate::model::Model;
-use crate::train::{fit_logistic, standardisation, window_label, LinearDetector};
+use crate::train::{
+    fit_logistic, fit_mlp, standardisation, window_label, Features, Hidden, LinearDetector,
+};
 
 /// A labelled source of clips.
 #[derive(Debug, Clone)]
@@ -41,20 +52,51 @@ pub struct TrainOptions {
     pub groups: Vec<String>,
     /// Mixtures (seed, SNRs, slots); the rate should be the model's.
     pub mix: MixSpec,
-    /// Event clips per mixture (bounds memory).
+    /// Event placements per mixture (bounds memory).
     pub events_per_mixture: usize,
     /// At most this many clips per group.
     pub max_per_group: Option<usize>,
-    /// Target false alarms per hour on the training mixtures when picking `on`.
+    /// Placements of each clip per SNR, each over another stretch of background.
+    pub repeats: usize,
+    /// Target false alarms per hour when picking `on`.
     pub target_fa_per_hour: f64,
-    /// L2 penalty.
-    pub l2: f64,
-    /// Gradient steps.
+    /// Candidate feature kinds.
+    pub features: Vec<Features>,
+    /// Candidate L2 penalties.
+    pub l2s: Vec<f64>,
+    /// Candidate hidden-layer sizes (0: logistic regression).
+    pub hidden_units: Vec<usize>,
+    /// Gradient steps of a logistic regression.
     pub iterations: usize,
+    /// Passes over the data of an MLP.
+    pub epochs: usize,
+    /// Cross-validation folds (at least 2), dealt by source recording.
+    pub folds: usize,
     /// Folder the detectors are written to.
     pub out: PathBuf,
     /// Scratch folder for mixture files.
     pub work_dir: PathBuf,
+}
+
+/// One candidate's cross-validated result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// Feature kind.
+    pub features: &'static str,
+    /// L2 penalty.
+    pub l2: f64,
+    /// Hidden units (0: logistic regression).
+    pub hidden: usize,
+    /// The threshold the replay chose.
+    pub on: f32,
+    /// The onset rule it chose: `onset_hops` of the last `onset_of` hops.
+    pub onset_hops: usize,
+    /// See `onset_hops`.
+    pub onset_of: usize,
+    /// Out-of-fold event recall at that threshold.
+    pub recall: f64,
+    /// Out-of-fold false alarms per hour at that threshold.
+    pub fa_per_hour: f64,
 }
 
 /// What training did, per group.
@@ -64,30 +106,89 @@ pub struct GroupSummary {
     pub group: String,
     /// Event clips used.
     pub clips: usize,
-    /// Positive and negative training windows.
+    /// Positive training windows.
     pub positives: usize,
     /// Negative windows.
     pub negatives: usize,
+    /// The chosen feature kind.
+    pub features: &'static str,
+    /// The chosen L2 penalty.
+    pub l2: f64,
+    /// The chosen hidden-layer size (0: logistic regression).
+    pub hidden: usize,
     /// Chosen thresholds.
     pub on: f32,
+    /// Chosen onset rule: `onset_hops` of the last `onset_of` hops.
+    pub onset_hops: usize,
+    /// See `onset_hops`.
+    pub onset_of: usize,
     /// Off threshold.
     pub off: f32,
-    /// Recall on the training mixtures at those thresholds.
-    pub train_recall: f64,
-    /// False alarms per hour on the training mixtures.
-    pub train_fa_per_hour: f64,
+    /// Cross-validated event recall at those thresholds.
+    pub cv_recall: f64,
+    /// Cross-validated false alarms per hour.
+    pub cv_fa_per_hour: f64,
+    /// Every candidate tried.
+    pub candidates: Vec<Candidate>,
     /// The detector file.
     pub file: PathBuf,
 }
 
 struct Batch {
+    fold: usize,
     truth: Vec<TruthEvent>,
     hops: Vec<OwnedHop>,
     background_h: f64,
 }
 
+/// Deals recordings into `folds` folds: per group (and for the backgrounds), the
+/// recordings sorted by a stable hash go round-robin, so each fold gets its share
+/// of every group and a recording's clips all land in one fold.
+fn deal_folds(signals: &[&Signal], folds: usize) -> HashMap<String, usize> {
+    let mut by_key: HashMap<Option<&str>, Vec<&str>> = HashMap::new();
+    for s in signals {
+        by_key
+            .entry(s.group.as_deref())
+            .or_default()
+            .push(&s.recording);
+    }
+    let mut keys: Vec<_> = by_key.keys().copied().collect();
+    keys.sort();
+    let mut fold_of = HashMap::new();
+    for k in keys {
+        let recs = by_key.get_mut(&k).expect("key from the map");
+        recs.sort_by_key(|r| (fnv1a(r), r.to_string()));
+        recs.dedup();
+        let mut next = 0;
+        for r in recs.iter() {
+            if !fold_of.contains_key(*r) {
+                fold_of.insert(r.to_string(), next % folds);
+                next += 1;
+            }
+        }
+    }
+    fold_of
+}
+
+/// Scores handed to the detector in order: replays out-of-fold predictions.
+struct Fixed(Vec<f32>, usize);
+
+impl GroupScorer for Fixed {
+    fn score(&mut self, _: &Hop<'_>) -> f32 {
+        let s = self.0.get(self.1).copied().unwrap_or(0.0);
+        self.1 += 1;
+        s
+    }
+}
+
 /// Trains and writes one detector per group; returns what it did.
 pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec<GroupSummary>> {
+    if opts.folds < 2 {
+        bail!("cross-validation needs at least 2 folds");
+    }
+    if opts.features.is_empty() || opts.l2s.is_empty() {
+        bail!("no candidate features or L2 penalties to try");
+    }
     let group_refs: Vec<&str> = opts.groups.iter().map(String::as_str).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.mix.seed);
     let (mut events, mut backgrounds) = (Vec::new(), Vec::new());
@@ -111,76 +212,72 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
     if backgrounds.is_empty() {
         bail!("no background clips (labels that are not events) in the training data");
     }
-    {
-        use rand::seq::SliceRandom;
-        events.shuffle(&mut rng);
-    }
+    let all: Vec<&Signal> = events.iter().chain(&backgrounds).collect();
+    let fold_of = deal_folds(&all, opts.folds);
     std::fs::create_dir_all(&opts.work_dir)?;
-    let bg: Vec<&Signal> = backgrounds.iter().collect();
     let matching = Matching::default();
     let mut batches = Vec::new();
-    for (i, chunk) in events.chunks(opts.events_per_mixture.max(1)).enumerate() {
-        let ev: Vec<&Signal> = chunk.iter().collect();
-        let spec = MixSpec {
-            seed: opts.mix.seed.wrapping_add(1 + i as u64),
-            ..opts.mix.clone()
-        };
-        let m = mix::build(&ev, &bg, &spec);
-        let wav = opts.work_dir.join(format!("train-{i}.wav"));
-        write_wav(&wav, &m.samples, m.rate, 1)?;
-        let detector =
-            Detector::from_config(std::iter::empty(), model.labels(), ident(cfg, &model))
-                .map_err(anyhow::Error::msg)?;
-        let (_, hops) = run_pipeline(&model, cfg, &wav, detector)?;
-        let _ = std::fs::remove_file(&wav);
-        tracing::info!(
-            mixture = i,
-            "training mixture {i}: {:.1} min, {} events, {} windows",
-            m.duration_s() / 60.0,
-            m.truth.len(),
-            hops.len()
-        );
-        batches.push(Batch {
-            truth: m.truth.iter().map(TruthEvent::from).collect(),
-            background_h: mix::background_s(&m, matching.early_s, matching.late_s) / 3600.0,
-            hops,
-        });
+    for fold in 0..opts.folds {
+        let bg: Vec<&Signal> = backgrounds
+            .iter()
+            .filter(|s| fold_of[&s.recording] == fold)
+            .collect();
+        if bg.is_empty() {
+            bail!("fold {fold} of the cross-validation got no background recordings; add more ordinary sounds to the data or use fewer folds");
+        }
+        let mut ev: Vec<&Signal> = Vec::new();
+        for _ in 0..opts.repeats.max(1) {
+            ev.extend(events.iter().filter(|s| fold_of[&s.recording] == fold));
+        }
+        {
+            use rand::seq::SliceRandom;
+            ev.shuffle(&mut rng);
+        }
+        for chunk in ev.chunks(opts.events_per_mixture.max(1)) {
+            let i = batches.len();
+            let spec = MixSpec {
+                seed: opts.mix.seed.wrapping_add(1 + i as u64),
+                ..opts.mix.clone()
+            };
+            let m = mix::build(chunk, &bg, &spec);
+            let wav = opts.work_dir.join(format!("train-{i}.wav"));
+            write_wav(&wav, &m.samples, m.rate, 1)?;
+            let detector =
+                Detector::from_config(std::iter::empty(), model.labels(), ident(cfg, &model))
+                    .map_err(anyhow::Error::msg)?;
+            let (_, hops) = run_pipeline(&model, cfg, &wav, detector)?;
+            let _ = std::fs::remove_file(&wav);
+            tracing::info!(
+                mixture = i,
+                "training mixture {i} (fold {fold}): {:.1} min, {} events, {} windows",
+                m.duration_s() / 60.0,
+                m.truth.len(),
+                hops.len()
+            );
+            batches.push(Batch {
+                fold,
+                truth: m.truth.iter().map(TruthEvent::from).collect(),
+                background_h: mix::background_s(&m, matching.early_s, matching.late_s) / 3600.0,
+                hops,
+            });
+        }
     }
+    let total_h: f64 = batches.iter().map(|b| b.background_h).sum();
 
-    // Windows the gate skipped carry no embedding: they never fire, and are left out.
+    // Every hop by (batch, index); gated windows carry no features and never fire.
     let rows: Vec<(usize, usize)> = batches
         .iter()
         .enumerate()
-        .flat_map(|(b, batch)| {
-            batch
-                .hops
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| h.embedding.iter().any(|&v| v != 0.0))
-                .map(move |(i, _)| (b, i))
-        })
+        .flat_map(|(b, batch)| (0..batch.hops.len()).map(move |i| (b, i)))
         .collect();
-    let x: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|&(b, i)| batches[b].hops[i].embedding.clone())
-        .collect();
-    if x.is_empty() {
-        bail!("the training mixtures gave no scored windows");
+    let mut kinds = opts.features.clone();
+    kinds.dedup();
+    let mut matrices = Vec::new();
+    for &kind in &kinds {
+        matrices.push(FeatureMatrix::build(kind, &batches, &rows)?);
     }
-    let (mean, scale) = standardisation(&x);
-    let z: Vec<Vec<f32>> = x
-        .iter()
-        .map(|r| {
-            r.iter()
-                .zip(&mean)
-                .zip(&scale)
-                .map(|((&v, &m), &s)| (v - m) * s)
-                .collect()
-        })
-        .collect();
-    drop(x);
+
     std::fs::create_dir_all(&opts.out)?;
-    let total_h: f64 = batches.iter().map(|b| b.background_h).sum();
     let mut out = Vec::new();
     for g in &opts.groups {
         let labels: Vec<Option<bool>> = rows
@@ -198,63 +295,109 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 label
             })
             .collect();
-        let (zs, ys): (Vec<Vec<f32>>, Vec<bool>) = z
+        let mut candidates = Vec::new();
+        let mut best: Option<(usize, Candidate)> = None;
+        let grid = opts.hidden_units.iter().flat_map(|&u| {
+            (0..matrices.len()).flat_map(move |k| opts.l2s.iter().map(move |&l2| (u, k, l2)))
+        });
+        for (units, k, l2) in grid {
+            let fm = &matrices[k];
+            let scores = cross_validate(fm, &labels, &rows, &batches, opts, l2, units);
+            let Choice {
+                on,
+                onset,
+                recall,
+                fa,
+            } = choose_threshold(
+                &model,
+                cfg,
+                g,
+                opts.target_fa_per_hour,
+                total_h,
+                &batches,
+                &scores,
+            );
+            let c = Candidate {
+                features: fm.kind.name(),
+                l2,
+                hidden: units,
+                on,
+                onset_hops: onset.0,
+                onset_of: onset.1,
+                recall,
+                fa_per_hour: fa,
+            };
+            tracing::info!(
+                group = %g,
+                "{g}: {} features, {units} hidden units, L2 {l2}: cross-validated recall {recall:.2} at {fa:.2} false alarms/h (on {on:.6}, {} of {} hops)",
+                c.features, onset.0, onset.1
+            );
+            // Highest recall within the target; then fewest false alarms.
+            let better = best.as_ref().is_none_or(|(_, b)| {
+                let (ok, bok) = (
+                    fa <= opts.target_fa_per_hour,
+                    b.fa_per_hour <= opts.target_fa_per_hour,
+                );
+                (ok && !bok)
+                    || (ok == bok
+                        && (recall > b.recall || (recall == b.recall && fa < b.fa_per_hour)))
+            });
+            if better {
+                best = Some((k, c.clone()));
+            }
+            candidates.push(c);
+        }
+        let (k, chosen) = best.expect("at least one candidate");
+        let fm = &matrices[k];
+        let (zs, ys): (Vec<&[f32]>, Vec<bool>) = rows
             .iter()
-            .zip(&labels)
-            .filter_map(|(r, l)| l.map(|l| (r.clone(), l)))
+            .enumerate()
+            .filter_map(|(r, _)| match (fm.row(r), labels[r]) {
+                (Some(x), Some(l)) => Some((x, l)),
+                _ => None,
+            })
             .unzip();
         let positives = ys.iter().filter(|&&y| y).count();
-        let (weights, bias) = fit_logistic(&zs, &ys, opts.l2, opts.iterations);
-        let mut det = LinearDetector {
-            group: g.clone(),
-            model: model.name().to_string(),
-            embedding_dim: mean.len(),
-            mean: mean.clone(),
-            scale: scale.clone(),
-            weights,
-            bias,
-            on: 0.5,
-            off: 0.35,
-            trained: serde_json::Value::Null,
-        };
-        // The lowest `on` (off = 0.7 on) that keeps false alarms on the training
-        // mixtures at or under the target, replaying the real detector logic; if
-        // none does, the one with the fewest. Candidates are even steps of the
-        // logit, so the search reaches far into the tail (0.12 … 0.99995).
-        let mut best: Option<(f32, f64, f64)> = None;
-        for k in 0..=48 {
-            let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
-            det.on = on;
-            det.off = on * 0.7;
-            let (recall, fa) = replay_group(&model, cfg, &det, &batches, total_h);
-            if fa <= opts.target_fa_per_hour {
-                best = Some((on, recall, fa));
-                break;
-            }
-            if best.is_none_or(|(_, _, f)| fa < f) {
-                best = Some((on, recall, fa));
-            }
-        }
-        let (on, recall, fa) = best.expect("at least one candidate");
-        det.on = on;
-        det.off = on * 0.7;
+        let (hidden, weights, bias) = fit(&zs, &ys, chosen.l2, chosen.hidden, opts);
         let clips = events
             .iter()
             .filter(|e| e.group.as_deref() == Some(g))
             .count();
-        det.trained = serde_json::json!({
-            "by": format!("hearken train {}", env!("CARGO_PKG_VERSION")),
-            "seed": opts.mix.seed,
-            "snrs_db": opts.mix.snrs_db,
-            "clips": clips,
-            "positive_windows": positives,
-            "negative_windows": ys.len() - positives,
-            "l2": opts.l2,
-            "iterations": opts.iterations,
-            "target_fa_per_hour": opts.target_fa_per_hour,
-            "train_recall": recall,
-            "train_fa_per_hour": fa,
-        });
+        let det = LinearDetector {
+            group: g.clone(),
+            model: model.name().to_string(),
+            embedding_dim: model.manifest().io.embedding_dim,
+            features: fm.kind,
+            classes: model.labels().len(),
+            window_s: cfg.model.window_s,
+            hop_s: cfg.model.hop_s,
+            mean: fm.mean.clone(),
+            scale: fm.scale.clone(),
+            weights,
+            bias,
+            hidden,
+            onset_hops: chosen.onset_hops,
+            onset_of: chosen.onset_of,
+            on: chosen.on,
+            off: chosen.on * 0.7,
+            trained: serde_json::json!({
+                "by": format!("hearken train {}", env!("CARGO_PKG_VERSION")),
+                "seed": opts.mix.seed,
+                "snrs_db": opts.mix.snrs_db,
+                "repeats": opts.repeats,
+                "clips": clips,
+                "positive_windows": positives,
+                "negative_windows": ys.len() - positives,
+                "l2": chosen.l2,
+                "hidden_units": chosen.hidden,
+                "iterations": opts.iterations,
+                "epochs": opts.epochs,
+                "folds": opts.folds,
+                "target_fa_per_hour": opts.target_fa_per_hour,
+                "cv_recall": chosen.recall,
+                "cv_fa_per_hour": chosen.fa_per_hour,
+            }),
+        };
         let file = opts.out.join(format!("{g}.json"));
         det.save(&file)?;
         out.push(GroupSummary {
@@ -262,51 +405,237 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             clips,
             positives,
             negatives: ys.len() - positives,
+            features: fm.kind.name(),
+            l2: chosen.l2,
+            hidden: chosen.hidden,
             on: det.on,
+            onset_hops: det.onset_hops,
+            onset_of: det.onset_of,
             off: det.off,
-            train_recall: recall,
-            train_fa_per_hour: fa,
+            cv_recall: chosen.recall,
+            cv_fa_per_hour: chosen.fa_per_hour,
+            candidates,
             file,
         });
     }
     Ok(out)
 }
 
-fn sigmoid_f32(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+/// One feature kind's standardised rows (`None` for a gated window).
+struct FeatureMatrix {
+    kind: Features,
+    mean: Vec<f32>,
+    scale: Vec<f32>,
+    rows: Vec<Option<Vec<f32>>>,
 }
 
-fn ident(cfg: &Config, model: &Model) -> Identity {
-    Identity {
-        node: cfg.node.id.clone(),
-        room: cfg.node.room.clone(),
-        model: model.name().to_string(),
+impl FeatureMatrix {
+    fn build(kind: Features, batches: &[Batch], rows: &[(usize, usize)]) -> Result<Self> {
+        let wall = std::time::SystemTime::UNIX_EPOCH;
+        let mut buf = Vec::new();
+        let mut x: Vec<Option<Vec<f32>>> = rows
+            .iter()
+            .map(|&(b, i)| {
+                let h = batches[b].hops[i].as_hop(wall);
+                kind.extract(&h, &mut buf).then(|| buf.clone())
+            })
+            .collect();
+        let present: Vec<&Vec<f32>> = x.iter().flatten().collect();
+        if present.is_empty() {
+            bail!("the training mixtures gave no scored windows");
+        }
+        let (mean, scale) = standardisation(&present);
+        for r in x.iter_mut().flatten() {
+            for ((v, &m), &s) in r.iter_mut().zip(&mean).zip(&scale) {
+                *v = (*v - m) * s;
+            }
+        }
+        Ok(FeatureMatrix {
+            kind,
+            mean,
+            scale,
+            rows: x,
+        })
+    }
+
+    fn row(&self, r: usize) -> Option<&[f32]> {
+        self.rows[r].as_deref()
     }
 }
 
-/// Recall and false alarms per hour of one group's detector over the batches.
-fn replay_group(
+/// Fits a logistic regression (`units` = 0) or an MLP with `units` hidden units.
+fn fit(
+    zs: &[&[f32]],
+    ys: &[bool],
+    l2: f64,
+    units: usize,
+    opts: &TrainOptions,
+) -> (Option<Hidden>, Vec<f32>, f32) {
+    if units == 0 {
+        let (w, b) = fit_logistic(zs, ys, l2, opts.iterations);
+        (None, w, b)
+    } else {
+        let (h, w, b) = fit_mlp(zs, ys, l2, units, opts.epochs, opts.mix.seed);
+        (Some(h), w, b)
+    }
+}
+
+/// Out-of-fold scores for every hop of every batch: each fold's hops scored by a
+/// model fitted on the other folds (0 for gated windows, and for a fold whose
+/// complement has no positives). Folds are fitted in parallel.
+fn cross_validate(
+    fm: &FeatureMatrix,
+    labels: &[Option<bool>],
+    rows: &[(usize, usize)],
+    batches: &[Batch],
+    opts: &TrainOptions,
+    l2: f64,
+    units: usize,
+) -> Vec<Vec<f32>> {
+    let dim = fm.mean.len();
+    let fits: Vec<Option<LinearDetector>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..opts.folds)
+            .map(|k| {
+                s.spawn(move || {
+                    let (zs, ys): (Vec<&[f32]>, Vec<bool>) = rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &(b, _))| batches[b].fold != k)
+                        .filter_map(|(r, _)| match (fm.row(r), labels[r]) {
+                            (Some(x), Some(l)) => Some((x, l)),
+                            _ => None,
+                        })
+                        .unzip();
+                    ys.iter().any(|&y| y).then(|| {
+                        let (hidden, weights, bias) = fit(&zs, &ys, l2, units, opts);
+                        // On rows that are standardised already.
+                        LinearDetector {
+                            group: String::new(),
+                            model: String::new(),
+                            embedding_dim: dim,
+                            features: Features::Embedding,
+                            classes: 0,
+                            window_s: 0.0,
+                            hop_s: 0.0,
+                            mean: vec![0.0; dim],
+                            scale: vec![1.0; dim],
+                            weights,
+                            bias,
+                            hidden,
+                            onset_hops: 0,
+                            onset_of: 0,
+                            on: 1.0,
+                            off: 1.0,
+                            trained: serde_json::Value::Null,
+                        }
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a fitting thread does not panic"))
+            .collect()
+    });
+    let mut scores: Vec<Vec<f32>> = batches.iter().map(|b| vec![0.0; b.hops.len()]).collect();
+    for (r, &(b, i)) in rows.iter().enumerate() {
+        if let (Some(x), Some(d)) = (fm.row(r), &fits[batches[b].fold]) {
+            scores[b][i] = d.score(x);
+        }
+    }
+    scores
+}
+
+/// Onset rules training tries: `(hops, of)` — an event starts when the score
+/// reaches `on` in `hops` of the last `of` hops.
+pub const ONSET_RULES: [(usize, usize); 3] = [(1, 1), (2, 3), (3, 4)];
+
+/// A threshold and onset rule with what they gave on the out-of-fold scores.
+#[derive(Debug, Clone, Copy)]
+struct Choice {
+    on: f32,
+    onset: (usize, usize),
+    recall: f64,
+    fa: f64,
+}
+
+/// Per onset rule, the lowest `on` (off = 0.7 on) whose replay over the
+/// out-of-fold scores keeps false alarms at or under the target (if none does,
+/// the one with the fewest); then the rule with the highest recall among those
+/// that hold the target (ties: fewer false alarms, then the simpler rule).
+/// Candidates are even steps of the logit, so the search reaches far into the
+/// tail (0.12 … 1 − 1e-7).
+fn choose_threshold(
     model: &Model,
     cfg: &Config,
-    det: &LinearDetector,
-    batches: &[Batch],
+    group: &str,
+    target_fa_per_hour: f64,
     total_h: f64,
+    batches: &[Batch],
+    scores: &[Vec<f32>],
+) -> Choice {
+    let mut best: Option<Choice> = None;
+    for onset in ONSET_RULES {
+        let mut pick: Option<Choice> = None;
+        for k in 0..=72 {
+            let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
+            let (recall, fa) =
+                replay_scores(model, cfg, group, on, onset, total_h, batches, scores);
+            let c = Choice {
+                on,
+                onset,
+                recall,
+                fa,
+            };
+            if fa <= target_fa_per_hour {
+                pick = Some(c);
+                break;
+            }
+            if pick.is_none_or(|p| fa < p.fa) {
+                pick = Some(c);
+            }
+        }
+        let c = pick.expect("at least one threshold");
+        let better = best.is_none_or(|b| {
+            let (ok, bok) = (c.fa <= target_fa_per_hour, b.fa <= target_fa_per_hour);
+            (ok && !bok)
+                || (ok == bok && (c.recall > b.recall || (c.recall == b.recall && c.fa < b.fa)))
+        });
+        if better {
+            best = Some(c);
+        }
+    }
+    best.expect("at least one onset rule")
+}
+
+/// Recall and false alarms per hour of one group scored by `scores` (per batch,
+/// per hop) with thresholds `on` / 0.7 `on` and onset rule `onset`, through the
+/// real event logic.
+#[allow(clippy::too_many_arguments)]
+fn replay_scores(
+    model: &Model,
+    cfg: &Config,
+    group: &str,
+    on: f32,
+    onset: (usize, usize),
+    total_h: f64,
+    batches: &[Batch],
+    scores: &[Vec<f32>],
 ) -> (f64, f64) {
-    let Some((name, gc)) = cfg.detection.groups.get_key_value(&det.group) else {
+    let Some((name, gc)) = cfg.detection.groups.get_key_value(group) else {
         return (0.0, f64::INFINITY);
     };
     let mut gc = gc.clone();
     gc.enabled = true;
+    gc.tuning.on = on;
+    gc.tuning.off = on * 0.7;
+    (gc.tuning.onset_hops, gc.tuning.onset_of) = onset;
     let (mut found, mut events, mut fas) = (0usize, 0usize, 0usize);
-    for b in batches {
-        let Ok(d) = Detector::with_trained(
-            [(name, &gc)],
-            model.labels(),
+    for (b, s) in batches.iter().zip(scores) {
+        let d = Detector::new(
+            vec![(name.clone(), gc.clone(), Box::new(Fixed(s.clone(), 0)))],
             ident(cfg, model),
-            std::slice::from_ref(det),
-        ) else {
-            return (0.0, f64::INFINITY);
-        };
+        );
         let dets = detections(&replay(d, &b.hops, model.labels()));
         let r = &score(
             &b.truth,
@@ -327,6 +656,18 @@ fn replay_group(
     (recall, fas as f64 / total_h.max(1e-9))
 }
 
+fn sigmoid_f32(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+fn ident(cfg: &Config, model: &Model) -> Identity {
+    Identity {
+        node: cfg.node.id.clone(),
+        room: cfg.node.room.clone(),
+        model: model.name().to_string(),
+    }
+}
+
 /// The default sources: the training part of `eval-dev` and all of `train-extra`
 /// under `shared`.
 pub fn default_sources(shared: &Path) -> Vec<Source> {
@@ -340,4 +681,66 @@ pub fn default_sources(shared: &Path) -> Vec<Source> {
             split: Split::All,
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(group: Option<&str>, recording: &str) -> Signal {
+        Signal {
+            name: format!("{recording}.wav"),
+            group: group.map(String::from),
+            recording: recording.into(),
+            samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn folds_keep_recordings_together_and_share_out_every_group() {
+        let mut v = Vec::new();
+        for i in 0..6 {
+            // Two clips cut from each glass recording.
+            v.push(sig(Some("glass"), &format!("g{i}")));
+            v.push(sig(Some("glass"), &format!("g{i}")));
+        }
+        for i in 0..3 {
+            v.push(sig(Some("siren"), &format!("s{i}")));
+        }
+        for i in 0..4 {
+            v.push(sig(None, &format!("b{i}")));
+        }
+        let refs: Vec<&Signal> = v.iter().collect();
+        let f = deal_folds(&refs, 2);
+        assert_eq!(f.len(), 6 + 3 + 4, "one entry per recording");
+        let count = |prefix: &str, fold: usize| {
+            f.iter()
+                .filter(|(r, &k)| r.starts_with(prefix) && k == fold)
+                .count()
+        };
+        assert_eq!((count("g", 0), count("g", 1)), (3, 3));
+        assert_eq!(count("s", 0) + count("s", 1), 3);
+        assert!(count("s", 0) >= 1 && count("s", 1) >= 1);
+        assert_eq!((count("b", 0), count("b", 1)), (2, 2));
+        assert_eq!(f, deal_folds(&refs, 2), "deterministic");
+    }
+
+    #[test]
+    fn fixed_scores_replay_in_order_then_zero() {
+        let mut s = Fixed(vec![0.2, 0.9], 0);
+        let h = OwnedHop {
+            start_s: 0.0,
+            end_s: 1.0,
+            hop_s: 1.0,
+            scores_mean: vec![],
+            scores_max: vec![],
+            dbfs: -20.0,
+            embedding: vec![],
+        };
+        let hop = h.as_hop(std::time::SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            [s.score(&hop), s.score(&hop), s.score(&hop)],
+            [0.2, 0.9, 0.0]
+        );
+    }
 }

@@ -18,6 +18,9 @@ pub struct Signal {
     pub name: String,
     /// Detection group (`None` for a background sound).
     pub group: Option<String>,
+    /// The source recording it was cut from (clips of one recording stay on one
+    /// side of every split).
+    pub recording: String,
     /// Samples at the mixing rate.
     pub samples: Vec<f32>,
 }
@@ -265,6 +268,7 @@ mod tests {
         Signal {
             name: name.into(),
             group: group.map(String::from),
+            recording: name.into(),
             samples,
         }
     }
@@ -274,6 +278,7 @@ mod tests {
         Signal {
             name: format!("noise{seed}"),
             group: None,
+            recording: format!("noise{seed}"),
             samples: (0..(secs * 16_000.0) as usize)
                 .map(|_| rng.gen_range(-0.1f32..0.1))
                 .collect(),

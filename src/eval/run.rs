@@ -148,12 +148,20 @@ pub fn detections(events: &[Event]) -> Vec<Detection> {
 }
 
 /// A detector for `cfg`'s enabled groups (with the trained detectors it names)
-/// with every `on`/`off` threshold multiplied by `scale` (capped at 1).
+/// with every `on`/`off` threshold multiplied by `scale` (capped at 1; for a trained
+/// detector, moved by 2·log2(scale) in log-odds).
 pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detector> {
     let mut trained = crate::train::configured(cfg, model)?;
+    // A trained detector's score is a probability that crowds near 0 and 1, so its
+    // thresholds move in logit steps: ×0.25 … ×4 becomes −4 … +4 in log-odds.
+    let shift = 2.0 * scale.log2();
+    let move_logit = |p: f32| {
+        let p = (p as f64).clamp(1e-9, 1.0 - 1e-9);
+        (1.0 / (1.0 + (-((p / (1.0 - p)).ln() + shift)).exp())) as f32
+    };
     for d in &mut trained {
-        d.on = (d.on as f64 * scale).min(1.0) as f32;
-        d.off = (d.off as f64 * scale).min(1.0) as f32;
+        d.on = move_logit(d.on);
+        d.off = move_logit(d.off).min(d.on);
     }
     let groups: Vec<(String, crate::config::GroupConfig)> = cfg
         .enabled_groups()
@@ -213,6 +221,7 @@ pub fn load_clips(
         Ok(Signal {
             name: c.file.display().to_string(),
             group,
+            recording: c.recording.clone(),
             samples: decode_at(&c.file, rate)
                 .with_context(|| format!("decoding {}", c.file.display()))?,
         })
