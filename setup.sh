@@ -3,16 +3,42 @@
 # hearken, installs the models, then starts listening on the default microphone
 # (events printed as JSON lines and published over MQTT: to the broker already
 # listening on 127.0.0.1:1883 if there is one, else to hearken's embedded broker).
-# Pass --no-run to only set up.
+# The first time, it also trains the default detectors (glass, gunshot, siren, smoke
+# alarm, scream) from the labelled recordings in $HEARKEN_SHARED (default ../shared).
+# Pass --no-run to only set up, --no-train to skip training (raw AudioSet scores).
 set -euo pipefail
 cd "$(dirname "$0")"
+run=1
+train=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-run) run=0 ;;
+    --no-train) train=0 ;;
+    *) echo "usage: $0 [--no-run] [--no-train]" >&2; exit 2 ;;
+  esac
+done
 tools/system-deps.sh
 echo "building hearken (release; the first build takes several minutes)…"
 cargo build --release --locked
 tools/install-models.sh
 bin="$PWD/target/release/hearken"
+shared="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
+detectors="models/efficientat-mn04/detectors"
+if [ "$train" = 1 ] && [ ! -d "$detectors" ]; then
+  if [ -f "$shared/eval-dev/labels.csv" ] && [ -f "$shared/train-extra/labels.csv" ]; then
+    echo "training the default detectors from $shared (once; about 15 minutes on a 2-core PC)…"
+    rm -rf "$detectors.new"
+    if HEARKEN_SHARED="$shared" "$bin" train --model efficientat-mn04 --out "$detectors.new"; then
+      mv "$detectors.new" "$detectors"
+    else
+      echo "training failed; hearken uses raw AudioSet scores (retry with: $bin train)" >&2
+    fi
+  else
+    echo "no labelled recordings in $shared: hearken uses raw AudioSet scores (see docs/detection.md)"
+  fi
+fi
 echo "hearken is ready: $bin"
-if [ "${1:-}" = "--no-run" ]; then
+if [ "$run" = 0 ]; then
   exit 0
 fi
 # A broker already on this machine (e.g. Debian's mosquitto) gets the events;

@@ -515,8 +515,19 @@ pub fn fit_mlp<R: AsRef<[f32]>>(
     let (ow, ob, ov) = (0, units * d, units * d + units);
     let last = ov + units;
     let mut p = vec![0f32; last + 1];
-    for v in &mut p[..ob] {
-        *v = rng.gen_range(-lim1..lim1);
+    // An input that is 0 in every row (a masked column) keeps weight 0: it gets no
+    // gradient, and a random weight there would meet real values in the daemon.
+    let mut active = vec![false; d];
+    for row in z {
+        for (a, &x) in active.iter_mut().zip(row.as_ref()) {
+            *a |= x != 0.0;
+        }
+    }
+    for (i, v) in p[..ob].iter_mut().enumerate() {
+        let w = rng.gen_range(-lim1..lim1);
+        if active[i % d.max(1)] {
+            *v = w;
+        }
     }
     for v in &mut p[ov..last] {
         *v = rng.gen_range(-lim2..lim2);
@@ -708,6 +719,10 @@ mod tests {
             .count();
         assert!(acc >= 340, "{acc}/400");
         assert_eq!(fit_mlp(&z, &y, 1e-4, 8, 300, 7).0, h);
+        // A column that is always 0 gets no weight.
+        let z3: Vec<Vec<f32>> = z.iter().map(|r| vec![r[0], 0.0, r[1]]).collect();
+        let (h3, _, _) = fit_mlp(&z3, &y, 1e-4, 8, 20, 7);
+        assert!(h3.weights.chunks(3).all(|row| row[1] == 0.0));
     }
 
     #[test]

@@ -55,19 +55,26 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let file = out_a.join("gunshot.json");
     let det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(det["model"], "efficientat-mn04");
-    // Cross-validation by recording tried every feature kind and penalty and kept one.
+    // Cross-validation by recording tried every feature kind (and the group's own
+    // class scores alone), penalty and hidden size, and kept one.
     assert_eq!(
         g["candidates"].as_array().unwrap().len(),
-        3 * 3 * 2,
+        4 * 3 * 2,
         "{g:#}"
     );
+    if g["features"] == "group_scores" {
+        // Saved as class-score features with weight only on the group's classes.
+        assert_eq!(det["features"], "scores");
+        assert_eq!(det["trained"]["candidate"], "group_scores");
+    } else {
+        assert_eq!(det["features"], g["features"]);
+    }
     let dim = match det["features"].as_str().unwrap() {
         "embedding" => 384,
         "scores" => 527,
         "embedding_scores" => 384 + 527,
         f => panic!("features {f}"),
     };
-    assert_eq!(det["features"], g["features"]);
     let units = g["hidden"].as_u64().unwrap() as usize;
     let out_dim = if units == 0 { dim } else { units };
     assert_eq!(det["weights"].as_array().unwrap().len(), out_dim);
@@ -194,5 +201,43 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
         "{err}"
     );
     assert!(String::from_utf8_lossy(&run.stdout).contains("\"gunshot\""));
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_group_of_the_users_own_trains_from_clips_labelled_with_its_name() {
+    // dog_bark is an ordinary sound to the dataset's mapping; asked for by name, its
+    // clips become the events of the group of that name.
+    let data = labelled_subset(
+        "own-group",
+        &[
+            ("dog_bark", 3),
+            ("speech", 2),
+            ("keyboard_typing", 2),
+            ("door_knock", 2),
+        ],
+    );
+    let out = data.join("det");
+    let o = hearken(
+        &[
+            "train",
+            "--json",
+            "--groups",
+            "dog_bark",
+            "--snr",
+            "6",
+            "--features",
+            "scores",
+            "--l2",
+            "0.003",
+            "--hidden",
+            "0",
+        ],
+        &[Path::new("--data"), &data, Path::new("--out"), &out],
+    );
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary[0]["group"], "dog_bark");
+    assert_eq!(summary[0]["clips"], 3);
+    assert!(out.join("dog_bark.json").is_file());
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -133,7 +133,12 @@ pub fn load(dir: &Path) -> Result<Vec<Clip>> {
         clips.push(Clip {
             file: dir.join(&row.file),
             group: group_of(&row.label),
-            recording: recording_id(&row.source_repo, &row.source_path),
+            // Without a source path each file is its own recording.
+            recording: if row.source_path.is_empty() {
+                format!("file:{}", row.file)
+            } else {
+                recording_id(&row.source_repo, &row.source_path)
+            },
             label: row.label,
             duration_s: row.duration_s,
         });
@@ -172,6 +177,23 @@ mod tests {
             recording_id("d", "dcase/knock001.wav"),
             recording_id("d", "dcase/knock002.wav")
         );
+    }
+
+    #[test]
+    fn a_minimal_labels_csv_makes_each_file_its_own_recording() {
+        let dir = std::env::temp_dir().join(format!("hearken-ds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("labels.csv"),
+            "file,label\na.wav,doorbell\nb.wav,doorbell\n",
+        )
+        .unwrap();
+        let clips = load(&dir).unwrap();
+        assert_eq!(clips.len(), 2);
+        assert_eq!(clips[0].label, "doorbell");
+        assert_eq!(clips[0].group, None);
+        assert_ne!(clips[0].recording, clips[1].recording);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

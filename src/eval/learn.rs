@@ -295,13 +295,27 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 label
             })
             .collect();
+        // Also the log-odds of the group's own classes alone: a handful of weights
+        // that start from what AudioSet knows of the group.
+        let own = matrices
+            .iter()
+            .find(|m| m.kind == Features::Scores)
+            .map(|m| {
+                let keep: Vec<usize> = cfg.detection.groups[g]
+                    .labels
+                    .iter()
+                    .filter_map(|l| model.labels().find(l))
+                    .collect();
+                m.masked(&keep)
+            });
+        let all: Vec<&FeatureMatrix> = matrices.iter().chain(own.as_ref()).collect();
         let mut candidates = Vec::new();
         let mut best: Option<(usize, Candidate)> = None;
         let grid = opts.hidden_units.iter().flat_map(|&u| {
-            (0..matrices.len()).flat_map(move |k| opts.l2s.iter().map(move |&l2| (u, k, l2)))
+            (0..all.len()).flat_map(move |k| opts.l2s.iter().map(move |&l2| (u, k, l2)))
         });
         for (units, k, l2) in grid {
-            let fm = &matrices[k];
+            let fm = all[k];
             let scores = cross_validate(fm, &labels, &rows, &batches, opts, l2, units);
             let Choice {
                 on,
@@ -318,7 +332,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 &scores,
             );
             let c = Candidate {
-                features: fm.kind.name(),
+                features: fm.name,
                 l2,
                 hidden: units,
                 on,
@@ -348,7 +362,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             candidates.push(c);
         }
         let (k, chosen) = best.expect("at least one candidate");
-        let fm = &matrices[k];
+        let fm = all[k];
         let (zs, ys): (Vec<&[f32]>, Vec<bool>) = rows
             .iter()
             .enumerate()
@@ -390,6 +404,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "negative_windows": ys.len() - positives,
                 "l2": chosen.l2,
                 "hidden_units": chosen.hidden,
+                "candidate": chosen.features,
                 "iterations": opts.iterations,
                 "epochs": opts.epochs,
                 "folds": opts.folds,
@@ -405,7 +420,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             clips,
             positives,
             negatives: ys.len() - positives,
-            features: fm.kind.name(),
+            features: fm.name,
             l2: chosen.l2,
             hidden: chosen.hidden,
             on: det.on,
@@ -424,6 +439,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
 /// One feature kind's standardised rows (`None` for a gated window).
 struct FeatureMatrix {
     kind: Features,
+    /// Candidate name: the kind's, or `group_scores` for a masked one.
+    name: &'static str,
     mean: Vec<f32>,
     scale: Vec<f32>,
     rows: Vec<Option<Vec<f32>>>,
@@ -452,10 +469,36 @@ impl FeatureMatrix {
         }
         Ok(FeatureMatrix {
             kind,
+            name: kind.name(),
             mean,
             scale,
             rows: x,
         })
+    }
+
+    /// A copy with every column but `keep` set to 0 (standardised: the mean), so
+    /// a model fitted on it puts no weight there.
+    fn masked(&self, keep: &[usize]) -> FeatureMatrix {
+        let rows = self
+            .rows
+            .iter()
+            .map(|r| {
+                r.as_ref().map(|r| {
+                    let mut m = vec![0.0; r.len()];
+                    for &i in keep.iter().filter(|&&i| i < r.len()) {
+                        m[i] = r[i];
+                    }
+                    m
+                })
+            })
+            .collect();
+        FeatureMatrix {
+            kind: self.kind,
+            name: "group_scores",
+            mean: self.mean.clone(),
+            scale: self.scale.clone(),
+            rows,
+        }
     }
 
     fn row(&self, r: usize) -> Option<&[f32]> {
@@ -723,6 +766,26 @@ mod tests {
         assert!(count("s", 0) >= 1 && count("s", 1) >= 1);
         assert_eq!((count("b", 0), count("b", 1)), (2, 2));
         assert_eq!(f, deal_folds(&refs, 2), "deterministic");
+    }
+
+    #[test]
+    fn a_masked_matrix_keeps_only_the_groups_columns() {
+        let fm = FeatureMatrix {
+            kind: Features::Scores,
+            name: "scores",
+            mean: vec![0.0; 3],
+            scale: vec![1.0; 3],
+            rows: vec![Some(vec![1.0, 2.0, 3.0]), None],
+        };
+        let m = fm.masked(&[2, 7]);
+        assert_eq!((m.kind, m.name), (Features::Scores, "group_scores"));
+        assert_eq!(m.row(0), Some(&[0.0, 0.0, 3.0][..]));
+        assert_eq!(m.row(1), None);
+        // Nothing to learn from a zero column: its weight stays 0.
+        let z: Vec<&[f32]> = vec![&[0.0, 1.0], &[0.0, -1.0], &[0.0, 2.0], &[0.0, -2.0]];
+        let (w, _) = fit_logistic(&z, &[true, false, true, false], 1e-3, 100);
+        assert_eq!(w[0], 0.0);
+        assert!(w[1] > 0.0);
     }
 
     #[test]

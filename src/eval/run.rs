@@ -226,9 +226,14 @@ pub fn load_clips(
                 .with_context(|| format!("decoding {}", c.file.display()))?,
         })
     };
+    // A clip belongs to a group by the dataset's label mapping or, for a group of
+    // the user's own (a doorbell), by a label spelt like the group.
     let mut events = Vec::new();
     for g in groups {
-        let mut of_group: Vec<_> = clips.iter().filter(|c| c.group == Some(*g)).collect();
+        let mut of_group: Vec<_> = clips
+            .iter()
+            .filter(|c| c.group == Some(*g) || c.label == *g)
+            .collect();
         if let Some(n) = max_per_group {
             of_group.shuffle(rng);
             of_group.truncate(n);
@@ -238,7 +243,10 @@ pub fn load_clips(
         }
     }
     let mut backgrounds = Vec::new();
-    for c in clips.iter().filter(|c| c.group.is_none()) {
+    for c in clips
+        .iter()
+        .filter(|c| c.group.is_none() && !groups.contains(&c.label.as_str()))
+    {
         backgrounds.push(decode(c, None)?);
     }
     Ok((events, backgrounds))
