@@ -565,7 +565,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for s in &summary {
                     println!(
                         "{:<12} {:>4} clips, {:>6} / {:>6} windows +/-, {} features, {} hidden units, L2 {}, on {:.6} off {:.6} in {} of {} hops: cross-validated recall {:.2} at {:.2} false alarms/h -> {}",
-                        s.group, s.clips, s.positives, s.negatives, s.features, s.hidden, s.l2, s.on, s.off, s.onset_hops, s.onset_of, s.cv_recall, s.cv_fa_per_hour, s.file.display()
+                        s.group, s.clips, s.positives, s.negatives, s.chosen.features, s.chosen.hidden, s.chosen.l2, s.chosen.on, s.off, s.chosen.onset_hops, s.chosen.onset_of, s.chosen.recall, s.chosen.fa_per_hour, s.file.display()
                     );
                 }
             }

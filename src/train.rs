@@ -145,6 +145,35 @@ fn sigmoid(z: f64) -> f64 {
 }
 
 impl LinearDetector {
+    /// A detector over `dim` features that are standardised already (mean 0, scale
+    /// 1), as training scores its rows; no group, model or thresholds yet.
+    pub fn on_standardised(
+        dim: usize,
+        weights: Vec<f32>,
+        bias: f32,
+        hidden: Option<Hidden>,
+    ) -> LinearDetector {
+        LinearDetector {
+            group: String::new(),
+            model: String::new(),
+            embedding_dim: dim,
+            features: Features::Embedding,
+            classes: 0,
+            window_s: 0.0,
+            hop_s: 0.0,
+            mean: vec![0.0; dim],
+            scale: vec![1.0; dim],
+            weights,
+            bias,
+            hidden,
+            onset_hops: 0,
+            onset_of: 0,
+            on: 1.0,
+            off: 1.0,
+            trained: serde_json::Value::Null,
+        }
+    }
+
     /// Length of its feature vector.
     pub fn input_dim(&self) -> usize {
         self.features.dim(self.embedding_dim, self.classes)
@@ -620,25 +649,14 @@ mod tests {
     use super::*;
 
     fn det(w: Vec<f32>, b: f32) -> LinearDetector {
-        let d = w.len();
         LinearDetector {
             group: "glass".into(),
             model: "m".into(),
-            embedding_dim: d,
-            features: Features::Embedding,
-            classes: 0,
             window_s: 10.0,
             hop_s: 1.0,
-            mean: vec![0.0; d],
-            scale: vec![1.0; d],
-            weights: w,
-            bias: b,
-            hidden: None,
-            onset_hops: 0,
-            onset_of: 0,
             on: 0.6,
             off: 0.4,
-            trained: serde_json::Value::Null,
+            ..LinearDetector::on_standardised(w.len(), w, b, None)
         }
     }
 

@@ -110,24 +110,12 @@ pub struct GroupSummary {
     pub positives: usize,
     /// Negative windows.
     pub negatives: usize,
-    /// The chosen feature kind.
-    pub features: &'static str,
-    /// The chosen L2 penalty.
-    pub l2: f64,
-    /// The chosen hidden-layer size (0: logistic regression).
-    pub hidden: usize,
-    /// Chosen thresholds.
-    pub on: f32,
-    /// Chosen onset rule: `onset_hops` of the last `onset_of` hops.
-    pub onset_hops: usize,
-    /// See `onset_hops`.
-    pub onset_of: usize,
+    /// The candidate chosen, with its cross-validated threshold, onset rule, recall
+    /// and false alarms.
+    #[serde(flatten)]
+    pub chosen: Candidate,
     /// Off threshold.
     pub off: f32,
-    /// Cross-validated event recall at those thresholds.
-    pub cv_recall: f64,
-    /// Cross-validated false alarms per hour.
-    pub cv_fa_per_hour: f64,
     /// Every candidate tried.
     pub candidates: Vec<Candidate>,
     /// The detector file.
@@ -420,15 +408,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             clips,
             positives,
             negatives: ys.len() - positives,
-            features: fm.name,
-            l2: chosen.l2,
-            hidden: chosen.hidden,
-            on: det.on,
-            onset_hops: det.onset_hops,
-            onset_of: det.onset_of,
             off: det.off,
-            cv_recall: chosen.recall,
-            cv_fa_per_hour: chosen.fa_per_hour,
+            chosen,
             candidates,
             file,
         });
@@ -551,26 +532,7 @@ fn cross_validate(
                         .unzip();
                     ys.iter().any(|&y| y).then(|| {
                         let (hidden, weights, bias) = fit(&zs, &ys, l2, units, opts);
-                        // On rows that are standardised already.
-                        LinearDetector {
-                            group: String::new(),
-                            model: String::new(),
-                            embedding_dim: dim,
-                            features: Features::Embedding,
-                            classes: 0,
-                            window_s: 0.0,
-                            hop_s: 0.0,
-                            mean: vec![0.0; dim],
-                            scale: vec![1.0; dim],
-                            weights,
-                            bias,
-                            hidden,
-                            onset_hops: 0,
-                            onset_of: 0,
-                            on: 1.0,
-                            off: 1.0,
-                            trained: serde_json::Value::Null,
-                        }
+                        LinearDetector::on_standardised(dim, weights, bias, hidden)
                     })
                 })
             })
