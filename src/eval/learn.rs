@@ -1,13 +1,13 @@
-//! `hearken train`: a logistic-regression detector per group on what the model says
-//! about each window (embedding, class log-odds or both; see [`Features`]), learnt
-//! from labelled clips mixed into home backgrounds (the augmentation: SNR,
-//! background, level and time shift all vary by seed, and each clip is placed
-//! `repeats` times per SNR).
+//! `hearken train`: a detector per group (logistic regression or a small MLP) on
+//! what the model says about each window (embedding, class log-odds or both; see
+//! [`Features`]), learnt from labelled clips mixed into home backgrounds (the
+//! augmentation: SNR, background, level and time shift all vary by seed, and each
+//! clip is placed `repeats` times per SNR).
 //!
-//! The choice of features and L2 penalty, and the `on` threshold, are made by
-//! cross-validation *by source recording*: the clips and backgrounds are dealt into
-//! folds so that no recording is in two; each candidate is fitted on all folds but
-//! one and scored on that one, and the detector logic is replayed over the
+//! Features, model and L2 penalty, and the `on` threshold and onset rule, are chosen
+//! by cross-validation *by source recording*: the clips and backgrounds are dealt
+//! into folds so that no recording is in two; each candidate is fitted on all folds
+//! but one and scored on that one, and the detector logic is replayed over the
 //! out-of-fold scores to find, per group, the candidate with the highest event
 //! recall at the target false-alarm rate. The winner is refitted on all folds.
 //!
@@ -174,8 +174,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
     if opts.folds < 2 {
         bail!("cross-validation needs at least 2 folds");
     }
-    if opts.features.is_empty() || opts.l2s.is_empty() {
-        bail!("no candidate features or L2 penalties to try");
+    if opts.features.is_empty() || opts.l2s.is_empty() || opts.hidden_units.is_empty() {
+        bail!("no candidate features, L2 penalties or hidden sizes to try");
     }
     let group_refs: Vec<&str> = opts.groups.iter().map(String::as_str).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.mix.seed);
@@ -334,15 +334,12 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "{g}: {} features, {units} hidden units, L2 {l2}: cross-validated recall {recall:.2} at {fa:.2} false alarms/h (on {on:.6}, {} of {} hops)",
                 c.features, onset.0, onset.1
             );
-            // Highest recall within the target; then fewest false alarms.
             let better = best.as_ref().is_none_or(|(_, b)| {
-                let (ok, bok) = (
-                    fa <= opts.target_fa_per_hour,
-                    b.fa_per_hour <= opts.target_fa_per_hour,
-                );
-                (ok && !bok)
-                    || (ok == bok
-                        && (recall > b.recall || (recall == b.recall && fa < b.fa_per_hour)))
+                beats(
+                    (recall, fa),
+                    (b.recall, b.fa_per_hour),
+                    opts.target_fa_per_hour,
+                )
             });
             if better {
                 best = Some((k, c.clone()));
@@ -351,14 +348,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         }
         let (k, chosen) = best.expect("at least one candidate");
         let fm = all[k];
-        let (zs, ys): (Vec<&[f32]>, Vec<bool>) = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(r, _)| match (fm.row(r), labels[r]) {
-                (Some(x), Some(l)) => Some((x, l)),
-                _ => None,
-            })
-            .unzip();
+        let (zs, ys) = fm.labelled(&labels, |_| true);
         let positives = ys.iter().filter(|&&y| y).count();
         let (hidden, weights, bias) = fit(&zs, &ys, chosen.l2, chosen.hidden, opts);
         let clips = events
@@ -482,6 +472,19 @@ impl FeatureMatrix {
         }
     }
 
+    /// The rows that have features and a label and pass `keep` (by row index),
+    /// with their labels: what a model is fitted on.
+    fn labelled(
+        &self,
+        labels: &[Option<bool>],
+        keep: impl Fn(usize) -> bool,
+    ) -> (Vec<&[f32]>, Vec<bool>) {
+        (0..self.rows.len())
+            .filter(|&r| keep(r))
+            .filter_map(|r| Some((self.row(r)?, labels[r]?)))
+            .unzip()
+    }
+
     fn row(&self, r: usize) -> Option<&[f32]> {
         self.rows[r].as_deref()
     }
@@ -521,15 +524,7 @@ fn cross_validate(
         let handles: Vec<_> = (0..opts.folds)
             .map(|k| {
                 s.spawn(move || {
-                    let (zs, ys): (Vec<&[f32]>, Vec<bool>) = rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, &(b, _))| batches[b].fold != k)
-                        .filter_map(|(r, _)| match (fm.row(r), labels[r]) {
-                            (Some(x), Some(l)) => Some((x, l)),
-                            _ => None,
-                        })
-                        .unzip();
+                    let (zs, ys) = fm.labelled(labels, |r| batches[rows[r].0].fold != k);
                     ys.iter().any(|&y| y).then(|| {
                         let (hidden, weights, bias) = fit(&zs, &ys, l2, units, opts);
                         LinearDetector::on_standardised(dim, weights, bias, hidden)
@@ -549,6 +544,13 @@ fn cross_validate(
         }
     }
     scores
+}
+
+/// Whether `(recall, false alarms/h)` `a` beats `b`: holding the target beats not
+/// holding it; then the higher recall; then the fewer false alarms.
+fn beats(a: (f64, f64), b: (f64, f64), target_fa_per_hour: f64) -> bool {
+    let (ok, bok) = (a.1 <= target_fa_per_hour, b.1 <= target_fa_per_hour);
+    (ok && !bok) || (ok == bok && (a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)))
 }
 
 /// Onset rules training tries: `(hops, of)` — an event starts when the score
@@ -601,12 +603,7 @@ fn choose_threshold(
             }
         }
         let c = pick.expect("at least one threshold");
-        let better = best.is_none_or(|b| {
-            let (ok, bok) = (c.fa <= target_fa_per_hour, b.fa <= target_fa_per_hour);
-            (ok && !bok)
-                || (ok == bok && (c.recall > b.recall || (c.recall == b.recall && c.fa < b.fa)))
-        });
-        if better {
+        if best.is_none_or(|b| beats((c.recall, c.fa), (b.recall, b.fa), target_fa_per_hour)) {
             best = Some(c);
         }
     }
