@@ -248,6 +248,16 @@ enum Command {
         /// Cross-validation folds, dealt by source recording.
         #[arg(long, default_value_t = 2)]
         folds: usize,
+        /// Keep the scored training mixtures in this folder and read them back on
+        /// the next run when clips, mixing and model settings are unchanged (a
+        /// retrain that only tries other candidates then skips the model).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Share of the cross-validated recall the AudioSet evidence gate must
+        /// keep; the strictest gate level that does is chosen (0: the strictest
+        /// level tried, ignoring recall; above 1: no gate).
+        #[arg(long, default_value_t = 0.9)]
+        gate_keep: f64,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -477,6 +487,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hop_s,
             hidden,
             folds,
+            cache,
+            gate_keep,
             json,
         } => {
             use hearken::eval::{dataset::Split, learn, mix::MixSpec};
@@ -556,6 +568,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out,
                 work_dir: std::env::temp_dir()
                     .join(format!("hearken-train-{}", std::process::id())),
+                cache_dir: cache,
+                gate_keep,
             };
             let summary = learn::train(model, &cfg, &opts)?;
             let _ = std::fs::remove_dir_all(&opts.work_dir);

@@ -91,6 +91,29 @@ pub struct Hidden {
     pub bias: Vec<f32>,
 }
 
+/// AudioSet evidence a trained detector needs before it may fire: one of its group's
+/// own classes must score at least `min` (max-pooled over the window). A detector
+/// learnt from a few hundred recordings can answer anything for a kind of sound it
+/// never saw (rain, applause, birdsong); the network behind it has heard two million
+/// clips, and its own classes stay near zero on such sounds. Training picks `min`
+/// by cross-validation as the strictest level that costs (almost) no recall.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    /// Indices of the group's classes in the model's labels.
+    pub classes: Vec<usize>,
+    /// Lowest class score that lets the detector fire.
+    pub min: f32,
+}
+
+impl Gate {
+    /// Whether the window's max-pooled `scores` show enough evidence.
+    pub fn passes(&self, scores: &[f32]) -> bool {
+        self.classes
+            .iter()
+            .any(|&i| scores.get(i).is_some_and(|&p| p >= self.min))
+    }
+}
+
 /// One group's trained detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearDetector {
@@ -124,6 +147,10 @@ pub struct LinearDetector {
     /// logistic regression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Hidden>,
+    /// The AudioSet evidence it needs before it may fire (none: it fires on its
+    /// score alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
     /// Onset rule chosen in training: an event starts when the score reaches `on`
     /// in `onset_hops` of the last `onset_of` hops (0: the group's own rule).
     #[serde(default)]
@@ -166,6 +193,7 @@ impl LinearDetector {
             weights,
             bias,
             hidden,
+            gate: None,
             onset_hops: 0,
             onset_of: 0,
             on: 1.0,
@@ -251,6 +279,17 @@ impl LinearDetector {
                 self.off
             );
         }
+        if let Some(g) = &self.gate {
+            if g.classes.is_empty()
+                || g.classes.iter().any(|&i| i >= self.classes)
+                || !(0.0..=1.0).contains(&g.min)
+            {
+                bail!(
+                    "{origin}: the gate needs class indices under classes ({}) and a min in [0, 1]",
+                    self.classes
+                );
+            }
+        }
         if self.onset_hops > self.onset_of || self.onset_of > 60 {
             bail!(
                 "{origin}: onset_hops ({}) must not exceed onset_of ({}), which is at most 60",
@@ -299,6 +338,11 @@ impl GroupScorer for LinearScorer {
         if !self.detector.features.extract(hop, &mut self.features) {
             return 0.0;
         }
+        if let Some(g) = &self.detector.gate {
+            if !g.passes(hop.scores_max) {
+                return 0.0;
+            }
+        }
         self.detector.score(&self.features)
     }
 }
@@ -330,7 +374,8 @@ pub fn load_dir(
     let mut out = Vec::new();
     for p in paths {
         let d = LinearDetector::load(&p)?;
-        let wrong_classes = d.features != Features::Embedding && d.classes != classes;
+        let reads_classes = d.features != Features::Embedding || d.gate.is_some();
+        let wrong_classes = reads_classes && d.classes != classes;
         if d.model != model || d.embedding_dim != embedding_dim || wrong_classes {
             bail!(
                 "detector {} was trained for model {} ({}-d embedding), not {model} ({embedding_dim}-d); retrain it with `hearken train --model {model}`",
@@ -793,6 +838,26 @@ mod tests {
         let p = s.score(&hop(&[1.0, 2.0], &[0.1, 0.1, 0.75]));
         assert!((p - 0.75).abs() < 1e-4, "{p}");
         assert_eq!(s.score(&hop(&[0.0, 0.0], &[0.0; 3])), 0.0);
+    }
+
+    #[test]
+    fn the_evidence_gate_silences_windows_its_classes_do_not_back() {
+        // An embedding detector that is sure of everything, gated on class 1.
+        let mut d = det(vec![0.0, 0.0], 20.0);
+        d.classes = 3;
+        d.gate = Some(Gate {
+            classes: vec![1],
+            min: 0.05,
+        });
+        d.validate("t").unwrap();
+        let mut s = LinearScorer::new(d.clone());
+        assert!(s.score(&hop(&[1.0, 2.0], &[0.9, 0.06, 0.0])) > 0.99);
+        assert_eq!(s.score(&hop(&[1.0, 2.0], &[0.9, 0.04, 0.9])), 0.0);
+        // The file round-trips it, and a class the model lacks is refused.
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<LinearDetector>(&text).unwrap(), d);
+        d.gate.as_mut().unwrap().classes = vec![3];
+        assert!(d.validate("t").is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::dataset::{fnv1a, Split};
+use super::hopcache;
 use super::metrics::{score, Matching, TruthEvent};
 use super::mix::{self, MixSpec, Signal};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
@@ -31,7 +32,7 @@ use crate::config::Config;
 use crate::detect::{Detector, GroupScorer, Hop, Identity, OwnedHop};
 use crate::model::Model;
 use crate::train::{
-    fit_logistic, fit_mlp, standardisation, window_label, Features, Hidden, LinearDetector,
+    fit_logistic, fit_mlp, standardisation, window_label, Features, Gate, Hidden, LinearDetector,
 };
 
 /// A labelled source of clips.
@@ -72,10 +73,17 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Cross-validation folds (at least 2), dealt by source recording.
     pub folds: usize,
+    /// Share of a candidate's cross-validated recall an evidence gate must keep
+    /// (the strictest such gate is chosen).
+    pub gate_keep: f64,
     /// Folder the detectors are written to.
     pub out: PathBuf,
     /// Scratch folder for mixture files.
     pub work_dir: PathBuf,
+    /// Where scored mixtures are kept between runs (see [`super::hopcache`]); a
+    /// mixture whose clips, backgrounds, mixing and model settings are unchanged is
+    /// read back instead of run through the model again.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// One candidate's cross-validated result.
@@ -93,10 +101,72 @@ pub struct Candidate {
     pub onset_hops: usize,
     /// See `onset_hops`.
     pub onset_of: usize,
+    /// Evidence gate: the lowest score of the group's own classes that lets it
+    /// fire (0: no gate).
+    pub gate: f32,
     /// Out-of-fold event recall at that threshold.
     pub recall: f64,
     /// Out-of-fold false alarms per hour at that threshold.
     pub fa_per_hour: f64,
+}
+
+impl Candidate {
+    fn new(features: &'static str, l2: f64, hidden: usize, gate: f32, c: Choice) -> Self {
+        Candidate {
+            features,
+            l2,
+            hidden,
+            on: c.on,
+            onset_hops: c.onset.0,
+            onset_of: c.onset.1,
+            gate,
+            recall: c.recall,
+            fa_per_hour: c.fa,
+        }
+    }
+
+    fn log(&self, group: &str) {
+        tracing::info!(
+            group = %group,
+            "{group}: {} features, {} hidden units, L2 {}, gate {}: cross-validated recall {:.2} at {:.2} false alarms/h (on {:.6}, {} of {} hops)",
+            self.features, self.hidden, self.l2, self.gate, self.recall, self.fa_per_hour, self.on, self.onset_hops, self.onset_of
+        );
+    }
+}
+
+/// Candidates (the best by cross-validation without a gate) that training tries
+/// the evidence gate on.
+const GATED_CANDIDATES: usize = 3;
+
+/// Evidence-gate levels tried, from lenient to strict.
+pub const GATE_LEVELS: [f32; 8] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+
+/// The model's class indices of a group's labels.
+fn group_classes(cfg: &Config, model: &Model, group: &str) -> Vec<usize> {
+    cfg.detection
+        .groups
+        .get(group)
+        .map(|gc| {
+            gc.labels
+                .iter()
+                .filter_map(|l| model.labels().find(l))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `scores` with every hop whose `evidence` is under `min` set to 0.
+fn gated(scores: &[Vec<f32>], evidence: &[Vec<f32>], min: f32) -> Vec<Vec<f32>> {
+    scores
+        .iter()
+        .zip(evidence)
+        .map(|(s, e)| {
+            s.iter()
+                .zip(e)
+                .map(|(&s, &e)| if e >= min { s } else { 0.0 })
+                .collect()
+        })
+        .collect()
 }
 
 /// What training did, per group.
@@ -156,6 +226,31 @@ fn deal_folds(signals: &[&Signal], folds: usize) -> HashMap<String, usize> {
         }
     }
     fold_of
+}
+
+/// A hash of everything a scored mixture depends on: the model and the pipeline
+/// settings, the mixing spec, and the clips and backgrounds (names and lengths).
+fn mixture_key(
+    model: &Model,
+    cfg: &Config,
+    spec: &MixSpec,
+    fold: usize,
+    events: &[&Signal],
+    backgrounds: &[&Signal],
+) -> u64 {
+    let mut text = format!(
+        "{} {:?} {} {} {} {:?} {fold}",
+        model.name(),
+        model.manifest(),
+        cfg.model.window_s,
+        cfg.model.hop_s,
+        cfg.audio.gate_dbfs,
+        spec
+    );
+    for s in events.iter().chain(backgrounds) {
+        text.push_str(&format!("|{} {:?} {}", s.name, s.group, s.samples.len()));
+    }
+    fnv1a(&text)
 }
 
 /// Scores handed to the detector in order: replays out-of-fold predictions.
@@ -227,6 +322,24 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 seed: opts.mix.seed.wrapping_add(1 + i as u64),
                 ..opts.mix.clone()
             };
+            let cache = opts.cache_dir.as_ref().map(|d| {
+                let key = mixture_key(&model, cfg, &spec, fold, chunk, &bg);
+                d.join(format!("{}-{i}-{key:016x}.hops", model.name()))
+            });
+            if let Some((header, hops)) = cache.as_deref().and_then(hopcache::load) {
+                tracing::info!(
+                    mixture = i,
+                    "training mixture {i} (fold {fold}): read back from {}",
+                    cache.as_deref().unwrap_or(Path::new("")).display()
+                );
+                batches.push(Batch {
+                    fold,
+                    truth: header.truth,
+                    background_h: header.background_h,
+                    hops,
+                });
+                continue;
+            }
             let m = mix::build(chunk, &bg, &spec);
             let wav = opts.work_dir.join(format!("train-{i}.wav"));
             write_wav(&wav, &m.samples, m.rate, 1)?;
@@ -242,12 +355,22 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 m.truth.len(),
                 hops.len()
             );
-            batches.push(Batch {
+            let batch = Batch {
                 fold,
                 truth: m.truth.iter().map(TruthEvent::from).collect(),
                 background_h: mix::background_s(&m, matching.early_s, matching.late_s) / 3600.0,
                 hops,
-            });
+            };
+            if let Some(path) = &cache {
+                std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+                let header = hopcache::Header {
+                    fold,
+                    background_h: batch.background_h,
+                    truth: batch.truth.clone(),
+                };
+                hopcache::save(path, &header, &batch.hops)?;
+            }
+            batches.push(batch);
         }
     }
     let total_h: f64 = batches.iter().map(|b| b.background_h).sum();
@@ -288,29 +411,32 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         let own = matrices
             .iter()
             .find(|m| m.kind == Features::Scores)
-            .map(|m| {
-                let keep: Vec<usize> = cfg.detection.groups[g]
-                    .labels
-                    .iter()
-                    .filter_map(|l| model.labels().find(l))
-                    .collect();
-                m.masked(&keep)
-            });
+            .map(|m| m.masked(&group_classes(cfg, &model, g)));
         let all: Vec<&FeatureMatrix> = matrices.iter().chain(own.as_ref()).collect();
+        let own_classes = group_classes(cfg, &model, g);
+        let evidence: Vec<Vec<f32>> = batches
+            .iter()
+            .map(|b| {
+                b.hops
+                    .iter()
+                    .map(|h| {
+                        own_classes
+                            .iter()
+                            .filter_map(|&i| h.scores_max.get(i).copied())
+                            .fold(0.0, f32::max)
+                    })
+                    .collect()
+            })
+            .collect();
         let mut candidates = Vec::new();
-        let mut best: Option<(usize, Candidate)> = None;
+        let mut tried: Vec<(usize, Candidate, Vec<Vec<f32>>)> = Vec::new();
         let grid = opts.hidden_units.iter().flat_map(|&u| {
             (0..all.len()).flat_map(move |k| opts.l2s.iter().map(move |&l2| (u, k, l2)))
         });
         for (units, k, l2) in grid {
             let fm = all[k];
             let scores = cross_validate(fm, &labels, &rows, &batches, opts, l2, units);
-            let Choice {
-                on,
-                onset,
-                recall,
-                fa,
-            } = choose_threshold(
+            let choice = choose_threshold(
                 &model,
                 cfg,
                 g,
@@ -319,32 +445,47 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 &batches,
                 &scores,
             );
-            let c = Candidate {
-                features: fm.name,
-                l2,
-                hidden: units,
-                on,
-                onset_hops: onset.0,
-                onset_of: onset.1,
-                recall,
-                fa_per_hour: fa,
-            };
-            tracing::info!(
-                group = %g,
-                "{g}: {} features, {units} hidden units, L2 {l2}: cross-validated recall {recall:.2} at {fa:.2} false alarms/h (on {on:.6}, {} of {} hops)",
-                c.features, onset.0, onset.1
-            );
-            let better = best.as_ref().is_none_or(|(_, b)| {
-                beats(
-                    (recall, fa),
-                    (b.recall, b.fa_per_hour),
-                    opts.target_fa_per_hour,
-                )
-            });
-            if better {
-                best = Some((k, c.clone()));
+            let c = Candidate::new(fm.name, l2, units, 0.0, choice);
+            c.log(g);
+            candidates.push(c.clone());
+            tried.push((k, c, scores));
+        }
+        // The evidence gate, on the few best candidates: the strictest level that
+        // keeps `gate_keep` of the ungated cross-validated recall.
+        tried.sort_by(|a, b| rank(&a.1, &b.1, opts.target_fa_per_hour));
+        let mut best: Option<(usize, Candidate)> = None;
+        for (k, ungated, scores) in tried.iter().take(GATED_CANDIDATES) {
+            let mut pick = ungated.clone();
+            if !own_classes.is_empty() {
+                for &min in &GATE_LEVELS {
+                    let choice = choose_threshold(
+                        &model,
+                        cfg,
+                        g,
+                        opts.target_fa_per_hour,
+                        total_h,
+                        &batches,
+                        &gated(scores, &evidence, min),
+                    );
+                    let c =
+                        Candidate::new(ungated.features, ungated.l2, ungated.hidden, min, choice);
+                    c.log(g);
+                    let keeps = c.recall >= opts.gate_keep * ungated.recall
+                        && (c.fa_per_hour <= opts.target_fa_per_hour
+                            || c.fa_per_hour <= ungated.fa_per_hour);
+                    candidates.push(c.clone());
+                    if !keeps {
+                        break;
+                    }
+                    pick = c;
+                }
             }
-            candidates.push(c);
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| rank(&pick, b, opts.target_fa_per_hour).is_lt())
+            {
+                best = Some((*k, pick));
+            }
         }
         let (k, chosen) = best.expect("at least one candidate");
         let fm = all[k];
@@ -368,6 +509,10 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             weights,
             bias,
             hidden,
+            gate: (chosen.gate > 0.0).then(|| Gate {
+                classes: own_classes.clone(),
+                min: chosen.gate,
+            }),
             onset_hops: chosen.onset_hops,
             onset_of: chosen.onset_of,
             on: chosen.on,
@@ -389,6 +534,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "target_fa_per_hour": opts.target_fa_per_hour,
                 "cv_recall": chosen.recall,
                 "cv_fa_per_hour": chosen.fa_per_hour,
+                "gate_keep": opts.gate_keep,
             }),
         };
         let file = opts.out.join(format!("{g}.json"));
@@ -546,6 +692,18 @@ fn cross_validate(
     scores
 }
 
+/// Orders candidates best first by [`beats`].
+fn rank(a: &Candidate, b: &Candidate, target_fa_per_hour: f64) -> std::cmp::Ordering {
+    let (a, b) = ((a.recall, a.fa_per_hour), (b.recall, b.fa_per_hour));
+    if beats(a, b, target_fa_per_hour) {
+        std::cmp::Ordering::Less
+    } else if beats(b, a, target_fa_per_hour) {
+        std::cmp::Ordering::Greater
+    } else {
+        std::cmp::Ordering::Equal
+    }
+}
+
 /// Whether `(recall, false alarms/h)` `a` beats `b`: holding the target beats not
 /// holding it; then the higher recall; then the fewer false alarms.
 fn beats(a: (f64, f64), b: (f64, f64), target_fa_per_hour: f64) -> bool {
@@ -581,28 +739,41 @@ fn choose_threshold(
     batches: &[Batch],
     scores: &[Vec<f32>],
 ) -> Choice {
+    // The onset rules are independent: one thread each.
+    let picks: Vec<Choice> = std::thread::scope(|s| {
+        let handles: Vec<_> = ONSET_RULES
+            .into_iter()
+            .map(|onset| {
+                s.spawn(move || {
+                    let mut pick: Option<Choice> = None;
+                    for k in 0..=72 {
+                        let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
+                        let (recall, fa) =
+                            replay_scores(model, cfg, group, on, onset, total_h, batches, scores);
+                        let c = Choice {
+                            on,
+                            onset,
+                            recall,
+                            fa,
+                        };
+                        if fa <= target_fa_per_hour {
+                            return c;
+                        }
+                        if pick.is_none_or(|p| fa < p.fa) {
+                            pick = Some(c);
+                        }
+                    }
+                    pick.expect("at least one threshold")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a replay thread does not panic"))
+            .collect()
+    });
     let mut best: Option<Choice> = None;
-    for onset in ONSET_RULES {
-        let mut pick: Option<Choice> = None;
-        for k in 0..=72 {
-            let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
-            let (recall, fa) =
-                replay_scores(model, cfg, group, on, onset, total_h, batches, scores);
-            let c = Choice {
-                on,
-                onset,
-                recall,
-                fa,
-            };
-            if fa <= target_fa_per_hour {
-                pick = Some(c);
-                break;
-            }
-            if pick.is_none_or(|p| fa < p.fa) {
-                pick = Some(c);
-            }
-        }
-        let c = pick.expect("at least one threshold");
+    for c in picks {
         if best.is_none_or(|b| beats((c.recall, c.fa), (b.recall, b.fa), target_fa_per_hour)) {
             best = Some(c);
         }
@@ -745,6 +916,14 @@ mod tests {
         let (w, _) = fit_logistic(&z, &[true, false, true, false], 1e-3, 100);
         assert_eq!(w[0], 0.0);
         assert!(w[1] > 0.0);
+    }
+
+    #[test]
+    fn gating_zeroes_hops_without_evidence() {
+        let s = vec![vec![0.9, 0.8], vec![0.7]];
+        let e = vec![vec![0.01, 0.2], vec![0.05]];
+        assert_eq!(gated(&s, &e, 0.05), vec![vec![0.0, 0.8], vec![0.7]]);
+        assert_eq!(gated(&s, &e, 0.0), s);
     }
 
     #[test]

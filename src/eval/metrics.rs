@@ -20,10 +20,10 @@
 //! A detection of `g` that matches no event of `g` is a false alarm of `g`, also when it
 //! overlaps an event of another group: cross-group confusion is a false alarm.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A labelled event placed in a mixture (seconds of stream time).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TruthEvent {
     /// Detection group the event belongs to.
     pub group: String,

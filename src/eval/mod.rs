@@ -5,12 +5,14 @@
 //! - [`mix`]: seeded mixtures at chosen SNRs (pure).
 //! - [`metrics`]: matching detections to events, recall, false alarms per hour,
 //!   latency, precision, average precision (pure).
+//! - [`hopcache`]: scored training mixtures kept on disk for the next run.
 //! - [`plot`]: the curves as SVG.
 //! - [`learn`]: `hearken train`, detectors learnt on mixtures.
 //! - [`run`]: building mixtures from files and running them through
 //!   [`crate::pipeline::Pipeline`], the code path of `hearken run --fast`.
 
 pub mod dataset;
+pub mod hopcache;
 pub mod learn;
 pub mod metrics;
 pub mod mix;
