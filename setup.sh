@@ -3,18 +3,20 @@
 # hearken, installs the models, then starts listening on the default microphone
 # (events printed as JSON lines and published over MQTT: to the broker already
 # listening on 127.0.0.1:1883 if there is one, else to hearken's embedded broker).
-# With --train it also trains detectors for glass, gunshot, siren, smoke alarm and
-# scream from the labelled recordings in $HEARKEN_SHARED (default ../shared); they are
-# not the default yet (docs/detection.md says why). Pass --no-run to only set up.
+# The first time, it also trains detectors for glass, gunshot, siren, smoke alarm and
+# scream from the labelled recordings in $HEARKEN_SHARED (default ../shared), which
+# the daemon then uses in place of raw AudioSet scores (docs/detection.md); --no-train
+# skips that. Pass --no-run to only set up.
 set -euo pipefail
 cd "$(dirname "$0")"
 run=1
-train=0
+train=1
 for arg in "$@"; do
   case "$arg" in
     --no-run) run=0 ;;
     --train) train=1 ;;
-    *) echo "usage: $0 [--no-run] [--train]" >&2; exit 2 ;;
+    --no-train) train=0 ;;
+    *) echo "usage: $0 [--no-run] [--no-train]" >&2; exit 2 ;;
   esac
 done
 tools/system-deps.sh
