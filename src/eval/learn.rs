@@ -428,6 +428,17 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                     .collect()
             })
             .collect();
+        let choose = |scores: &[Vec<f32>]| {
+            choose_threshold(
+                &model,
+                cfg,
+                g,
+                opts.target_fa_per_hour,
+                total_h,
+                &batches,
+                scores,
+            )
+        };
         let mut candidates = Vec::new();
         let mut tried: Vec<(usize, Candidate, Vec<Vec<f32>>)> = Vec::new();
         let grid = opts.hidden_units.iter().flat_map(|&u| {
@@ -436,16 +447,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         for (units, k, l2) in grid {
             let fm = all[k];
             let scores = cross_validate(fm, &labels, &rows, &batches, opts, l2, units);
-            let choice = choose_threshold(
-                &model,
-                cfg,
-                g,
-                opts.target_fa_per_hour,
-                total_h,
-                &batches,
-                &scores,
-            );
-            let c = Candidate::new(fm.name, l2, units, 0.0, choice);
+            let c = Candidate::new(fm.name, l2, units, 0.0, choose(&scores));
             c.log(g);
             candidates.push(c.clone());
             tried.push((k, c, scores));
@@ -458,15 +460,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             let mut pick = ungated.clone();
             if !own_classes.is_empty() {
                 for &min in &GATE_LEVELS {
-                    let choice = choose_threshold(
-                        &model,
-                        cfg,
-                        g,
-                        opts.target_fa_per_hour,
-                        total_h,
-                        &batches,
-                        &gated(scores, &evidence, min),
-                    );
+                    let choice = choose(&gated(scores, &evidence, min));
                     let c =
                         Candidate::new(ungated.features, ungated.l2, ungated.hidden, min, choice);
                     c.log(g);
