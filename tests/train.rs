@@ -56,12 +56,27 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(det["model"], "efficientat-mn04");
     // Cross-validation by recording tried every feature kind (and the group's own
-    // class scores alone), penalty and hidden size, and kept one.
+    // class scores alone), penalty and hidden size, then evidence gates on the
+    // best, and kept one.
+    let candidates = g["candidates"].as_array().unwrap();
+    let gate_of = |c: &Value| c["gate"].as_f64().unwrap();
     assert_eq!(
-        g["candidates"].as_array().unwrap().len(),
+        candidates.iter().filter(|c| gate_of(c) == 0.0).count(),
         4 * 3 * 2,
         "{g:#}"
     );
+    assert!(candidates.iter().any(|c| gate_of(c) > 0.0), "{g:#}");
+    // The file carries the chosen gate, on the group's own classes.
+    match det.get("gate") {
+        Some(gate) => {
+            assert!(
+                (gate["min"].as_f64().unwrap() - gate_of(g)).abs() < 1e-6,
+                "{det:#}"
+            );
+            assert_eq!(gate["classes"].as_array().unwrap().len(), 6, "{det:#}");
+        }
+        None => assert_eq!(gate_of(g), 0.0, "{g:#}"),
+    }
     if g["features"] == "group_scores" {
         // Saved as class-score features with weight only on the group's classes.
         assert_eq!(det["features"], "scores");
