@@ -106,11 +106,18 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// The highest of `classes` in a window's max-pooled `scores` (0 for none): what
+    /// a gate compares with `min`.
+    pub fn evidence(classes: &[usize], scores: &[f32]) -> f32 {
+        classes
+            .iter()
+            .filter_map(|&i| scores.get(i).copied())
+            .fold(0.0, f32::max)
+    }
+
     /// Whether the window's max-pooled `scores` show enough evidence.
     pub fn passes(&self, scores: &[f32]) -> bool {
-        self.classes
-            .iter()
-            .any(|&i| scores.get(i).is_some_and(|&p| p >= self.min))
+        Gate::evidence(&self.classes, scores) >= self.min
     }
 }
 

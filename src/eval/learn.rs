@@ -419,12 +419,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             .map(|b| {
                 b.hops
                     .iter()
-                    .map(|h| {
-                        own_classes
-                            .iter()
-                            .filter_map(|&i| h.scores_max.get(i).copied())
-                            .fold(0.0, f32::max)
-                    })
+                    .map(|h| Gate::evidence(&own_classes, &h.scores_max))
                     .collect()
             })
             .collect();
