@@ -258,6 +258,14 @@ enum Command {
         /// level tried, ignoring recall; above 1: no gate).
         #[arg(long, default_value_t = 0.9)]
         gate_keep: f64,
+        /// Hard-negative mining: share of the negative windows, those a fitted
+        /// detector scores highest, that count --hard-weight times in a refit of
+        /// the best candidates (0: no mining).
+        #[arg(long, default_value_t = 0.02)]
+        hard_share: f64,
+        /// How many times a mined hard negative counts.
+        #[arg(long, default_value_t = 4)]
+        hard_weight: usize,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -489,6 +497,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             folds,
             cache,
             gate_keep,
+            hard_share,
+            hard_weight,
             json,
         } => {
             use hearken::eval::{dataset::Split, learn, mix::MixSpec};
@@ -519,6 +529,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 {
                     bail!("--window-s must be 0.96 to 60 s and --hop-s 0.1 s to the window");
                 }
+            }
+            if !(0.0..=0.5).contains(&hard_share) {
+                bail!("--hard-share must be 0 to 0.5 (a share of the negative windows)");
             }
             for g in &groups {
                 if !cfg.detection.groups.contains_key(g) {
@@ -570,6 +583,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .join(format!("hearken-train-{}", std::process::id())),
                 cache_dir: cache,
                 gate_keep,
+                hard_share,
+                hard_weight,
             };
             let summary = learn::train(model, &cfg, &opts)?;
             let _ = std::fs::remove_dir_all(&opts.work_dir);

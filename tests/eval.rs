@@ -87,6 +87,29 @@ fn a_seeded_mixture_is_detected_reproducibly() {
     let median = gun["latency_median_s"].as_f64().unwrap();
     assert!((-0.5..15.0).contains(&median), "{gun:#}");
 
+    // Every false alarm is blamed on what it was heard over, and the counts add up.
+    for g in a["groups"].as_array().unwrap() {
+        let causes = a["false_alarm_causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == g["group"])
+            .unwrap()[1]
+            .as_array()
+            .unwrap()
+            .clone();
+        let total: u64 = causes.iter().map(|c| c[1].as_u64().unwrap()).sum();
+        assert_eq!(total, g["false_alarms"].as_u64().unwrap(), "{causes:?}");
+        for c in &causes {
+            let what = c[0].as_str().unwrap();
+            assert!(
+                what.starts_with("event:")
+                    || ["speech", "keyboard_typing", "door_knock"].contains(&what),
+                "{what}"
+            );
+        }
+    }
+
     // The sweep replays the recorded hops: at scale 1 it agrees with the live run.
     let curve = a["curves"]
         .as_array()

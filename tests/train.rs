@@ -56,16 +56,20 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(det["model"], "efficientat-mn04");
     // Cross-validation by recording tried every feature kind (and the group's own
-    // class scores alone), penalty and hidden size, then evidence gates on the
-    // best, and kept one.
+    // class scores alone), penalty and hidden size, then hard negatives and
+    // evidence gates on the best three, and kept one.
     let candidates = g["candidates"].as_array().unwrap();
     let gate_of = |c: &Value| c["gate"].as_f64().unwrap();
+    let mined = |c: &Value| c["hard_negatives"].as_bool().unwrap();
+    let count = |f: &dyn Fn(&Value) -> bool| candidates.iter().filter(|c| f(c)).count();
     assert_eq!(
-        candidates.iter().filter(|c| gate_of(c) == 0.0).count(),
+        count(&|c| gate_of(c) == 0.0 && !mined(c)),
         4 * 3 * 2,
         "{g:#}"
     );
-    assert!(candidates.iter().any(|c| gate_of(c) > 0.0), "{g:#}");
+    assert_eq!(count(&|c| gate_of(c) == 0.0 && mined(c)), 3, "{g:#}");
+    assert!(count(&|c| gate_of(c) > 0.0 && mined(c)) > 0, "{g:#}");
+    assert_eq!(det["trained"]["hard_negatives"], g["hard_negatives"]);
     // The file carries the chosen gate, on the group's own classes.
     match det.get("gate") {
         Some(gate) => {

@@ -76,6 +76,11 @@ pub struct TrainOptions {
     /// Share of a candidate's cross-validated recall an evidence gate must keep
     /// (the strictest such gate is chosen).
     pub gate_keep: f64,
+    /// Hard-negative mining: this share of a fit's negative windows, those it
+    /// scores highest, count `hard_weight` times in a second fit (0: no mining).
+    pub hard_share: f64,
+    /// See `hard_share`.
+    pub hard_weight: usize,
     /// Folder the detectors are written to.
     pub out: PathBuf,
     /// Scratch folder for mixture files.
@@ -104,6 +109,8 @@ pub struct Candidate {
     /// Evidence gate: the lowest score of the group's own classes that lets it
     /// fire (0: no gate).
     pub gate: f32,
+    /// Whether the model was refitted with its hardest negatives weighted up.
+    pub hard_negatives: bool,
     /// Out-of-fold event recall at that threshold.
     pub recall: f64,
     /// Out-of-fold false alarms per hour at that threshold.
@@ -111,25 +118,39 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn new(features: &'static str, l2: f64, hidden: usize, gate: f32, c: Choice) -> Self {
+    fn new(features: &'static str, l2: f64, hidden: usize, c: Choice) -> Self {
         Candidate {
             features,
             l2,
             hidden,
+            on: 0.0,
+            onset_hops: 0,
+            onset_of: 0,
+            gate: 0.0,
+            hard_negatives: false,
+            recall: 0.0,
+            fa_per_hour: 0.0,
+        }
+        .with(c)
+    }
+
+    /// The same candidate with threshold, onset rule and results from `c`.
+    fn with(self, c: Choice) -> Self {
+        Candidate {
             on: c.on,
             onset_hops: c.onset.0,
             onset_of: c.onset.1,
-            gate,
             recall: c.recall,
             fa_per_hour: c.fa,
+            ..self
         }
     }
 
     fn log(&self, group: &str) {
         tracing::info!(
             group = %group,
-            "{group}: {} features, {} hidden units, L2 {}, gate {}: cross-validated recall {:.2} at {:.2} false alarms/h (on {:.6}, {} of {} hops)",
-            self.features, self.hidden, self.l2, self.gate, self.recall, self.fa_per_hour, self.on, self.onset_hops, self.onset_of
+            "{group}: {} features, {} hidden units, L2 {}, hard negatives {}, gate {}: cross-validated recall {:.2} at {:.2} false alarms/h (on {:.6}, {} of {} hops)",
+            self.features, self.hidden, self.l2, self.hard_negatives, self.gate, self.recall, self.fa_per_hour, self.on, self.onset_hops, self.onset_of
         );
     }
 }
@@ -441,32 +462,61 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         });
         for (units, k, l2) in grid {
             let fm = all[k];
-            let scores = cross_validate(fm, &labels, &rows, &batches, opts, l2, units);
-            let c = Candidate::new(fm.name, l2, units, 0.0, choose(&scores));
+            let spec = FitSpec {
+                l2,
+                units,
+                mine: false,
+            };
+            let scores = cross_validate(fm, &labels, &rows, &batches, opts, spec);
+            let c = Candidate::new(fm.name, l2, units, choose(&scores));
             c.log(g);
             candidates.push(c.clone());
             tried.push((k, c, scores));
         }
-        // The evidence gate, on the few best candidates: the strictest level that
-        // keeps `gate_keep` of the ungated cross-validated recall.
         tried.sort_by(|a, b| rank(&a.1, &b.1, opts.target_fa_per_hour));
+        tried.truncate(GATED_CANDIDATES);
+        // Hard negatives, on the few best: each refitted with the negatives it
+        // scored highest weighted up, as a candidate of its own.
+        if opts.hard_share > 0.0 && opts.hard_weight > 1 {
+            for i in 0..tried.len() {
+                let (k, base) = (tried[i].0, &tried[i].1);
+                let spec = FitSpec {
+                    l2: base.l2,
+                    units: base.hidden,
+                    mine: true,
+                };
+                let scores = cross_validate(all[k], &labels, &rows, &batches, opts, spec);
+                let c = Candidate {
+                    hard_negatives: true,
+                    ..Candidate::new(base.features, base.l2, base.hidden, choose(&scores))
+                };
+                c.log(g);
+                candidates.push(c.clone());
+                tried.push((k, c, scores));
+            }
+        }
+        // The evidence gate, on those: the strictest level that keeps `gate_keep`
+        // of the ungated cross-validated recall (every level is tried: a stricter
+        // one can recover what a laxer one lost).
         let mut best: Option<(usize, Candidate)> = None;
-        for (k, ungated, scores) in tried.iter().take(GATED_CANDIDATES) {
+        for (k, ungated, scores) in &tried {
             let mut pick = ungated.clone();
             if !own_classes.is_empty() {
                 for &min in &GATE_LEVELS {
                     let choice = choose(&gated(scores, &evidence, min));
-                    let c =
-                        Candidate::new(ungated.features, ungated.l2, ungated.hidden, min, choice);
+                    let c = Candidate {
+                        gate: min,
+                        ..ungated.clone()
+                    }
+                    .with(choice);
                     c.log(g);
                     let keeps = c.recall >= opts.gate_keep * ungated.recall
                         && (c.fa_per_hour <= opts.target_fa_per_hour
                             || c.fa_per_hour <= ungated.fa_per_hour);
                     candidates.push(c.clone());
-                    if !keeps {
-                        break;
+                    if keeps {
+                        pick = c;
                     }
-                    pick = c;
                 }
             }
             if best
@@ -480,7 +530,16 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         let fm = all[k];
         let (zs, ys) = fm.labelled(&labels, |_| true);
         let positives = ys.iter().filter(|&&y| y).count();
-        let (hidden, weights, bias) = fit(&zs, &ys, chosen.l2, chosen.hidden, opts);
+        let (hidden, weights, bias) = fit(
+            &zs,
+            &ys,
+            FitSpec {
+                l2: chosen.l2,
+                units: chosen.hidden,
+                mine: chosen.hard_negatives,
+            },
+            opts,
+        );
         let clips = events
             .iter()
             .filter(|e| e.group.as_deref() == Some(g))
@@ -524,6 +583,9 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "cv_recall": chosen.recall,
                 "cv_fa_per_hour": chosen.fa_per_hour,
                 "gate_keep": opts.gate_keep,
+                "hard_negatives": chosen.hard_negatives,
+                "hard_share": opts.hard_share,
+                "hard_weight": opts.hard_weight,
             }),
         };
         let file = opts.out.join(format!("{g}.json"));
@@ -625,21 +687,61 @@ impl FeatureMatrix {
     }
 }
 
-/// Fits a logistic regression (`units` = 0) or an MLP with `units` hidden units.
-fn fit(
-    zs: &[&[f32]],
-    ys: &[bool],
+/// What a fit learns: hidden layer (for an MLP), output weights, bias.
+type Fitted = (Option<Hidden>, Vec<f32>, f32);
+
+/// What to fit: L2 penalty, hidden units (0: logistic regression), and whether to
+/// mine hard negatives.
+#[derive(Debug, Clone, Copy)]
+struct FitSpec {
     l2: f64,
     units: usize,
-    opts: &TrainOptions,
-) -> (Option<Hidden>, Vec<f32>, f32) {
-    if units == 0 {
-        let (w, b) = fit_logistic(zs, ys, l2, opts.iterations);
-        (None, w, b)
-    } else {
-        let (h, w, b) = fit_mlp(zs, ys, l2, units, opts.epochs, opts.mix.seed);
-        (Some(h), w, b)
+    mine: bool,
+}
+
+/// Fits a logistic regression (`units` = 0) or an MLP with `units` hidden units.
+/// With `mine`, then mines hard negatives: the `hard_share` of negative rows the
+/// first fit scores highest (the windows most like its false alarms) count
+/// `hard_weight` times in a second fit, which is returned.
+fn fit(zs: &[&[f32]], ys: &[bool], spec: FitSpec, opts: &TrainOptions) -> Fitted {
+    let FitSpec { l2, units, mine } = spec;
+    let once = |zs: &[&[f32]], ys: &[bool]| {
+        if units == 0 {
+            let (w, b) = fit_logistic(zs, ys, l2, opts.iterations);
+            (None, w, b)
+        } else {
+            let (h, w, b) = fit_mlp(zs, ys, l2, units, opts.epochs, opts.mix.seed);
+            (Some(h), w, b)
+        }
+    };
+    let first = once(zs, ys);
+    if !mine || opts.hard_share <= 0.0 || opts.hard_weight < 2 {
+        return first;
     }
+    let hard = hardest_negatives(zs, ys, &first, opts.hard_share);
+    let (mut z2, mut y2) = (zs.to_vec(), ys.to_vec());
+    for _ in 1..opts.hard_weight {
+        z2.extend(hard.iter().map(|&i| zs[i]));
+        y2.extend(hard.iter().map(|_| false));
+    }
+    once(&z2, &y2)
+}
+
+/// Indices of the `share` of negative rows `fitted` scores highest (ties: the
+/// earlier row first).
+fn hardest_negatives(zs: &[&[f32]], ys: &[bool], fitted: &Fitted, share: f64) -> Vec<usize> {
+    let dim = zs.first().map_or(0, |r| r.len());
+    let (hidden, weights, bias) = fitted.clone();
+    let d = LinearDetector::on_standardised(dim, weights, bias, hidden);
+    let mut neg: Vec<(f32, usize)> = ys
+        .iter()
+        .enumerate()
+        .filter(|(_, &y)| !y)
+        .map(|(i, _)| (d.score(zs[i]), i))
+        .collect();
+    neg.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let n = ((neg.len() as f64 * share).ceil() as usize).min(neg.len());
+    neg[..n].iter().map(|&(_, i)| i).collect()
 }
 
 /// Out-of-fold scores for every hop of every batch: each fold's hops scored by a
@@ -651,8 +753,7 @@ fn cross_validate(
     rows: &[(usize, usize)],
     batches: &[Batch],
     opts: &TrainOptions,
-    l2: f64,
-    units: usize,
+    spec: FitSpec,
 ) -> Vec<Vec<f32>> {
     let dim = fm.mean.len();
     let fits: Vec<Option<LinearDetector>> = std::thread::scope(|s| {
@@ -661,7 +762,7 @@ fn cross_validate(
                 s.spawn(move || {
                     let (zs, ys) = fm.labelled(labels, |r| batches[rows[r].0].fold != k);
                     ys.iter().any(|&y| y).then(|| {
-                        let (hidden, weights, bias) = fit(&zs, &ys, l2, units, opts);
+                        let (hidden, weights, bias) = fit(&zs, &ys, spec, opts);
                         LinearDetector::on_standardised(dim, weights, bias, hidden)
                     })
                 })
@@ -713,12 +814,18 @@ struct Choice {
     fa: f64,
 }
 
+/// Threshold steps of a quarter logit from −2.
+const THRESHOLD_STEPS: usize = 72;
+/// Steps per stride of the coarse walk.
+const COARSE: usize = 4;
+
 /// Per onset rule, the lowest `on` (off = 0.7 on) whose replay over the
 /// out-of-fold scores keeps false alarms at or under the target (if none does,
 /// the one with the fewest); then the rule with the highest recall among those
 /// that hold the target (ties: fewer false alarms, then the simpler rule).
 /// Candidates are even steps of the logit, so the search reaches far into the
-/// tail (0.12 … 1 − 1e-7).
+/// tail (0.12 … 1 − 1e-7); they are walked four at a time, then one at a time
+/// below the first that holds the target.
 fn choose_threshold(
     model: &Model,
     cfg: &Config,
@@ -734,21 +841,29 @@ fn choose_threshold(
             .into_iter()
             .map(|onset| {
                 s.spawn(move || {
-                    let mut pick: Option<Choice> = None;
-                    for k in 0..=72 {
+                    let at = |k: usize| {
                         let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
                         let (recall, fa) =
                             replay_scores(model, cfg, group, on, onset, total_h, batches, scores);
-                        let c = Choice {
+                        Choice {
                             on,
                             onset,
                             recall,
                             fa,
-                        };
-                        if fa <= target_fa_per_hour {
-                            return c;
                         }
-                        if pick.is_none_or(|p| fa < p.fa) {
+                    };
+                    // Coarse steps up to the first threshold that holds the target,
+                    // then the finer steps just below it.
+                    let mut pick: Option<Choice> = None;
+                    for k in (0..=THRESHOLD_STEPS).step_by(COARSE) {
+                        let c = at(k);
+                        if c.fa <= target_fa_per_hour {
+                            return (k.saturating_sub(COARSE - 1)..k)
+                                .map(at)
+                                .find(|f| f.fa <= target_fa_per_hour)
+                                .unwrap_or(c);
+                        }
+                        if pick.is_none_or(|p| c.fa < p.fa) {
                             pick = Some(c);
                         }
                     }
@@ -853,6 +968,7 @@ mod tests {
         Signal {
             name: format!("{recording}.wav"),
             group: group.map(String::from),
+            label: String::new(),
             recording: recording.into(),
             samples: Vec::new(),
         }
@@ -932,5 +1048,18 @@ mod tests {
             [s.score(&hop), s.score(&hop), s.score(&hop)],
             [0.2, 0.9, 0.0]
         );
+    }
+
+    #[test]
+    fn the_hardest_negatives_are_those_scored_highest() {
+        let rows: Vec<Vec<f32>> = vec![vec![-1.0], vec![2.0], vec![0.5], vec![3.0], vec![2.0]];
+        let zs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let ys = [false, false, true, false, false];
+        let line = (None, vec![1.0], 0.0);
+        // 4 negatives: half of them, highest first, ties by row.
+        assert_eq!(hardest_negatives(&zs, &ys, &line, 0.5), vec![3, 1]);
+        assert_eq!(hardest_negatives(&zs, &ys, &line, 0.6), vec![3, 1, 4]);
+        assert!(hardest_negatives(&zs, &ys, &line, 0.0).is_empty());
+        assert_eq!(hardest_negatives(&zs, &ys, &line, 1.0).len(), 4);
     }
 }

@@ -302,6 +302,43 @@ pub fn recall_at_fa(curve: &[CurvePoint], max_fa_per_hour: f64) -> Option<&Curve
     best
 }
 
+/// What each false alarm of `group` was heard over, counted and sorted (most
+/// first, then by name): `event:<group>` when it overlaps an event of another group
+/// (as [`Matching::overlaps`] has it), else the label of the background clip it
+/// overlaps most (`beds`: label, start, end), else `unknown`.
+pub fn false_alarm_causes(
+    group: &str,
+    truth: &[TruthEvent],
+    beds: &[(&str, f64, f64)],
+    dets: &[Detection],
+    m: &Matching,
+) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for d in dets.iter().filter(|d| d.group == group) {
+        if truth
+            .iter()
+            .any(|ev| ev.group == group && m.overlaps(ev, d))
+        {
+            continue;
+        }
+        let cause = if let Some(ev) = truth.iter().find(|ev| m.overlaps(ev, d)) {
+            format!("event:{}", ev.group)
+        } else {
+            // A detection's span can be a point: it then counts as a tiny span.
+            let (a, b) = (d.start_s, d.end_s.max(d.start_s + 1e-6));
+            beds.iter()
+                .map(|&(label, s, e)| (label, b.min(e) - a.max(s)))
+                .filter(|&(_, o)| o > 0.0)
+                .max_by(|x, y| x.1.total_cmp(&y.1))
+                .map_or_else(|| "unknown".to_string(), |(label, _)| label.to_string())
+        };
+        *counts.entry(cause).or_default() += 1;
+    }
+    let mut out: Vec<(String, usize)> = counts.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,5 +689,33 @@ mod tests {
             pt(3.0, 0.1, 0.0, 1.0),
         ];
         assert_eq!(recall_at_fa(&nan, 1.0).unwrap().scale, 3.0);
+    }
+
+    #[test]
+    fn false_alarms_are_blamed_on_what_they_were_heard_over() {
+        let truth = [ev("glass", 10.0, 11.0), ev("siren", 30.0, 34.0)];
+        let beds = [
+            ("speech", 0.0, 20.0),
+            ("door_slam", 20.0, 25.0),
+            ("speech", 25.0, 60.0),
+        ];
+        let dets = [
+            det("glass", 10.0, 10.5, 11.0), // found: not a false alarm
+            det("glass", 31.0, 31.5, 32.0), // over the siren
+            det("glass", 19.0, 19.5, 24.0), // mostly over the door slam
+            det("glass", 40.0, 40.5, 40.0), // a point, over speech
+            det("glass", 45.0, 45.5, 46.0), // speech again
+            det("glass", 70.0, 70.5, 71.0), // past the beds
+            det("siren", 50.0, 50.5, 51.0), // another group's false alarm
+        ];
+        assert_eq!(
+            false_alarm_causes("glass", &truth, &beds, &dets, &Matching::default()),
+            vec![
+                ("speech".to_string(), 2),
+                ("door_slam".to_string(), 1),
+                ("event:siren".to_string(), 1),
+                ("unknown".to_string(), 1),
+            ]
+        );
     }
 }

@@ -18,6 +18,8 @@ pub struct Signal {
     pub name: String,
     /// Detection group (`None` for a background sound).
     pub group: Option<String>,
+    /// The dataset's label of the clip (e.g. `speech`, `door_slam`).
+    pub label: String,
     /// The source recording it was cut from (clips of one recording stay on one
     /// side of every split).
     pub recording: String,
@@ -90,6 +92,21 @@ pub struct Mixture {
     pub rate: u32,
     /// The events, in time order.
     pub truth: Vec<Placed>,
+    /// The background clips as laid, in time order.
+    pub beds: Vec<Laid>,
+}
+
+/// One background clip as laid in a mixture.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Laid {
+    /// The clip's dataset label.
+    pub label: String,
+    /// The clip.
+    pub clip: String,
+    /// Where it starts, seconds into the mixture.
+    pub start_s: f64,
+    /// Where it ends, seconds.
+    pub end_s: f64,
 }
 
 impl Mixture {
@@ -146,8 +163,14 @@ fn power(x: &[f32], a: usize, b: usize) -> f64 {
 
 /// A background bed of `len` samples: background clips in random order (reshuffled
 /// when used up), each at a random level, joined with 50 ms crossfades.
-fn bed(backgrounds: &[&Signal], len: usize, spec: &MixSpec, rng: &mut ChaCha8Rng) -> Vec<f32> {
+fn bed(
+    backgrounds: &[&Signal],
+    len: usize,
+    spec: &MixSpec,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<f32>, Vec<Laid>) {
     let mut out = vec![0.0f32; len];
+    let mut laid = Vec::new();
     let fade = (spec.rate as f64 * 0.05) as usize;
     let mut order: Vec<usize> = Vec::new();
     let mut pos = 0usize;
@@ -176,9 +199,15 @@ fn bed(backgrounds: &[&Signal], len: usize, spec: &MixSpec, rng: &mut ChaCha8Rng
             };
             *o += v * gain * w;
         }
+        laid.push(Laid {
+            label: clip.label.clone(),
+            clip: clip.name.clone(),
+            start_s: pos as f64 / spec.rate as f64,
+            end_s: (pos + n).min(len) as f64 / spec.rate as f64,
+        });
         pos += n.saturating_sub(fade).max(1);
     }
-    out
+    (out, laid)
 }
 
 /// Builds a mixture: `lead_s` of background, then one slot of `slot_s` per (event,
@@ -199,8 +228,8 @@ pub fn build(events: &[&Signal], backgrounds: &[&Signal], spec: &MixSpec) -> Mix
     let slot = (spec.slot_s * rate) as usize;
     let lead = (spec.lead_s * rate) as usize;
     let len = lead + slot * jobs.len();
-    let mut out = if backgrounds.is_empty() {
-        vec![0.0f32; len]
+    let (mut out, beds) = if backgrounds.is_empty() {
+        (vec![0.0f32; len], Vec::new())
     } else {
         bed(backgrounds, len, spec, &mut rng)
     };
@@ -239,6 +268,7 @@ pub fn build(events: &[&Signal], backgrounds: &[&Signal], spec: &MixSpec) -> Mix
         samples: out,
         rate: spec.rate,
         truth,
+        beds,
     }
 }
 
@@ -268,6 +298,7 @@ mod tests {
         Signal {
             name: name.into(),
             group: group.map(String::from),
+            label: group.unwrap_or("tone").into(),
             recording: name.into(),
             samples,
         }
@@ -278,6 +309,7 @@ mod tests {
         Signal {
             name: format!("noise{seed}"),
             group: None,
+            label: "noise".into(),
             recording: format!("noise{seed}"),
             samples: (0..(secs * 16_000.0) as usize)
                 .map(|_| rng.gen_range(-0.1f32..0.1))

@@ -73,6 +73,9 @@ pub struct EvalReport {
     pub groups: Vec<GroupResult>,
     /// Per group, the threshold sweep.
     pub curves: Vec<(String, Vec<CurvePoint>)>,
+    /// Per group, what its false alarms were heard over (see
+    /// [`super::metrics::false_alarm_causes`]).
+    pub false_alarm_causes: Vec<(String, Vec<(String, usize)>)>,
     /// Ground truth.
     pub truth: Vec<Placed>,
     /// What the live pipeline detected (all groups).
@@ -221,6 +224,7 @@ pub fn load_clips(
         Ok(Signal {
             name: c.file.display().to_string(),
             group,
+            label: c.label.clone(),
             recording: c.recording.clone(),
             samples: decode_at(&c.file, rate)
                 .with_context(|| format!("decoding {}", c.file.display()))?,
@@ -355,6 +359,18 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
     let group_names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     let live = detections(&live_events);
     let results = score(&truth, &live, &group_names, hours, m);
+    let beds: Vec<(&str, f64, f64)> = mixture
+        .beds
+        .iter()
+        .map(|b| (b.label.as_str(), b.start_s, b.end_s))
+        .collect();
+    let false_alarm_causes = group_names
+        .iter()
+        .map(|g| {
+            let causes = super::metrics::false_alarm_causes(g, &truth, &beds, &live, m);
+            (g.clone(), causes)
+        })
+        .collect();
 
     let mut curves: Vec<(String, Vec<CurvePoint>)> = group_names
         .iter()
@@ -390,6 +406,7 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
         mixture: wav,
         groups: results,
         curves,
+        false_alarm_causes,
         truth: mixture.truth,
         detections: live,
     })
@@ -420,6 +437,13 @@ pub fn render_text(r: &EvalReport) -> String {
             "{:<13} {:>6} {:>6} {:>7.2} {:>15.1} {:>10.2}  {lat}\n",
             g.group, g.events, g.found, g.recall, g.false_alarms_per_hour, g.precision
         ));
+    }
+    if r.false_alarm_causes.iter().any(|(_, c)| !c.is_empty()) {
+        s.push_str("false alarms heard over:\n");
+        for (g, causes) in r.false_alarm_causes.iter().filter(|(_, c)| !c.is_empty()) {
+            let list: Vec<String> = causes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            s.push_str(&format!("  {g:<13} {}\n", list.join(", ")));
+        }
     }
     s.push_str("best recall with at most 1 false alarm per hour (threshold scale):\n");
     for (g, curve) in &r.curves {
