@@ -87,6 +87,19 @@ fn a_seeded_mixture_is_detected_reproducibly() {
     let median = gun["latency_median_s"].as_f64().unwrap();
     assert!((-0.5..15.0).contains(&median), "{gun:#}");
 
+    // Found events add up over the SNRs (one here).
+    let by_snr = a["found_by_snr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "gunshot")
+        .unwrap()[1]
+        .clone();
+    assert_eq!(
+        by_snr,
+        serde_json::json!([{"snr_db": 9.0, "found": gun["found"], "events": gun["events"]}])
+    );
+
     // Every false alarm is blamed on what it was heard over, and the counts add up.
     for g in a["groups"].as_array().unwrap() {
         let causes = a["false_alarm_causes"]

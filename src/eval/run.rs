@@ -76,10 +76,24 @@ pub struct EvalReport {
     /// Per group, what its false alarms were heard over (see
     /// [`super::metrics::false_alarm_causes`]).
     pub false_alarm_causes: Vec<(String, Vec<(String, usize)>)>,
+    /// Per group, events found of those placed at each SNR, in the order of
+    /// `snrs_db`.
+    pub found_by_snr: Vec<(String, Vec<FoundAt>)>,
     /// Ground truth.
     pub truth: Vec<Placed>,
     /// What the live pipeline detected (all groups).
     pub detections: Vec<Detection>,
+}
+
+/// Events of one group found among those placed at one SNR.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundAt {
+    /// Event-to-background ratio, dB.
+    pub snr_db: f64,
+    /// Events found.
+    pub found: usize,
+    /// Events placed.
+    pub events: usize,
 }
 
 /// Decodes `path` to mono at `rate`.
@@ -359,6 +373,28 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
     let group_names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     let live = detections(&live_events);
     let results = score(&truth, &live, &group_names, hours, m);
+    let mut found_by_snr: Vec<(String, Vec<FoundAt>)> = group_names
+        .iter()
+        .map(|g| (g.clone(), Vec::new()))
+        .collect();
+    for &snr in &opts.mix.snrs_db {
+        let at: Vec<TruthEvent> = mixture
+            .truth
+            .iter()
+            .filter(|p| p.snr_db == snr)
+            .map(TruthEvent::from)
+            .collect();
+        for (r, (_, row)) in score(&at, &live, &group_names, hours, m)
+            .into_iter()
+            .zip(found_by_snr.iter_mut())
+        {
+            row.push(FoundAt {
+                snr_db: snr,
+                found: r.found,
+                events: r.events,
+            });
+        }
+    }
     let beds: Vec<(&str, f64, f64)> = mixture
         .beds
         .iter()
@@ -407,6 +443,7 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
         groups: results,
         curves,
         false_alarm_causes,
+        found_by_snr,
         truth: mixture.truth,
         detections: live,
     })
@@ -437,6 +474,14 @@ pub fn render_text(r: &EvalReport) -> String {
             "{:<13} {:>6} {:>6} {:>7.2} {:>15.1} {:>10.2}  {lat}\n",
             g.group, g.events, g.found, g.recall, g.false_alarms_per_hour, g.precision
         ));
+    }
+    s.push_str("events found by SNR:\n");
+    for (g, row) in &r.found_by_snr {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|f| format!("{:+.0} dB {}/{}", f.snr_db, f.found, f.events))
+            .collect();
+        s.push_str(&format!("  {g:<13} {}\n", cells.join(", ")));
     }
     if r.false_alarm_causes.iter().any(|(_, c)| !c.is_empty()) {
         s.push_str("false alarms heard over:\n");
