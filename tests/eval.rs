@@ -55,6 +55,19 @@ fn eval(data: &PathBuf, work: &PathBuf, seed: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The per-group list `key` of a report (a list of `[group, list]` pairs).
+fn of_group(report: &Value, key: &str, group: &str) -> Vec<Value> {
+    report[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == group)
+        .unwrap_or_else(|| panic!("no {group} in {key}"))[1]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn a_seeded_mixture_is_detected_reproducibly() {
     let data = small_set("mix");
@@ -88,29 +101,14 @@ fn a_seeded_mixture_is_detected_reproducibly() {
     assert!((-0.5..15.0).contains(&median), "{gun:#}");
 
     // Found events add up over the SNRs (one here).
-    let by_snr = a["found_by_snr"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r[0] == "gunshot")
-        .unwrap()[1]
-        .clone();
     assert_eq!(
-        by_snr,
+        Value::Array(of_group(&a, "found_by_snr", "gunshot")),
         serde_json::json!([{"snr_db": 9.0, "found": gun["found"], "events": gun["events"]}])
     );
 
     // Every false alarm is blamed on what it was heard over, and the counts add up.
     for g in a["groups"].as_array().unwrap() {
-        let causes = a["false_alarm_causes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c[0] == g["group"])
-            .unwrap()[1]
-            .as_array()
-            .unwrap()
-            .clone();
+        let causes = of_group(&a, "false_alarm_causes", g["group"].as_str().unwrap());
         let total: u64 = causes.iter().map(|c| c[1].as_u64().unwrap()).sum();
         assert_eq!(total, g["false_alarms"].as_u64().unwrap(), "{causes:?}");
         for c in &causes {
@@ -124,15 +122,7 @@ fn a_seeded_mixture_is_detected_reproducibly() {
     }
 
     // The sweep replays the recorded hops: at scale 1 it agrees with the live run.
-    let curve = a["curves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c[0] == "gunshot")
-        .unwrap()[1]
-        .as_array()
-        .unwrap()
-        .clone();
+    let curve = of_group(&a, "curves", "gunshot");
     let at1 = curve.iter().find(|p| p["scale"] == 1.0).unwrap();
     assert_eq!(at1["recall"], gun["recall"]);
     assert_eq!(at1["false_alarms_per_hour"], gun["false_alarms_per_hour"]);
