@@ -91,6 +91,13 @@ pub struct TrainOptions {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl TrainOptions {
+    /// Whether hard-negative mining is on.
+    fn mines(&self) -> bool {
+        self.hard_share > 0.0 && self.hard_weight > 1
+    }
+}
+
 /// One candidate's cross-validated result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Candidate {
@@ -477,7 +484,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         tried.truncate(GATED_CANDIDATES);
         // Hard negatives, on the few best: each refitted with the negatives it
         // scored highest weighted up, as a candidate of its own.
-        if opts.hard_share > 0.0 && opts.hard_weight > 1 {
+        if opts.mines() {
+            // Over the plain candidates only: the range is fixed before the pushes.
             for i in 0..tried.len() {
                 let (k, base) = (tried[i].0, &tried[i].1);
                 let spec = FitSpec {
@@ -715,7 +723,7 @@ fn fit(zs: &[&[f32]], ys: &[bool], spec: FitSpec, opts: &TrainOptions) -> Fitted
         }
     };
     let first = once(zs, ys);
-    if !mine || opts.hard_share <= 0.0 || opts.hard_weight < 2 {
+    if !mine || !opts.mines() {
         return first;
     }
     let hard = hardest_negatives(zs, ys, &first, opts.hard_share);
