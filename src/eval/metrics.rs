@@ -22,6 +22,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::mix::Laid;
+
 /// A labelled event placed in a mixture (seconds of stream time).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TruthEvent {
@@ -305,11 +307,11 @@ pub fn recall_at_fa(curve: &[CurvePoint], max_fa_per_hour: f64) -> Option<&Curve
 /// What each false alarm of `group` was heard over, counted and sorted (most
 /// first, then by name): `event:<group>` when it overlaps an event of another group
 /// (as [`Matching::overlaps`] has it), else the label of the background clip it
-/// overlaps most (`beds`: label, start, end), else `unknown`.
+/// overlaps most, else `unknown`.
 pub fn false_alarm_causes(
     group: &str,
     truth: &[TruthEvent],
-    beds: &[(&str, f64, f64)],
+    beds: &[Laid],
     dets: &[Detection],
     m: &Matching,
 ) -> Vec<(String, usize)> {
@@ -327,7 +329,7 @@ pub fn false_alarm_causes(
             // A detection's span can be a point: it then counts as a tiny span.
             let (a, b) = (d.start_s, d.end_s.max(d.start_s + 1e-6));
             beds.iter()
-                .map(|&(label, s, e)| (label, b.min(e) - a.max(s)))
+                .map(|l| (&l.label, b.min(l.end_s) - a.max(l.start_s)))
                 .filter(|&(_, o)| o > 0.0)
                 .max_by(|x, y| x.1.total_cmp(&y.1))
                 .map_or_else(|| "unknown".to_string(), |(label, _)| label.to_string())
@@ -694,10 +696,15 @@ mod tests {
     #[test]
     fn false_alarms_are_blamed_on_what_they_were_heard_over() {
         let truth = [ev("glass", 10.0, 11.0), ev("siren", 30.0, 34.0)];
+        let laid = |label: &str, start_s, end_s| Laid {
+            label: label.into(),
+            start_s,
+            end_s,
+        };
         let beds = [
-            ("speech", 0.0, 20.0),
-            ("door_slam", 20.0, 25.0),
-            ("speech", 25.0, 60.0),
+            laid("speech", 0.0, 20.0),
+            laid("door_slam", 20.0, 25.0),
+            laid("speech", 25.0, 60.0),
         ];
         let dets = [
             det("glass", 10.0, 10.5, 11.0), // found: not a false alarm

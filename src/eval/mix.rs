@@ -97,12 +97,10 @@ pub struct Mixture {
 }
 
 /// One background clip as laid in a mixture.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Laid {
     /// The clip's dataset label.
     pub label: String,
-    /// The clip.
-    pub clip: String,
     /// Where it starts, seconds into the mixture.
     pub start_s: f64,
     /// Where it ends, seconds.
@@ -201,7 +199,6 @@ fn bed(
         }
         laid.push(Laid {
             label: clip.label.clone(),
-            clip: clip.name.clone(),
             start_s: pos as f64 / spec.rate as f64,
             end_s: (pos + n).min(len) as f64 / spec.rate as f64,
         });

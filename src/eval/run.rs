@@ -395,15 +395,10 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
             });
         }
     }
-    let beds: Vec<(&str, f64, f64)> = mixture
-        .beds
-        .iter()
-        .map(|b| (b.label.as_str(), b.start_s, b.end_s))
-        .collect();
     let false_alarm_causes = group_names
         .iter()
         .map(|g| {
-            let causes = super::metrics::false_alarm_causes(g, &truth, &beds, &live, m);
+            let causes = super::metrics::false_alarm_causes(g, &truth, &mixture.beds, &live, m);
             (g.clone(), causes)
         })
         .collect();
