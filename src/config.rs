@@ -58,6 +58,10 @@ pub struct Tuning {
     pub onset_hops: usize,
     /// M of "N of the last M hops".
     pub onset_of: usize,
+    /// A score this high raises an event on its own hop, without waiting for the
+    /// onset rule (none: only the onset rule raises events). Only a trained
+    /// detector sets it: the file has no key for it.
+    pub sure: Option<f32>,
     /// How per-patch scores are pooled over the window.
     pub pooling: Pooling,
     /// Quiet time after an event ends.
@@ -75,6 +79,7 @@ pub const MAX_POOLED: Tuning = Tuning {
     off: 0.15,
     onset_hops: 1,
     onset_of: 1,
+    sure: None,
     pooling: Pooling::Max,
     cooldown_s: 30.0,
     max_event_s: 300.0,

@@ -4,7 +4,7 @@
 //! gunshot, …) maps to AudioSet classes; its score for the hop is the highest of its
 //! classes' pooled scores (the window pooled per the group's `pooling`). A group's
 //! event is raised when its score reaches `on` in `onset_hops` of the last
-//! `onset_of` hops, outside its cooldown; it ends when the score falls below `off`
+//! `onset_of` hops, or `sure` (when set) in one, outside its cooldown; it ends when the score falls below `off`
 //! (hysteresis) or the event reaches `max_event_s`. The onset time is the start of
 //! the newest hop of audio in the first window that crossed `on`: that slice is what
 //! the previous window did not hear.
@@ -280,6 +280,7 @@ impl Detector {
                         cfg.tuning.onset_hops = d.onset_hops;
                         cfg.tuning.onset_of = d.onset_of;
                     }
+                    cfg.tuning.sure = d.sure;
                     Box::new(crate::train::LinearScorer::new(d.clone()))
                 }
                 None => Box::new(ClassScorer::new(name, &cfg, labels)?),
@@ -338,7 +339,8 @@ impl Detector {
             }
             let hits = g.history.iter().filter(|&&h| h).count();
             let in_cooldown = hop.end_s < g.cooldown_until;
-            if hits >= g.cfg.tuning.onset_hops.max(1) && !in_cooldown {
+            let sure = g.cfg.tuning.sure.is_some_and(|s| score >= s);
+            if (hits >= g.cfg.tuning.onset_hops.max(1) || sure) && !in_cooldown {
                 // Onset: the newest slice of the earliest qualifying hop.
                 let first = g
                     .history
@@ -440,6 +442,7 @@ mod tests {
                 off,
                 onset_hops: n,
                 onset_of: m,
+                sure: None,
                 pooling: Pooling::Max,
                 cooldown_s: 5.0,
                 max_event_s: 20.0,
@@ -513,6 +516,25 @@ mod tests {
         assert_eq!(ev.len(), 2);
         // Onset dates back to the first hit of the qualifying run (hop ending t=2).
         assert_eq!(ev[0].start_s, 1.0);
+    }
+
+    #[test]
+    fn a_sure_score_raises_at_once_and_a_lesser_one_waits_for_the_rule() {
+        let mut c = cfg(0.5, 0.3, 3, 4);
+        c.tuning.sure = Some(0.95);
+        // 0.9 on its own waits for three hits: raised at the hop ending t=4.
+        let ev = run(c.clone(), &[0.1, 0.9, 0.9, 0.9, 0.1]);
+        assert_eq!((ev[0].start_s, ev[0].detected_s), (1.0, 4.0));
+        // 0.97 is sure: raised at the hop ending t=2, where it came.
+        let ev = run(c.clone(), &[0.1, 0.97, 0.9, 0.9, 0.1]);
+        assert_eq!((ev[0].start_s, ev[0].detected_s), (1.0, 2.0));
+        assert_eq!(
+            ev.iter().filter(|e| e.state == EventState::Start).count(),
+            1
+        );
+        // A sure hop after earlier hits dates the onset back to the first of them.
+        let ev = run(c, &[0.1, 0.6, 0.97, 0.1, 0.1]);
+        assert_eq!((ev[0].start_s, ev[0].detected_s), (1.0, 3.0));
     }
 
     #[test]

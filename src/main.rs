@@ -248,6 +248,11 @@ enum Command {
         /// Cross-validation folds, dealt by source recording.
         #[arg(long, default_value_t = 2)]
         folds: usize,
+        /// How background sounds are dealt to the folds: `recording` (each source
+        /// recording whole) or `kind` (each label whole, so false alarms are
+        /// counted on kinds of sound the fold's fit never heard).
+        #[arg(long, default_value = "recording", value_parser = ["recording", "kind"])]
+        background_folds: String,
         /// Keep the scored training mixtures in this folder and read them back on
         /// the next run when clips, mixing and model settings are unchanged (a
         /// retrain that only tries other candidates then skips the model).
@@ -495,6 +500,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hop_s,
             hidden,
             folds,
+            background_folds,
             cache,
             gate_keep,
             hard_share,
@@ -578,6 +584,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 iterations: 300,
                 epochs: 20,
                 folds,
+                backgrounds_by_kind: background_folds == "kind",
                 out,
                 work_dir: std::env::temp_dir()
                     .join(format!("hearken-train-{}", std::process::id())),
@@ -593,8 +600,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 for s in &summary {
                     println!(
-                        "{:<12} {:>4} clips, {:>6} / {:>6} windows +/-, {} features, {} hidden units, L2 {}, on {:.6} off {:.6} in {} of {} hops: cross-validated recall {:.2} at {:.2} false alarms/h -> {}",
-                        s.group, s.clips, s.positives, s.negatives, s.chosen.features, s.chosen.hidden, s.chosen.l2, s.chosen.on, s.off, s.chosen.onset_hops, s.chosen.onset_of, s.chosen.recall, s.chosen.fa_per_hour, s.file.display()
+                        "{:<12} {:>4} clips, {:>6} / {:>6} windows +/-, {} features, {} hidden units, L2 {}, on {:.6} off {:.6} in {} of {} hops{}: cross-validated recall {:.2} at {:.2} false alarms/h, latency {} -> {}",
+                        s.group, s.clips, s.positives, s.negatives, s.chosen.features, s.chosen.hidden, s.chosen.l2, s.chosen.on, s.off, s.chosen.onset_hops, s.chosen.onset_of,
+                        s.chosen.sure.map_or(String::new(), |v| format!(" or {v:.6} in one")),
+                        s.chosen.recall, s.chosen.fa_per_hour,
+                        s.chosen.latency_s.map_or("-".to_string(), |l| format!("{l:.2} s")),
+                        s.file.display()
                     );
                 }
             }

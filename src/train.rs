@@ -165,6 +165,10 @@ pub struct LinearDetector {
     /// See `onset_hops`.
     #[serde(default)]
     pub onset_of: usize,
+    /// A score at which an event starts on its own hop, without the onset rule
+    /// (none: only the rule starts events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sure: Option<f32>,
     /// Score at which an event starts.
     pub on: f32,
     /// Score under which it ends.
@@ -203,6 +207,7 @@ impl LinearDetector {
             gate: None,
             onset_hops: 0,
             onset_of: 0,
+            sure: None,
             on: 1.0,
             off: 1.0,
             trained: serde_json::Value::Null,
@@ -296,6 +301,13 @@ impl LinearDetector {
                     self.classes
                 );
             }
+        }
+        if self.sure.is_some_and(|s| !(self.on..=1.0).contains(&s)) {
+            bail!(
+                "{origin}: sure ({}) must lie between on ({}) and 1",
+                self.sure.unwrap_or_default(),
+                self.on
+            );
         }
         if self.onset_hops > self.onset_of || self.onset_of > 60 {
             bail!(
@@ -890,6 +902,14 @@ mod tests {
         bad.save(&dir.join("glass.json")).unwrap();
         let e = format!("{:#}", load_dir(&dir, "m", 2, 3).unwrap_err());
         assert!(e.contains("embedding_dim"), "{e}");
+        let mut low = det(vec![1.0, 2.0], 0.1);
+        (low.on, low.off, low.sure) = (0.8, 0.5, Some(0.7));
+        low.save(&dir.join("glass.json")).unwrap();
+        let e = format!("{:#}", load_dir(&dir, "m", 2, 3).unwrap_err());
+        assert!(e.contains("glass.json") && e.contains("sure (0.7)"), "{e}");
+        low.sure = Some(0.9);
+        low.save(&dir.join("glass.json")).unwrap();
+        assert_eq!(load_dir(&dir, "m", 2, 3).unwrap()[0].sure, Some(0.9));
         assert!(load_dir(&dir.join("none"), "m", 2, 3).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -105,6 +105,12 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     );
     let on = det["on"].as_f64().unwrap();
     assert!(on > 0.0 && on < 1.0 && det["off"].as_f64().unwrap() <= on);
+    // A `sure` score is only ever added to a rule that waits for several hops.
+    if let Some(sure) = det["sure"].as_f64() {
+        assert!(sure > on && sure <= 1.0, "{det:#}");
+        assert!(det["onset_hops"].as_u64().unwrap() > 1, "{det:#}");
+        assert_eq!(det["sure"], g["sure"]);
+    }
 
     // Same seed, same detector, to the byte.
     train(&out_b);

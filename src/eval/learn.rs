@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::dataset::{fnv1a, Split};
 use super::hopcache;
-use super::metrics::{score, Matching, TruthEvent};
+use super::metrics::{median_sorted, score, Matching, TruthEvent};
 use super::mix::{self, MixSpec, Signal};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
@@ -73,6 +73,9 @@ pub struct TrainOptions {
     pub epochs: usize,
     /// Cross-validation folds (at least 2), dealt by source recording.
     pub folds: usize,
+    /// Deal background sounds to folds by kind (label) rather than by recording, so
+    /// each fold's false alarms are counted on kinds of sound its fit never heard.
+    pub backgrounds_by_kind: bool,
     /// Share of a candidate's cross-validated recall an evidence gate must keep
     /// (the strictest such gate is chosen).
     pub gate_keep: f64,
@@ -113,6 +116,8 @@ pub struct Candidate {
     pub onset_hops: usize,
     /// See `onset_hops`.
     pub onset_of: usize,
+    /// The score that starts an event on its own hop (none: the rule alone).
+    pub sure: Option<f32>,
     /// Evidence gate: the lowest score of the group's own classes that lets it
     /// fire (0: no gate).
     pub gate: f32,
@@ -122,6 +127,8 @@ pub struct Candidate {
     pub recall: f64,
     /// Out-of-fold false alarms per hour at that threshold.
     pub fa_per_hour: f64,
+    /// Median out-of-fold latency from onset, seconds (none: nothing found).
+    pub latency_s: Option<f64>,
 }
 
 impl Candidate {
@@ -133,10 +140,12 @@ impl Candidate {
             on: 0.0,
             onset_hops: 0,
             onset_of: 0,
+            sure: None,
             gate: 0.0,
             hard_negatives: false,
             recall: 0.0,
             fa_per_hour: 0.0,
+            latency_s: None,
         }
         .with(c)
     }
@@ -147,8 +156,10 @@ impl Candidate {
             on: c.on,
             onset_hops: c.onset.0,
             onset_of: c.onset.1,
+            sure: c.sure,
             recall: c.recall,
             fa_per_hour: c.fa,
+            latency_s: c.latency_s,
             ..self
         }
     }
@@ -156,8 +167,11 @@ impl Candidate {
     fn log(&self, group: &str) {
         tracing::info!(
             group = %group,
-            "{group}: {} features, {} hidden units, L2 {}, hard negatives {}, gate {}: cross-validated recall {:.2} at {:.2} false alarms/h (on {:.6}, {} of {} hops)",
-            self.features, self.hidden, self.l2, self.hard_negatives, self.gate, self.recall, self.fa_per_hour, self.on, self.onset_hops, self.onset_of
+            "{group}: {} features, {} hidden units, L2 {}, hard negatives {}, gate {}: cross-validated recall {:.2} at {:.2} false alarms/h, latency {} (on {:.6}, {} of {} hops, sure {})",
+            self.features, self.hidden, self.l2, self.hard_negatives, self.gate, self.recall, self.fa_per_hour,
+            self.latency_s.map_or("-".to_string(), |l| format!("{l:.2} s")),
+            self.on, self.onset_hops, self.onset_of,
+            self.sure.map_or("-".to_string(), |s| format!("{s:.6}"))
         );
     }
 }
@@ -229,14 +243,28 @@ struct Batch {
 
 /// Deals recordings into `folds` folds: per group (and for the backgrounds), the
 /// recordings sorted by a stable hash go round-robin, so each fold gets its share
-/// of every group and a recording's clips all land in one fold.
-fn deal_folds(signals: &[&Signal], folds: usize) -> HashMap<String, usize> {
+/// of every group and a recording's clips all land in one fold. With
+/// `backgrounds_by_kind`, background recordings go by their label instead: each
+/// kind of sound whole to the fold with the least background audio so far
+/// (largest kinds first), so no kind is heard on both sides.
+fn deal_folds(
+    signals: &[&Signal],
+    folds: usize,
+    backgrounds_by_kind: bool,
+) -> HashMap<String, usize> {
     let mut by_key: HashMap<Option<&str>, Vec<&str>> = HashMap::new();
+    let mut kinds: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
     for s in signals {
-        by_key
-            .entry(s.group.as_deref())
-            .or_default()
-            .push(&s.recording);
+        if backgrounds_by_kind && s.group.is_none() {
+            let k = kinds.entry(&s.label).or_default();
+            k.0 += s.samples.len();
+            k.1.push(&s.recording);
+        } else {
+            by_key
+                .entry(s.group.as_deref())
+                .or_default()
+                .push(&s.recording);
+        }
     }
     let mut keys: Vec<_> = by_key.keys().copied().collect();
     keys.sort();
@@ -251,6 +279,16 @@ fn deal_folds(signals: &[&Signal], folds: usize) -> HashMap<String, usize> {
                 fold_of.insert(r.to_string(), next % folds);
                 next += 1;
             }
+        }
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+    let mut load = vec![0usize; folds];
+    for (_, (len, recs)) in kinds {
+        let f = (0..folds).min_by_key(|&f| load[f]).unwrap_or(0);
+        load[f] += len;
+        for r in recs {
+            fold_of.entry(r.to_string()).or_insert(f);
         }
     }
     fold_of
@@ -324,7 +362,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         bail!("no background clips (labels that are not events) in the training data");
     }
     let all: Vec<&Signal> = events.iter().chain(&backgrounds).collect();
-    let fold_of = deal_folds(&all, opts.folds);
+    let fold_of = deal_folds(&all, opts.folds, opts.backgrounds_by_kind);
     std::fs::create_dir_all(&opts.work_dir)?;
     let matching = Matching::default();
     let mut batches = Vec::new();
@@ -506,7 +544,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         // The evidence gate, on those: the strictest level that keeps `gate_keep`
         // of the ungated cross-validated recall (every level is tried: a stricter
         // one can recover what a laxer one lost).
-        let mut best: Option<(usize, Candidate)> = None;
+        let mut best: Option<(usize, Candidate, &[Vec<f32>])> = None;
         for (k, ungated, scores) in &tried {
             let mut pick = ungated.clone();
             if !own_classes.is_empty() {
@@ -529,12 +567,28 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             }
             if best
                 .as_ref()
-                .is_none_or(|(_, b)| rank(&pick, b, opts.target_fa_per_hour).is_lt())
+                .is_none_or(|(_, b, _)| rank(&pick, b, opts.target_fa_per_hour).is_lt())
             {
-                best = Some((*k, pick));
+                best = Some((*k, pick, scores));
             }
         }
-        let (k, chosen) = best.expect("at least one candidate");
+        let (k, mut chosen, scores) = best.expect("at least one candidate");
+        // A slow onset rule gets a `sure` score that starts an event at once,
+        // if one costs no cross-validated false alarm.
+        if chosen.onset_hops > 1 {
+            let scores = if chosen.gate > 0.0 {
+                gated(scores, &evidence, chosen.gate)
+            } else {
+                scores.to_vec()
+            };
+            let base = Choice::of(&chosen);
+            let sure = choose_sure(&model, cfg, g, base, total_h, &batches, &scores);
+            if sure.sure.is_some() {
+                chosen = chosen.with(sure);
+                chosen.log(g);
+                candidates.push(chosen.clone());
+            }
+        }
         let fm = all[k];
         let (zs, ys) = fm.labelled(&labels, |_| true);
         let positives = ys.iter().filter(|&&y| y).count();
@@ -571,6 +625,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             }),
             onset_hops: chosen.onset_hops,
             onset_of: chosen.onset_of,
+            sure: chosen.sure,
             on: chosen.on,
             off: chosen.on * 0.7,
             trained: serde_json::json!({
@@ -587,6 +642,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "iterations": opts.iterations,
                 "epochs": opts.epochs,
                 "folds": opts.folds,
+                "backgrounds_by_kind": opts.backgrounds_by_kind,
                 "target_fa_per_hour": opts.target_fa_per_hour,
                 "cv_recall": chosen.recall,
                 "cv_fa_per_hour": chosen.fa_per_hour,
@@ -594,6 +650,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "hard_negatives": chosen.hard_negatives,
                 "hard_share": opts.hard_share,
                 "hard_weight": opts.hard_weight,
+                "cv_latency_s": chosen.latency_s,
             }),
         };
         let file = opts.out.join(format!("{g}.json"));
@@ -818,8 +875,24 @@ pub const ONSET_RULES: [(usize, usize); 3] = [(1, 1), (2, 3), (3, 4)];
 struct Choice {
     on: f32,
     onset: (usize, usize),
+    sure: Option<f32>,
     recall: f64,
     fa: f64,
+    latency_s: Option<f64>,
+}
+
+impl Choice {
+    /// A candidate's threshold, rules and results.
+    fn of(c: &Candidate) -> Choice {
+        Choice {
+            on: c.on,
+            onset: (c.onset_hops, c.onset_of),
+            sure: c.sure,
+            recall: c.recall,
+            fa: c.fa_per_hour,
+            latency_s: c.latency_s,
+        }
+    }
 }
 
 /// Threshold steps of a quarter logit from −2.
@@ -850,15 +923,15 @@ fn choose_threshold(
             .map(|onset| {
                 s.spawn(move || {
                     let at = |k: usize| {
-                        let on = sigmoid_f32(-2.0 + 0.25 * k as f32);
-                        let (recall, fa) =
-                            replay_scores(model, cfg, group, on, onset, total_h, batches, scores);
-                        Choice {
-                            on,
+                        let c = Choice {
+                            on: step(k),
                             onset,
-                            recall,
-                            fa,
-                        }
+                            sure: None,
+                            recall: 0.0,
+                            fa: 0.0,
+                            latency_s: None,
+                        };
+                        replay_scores(model, cfg, group, c, total_h, batches, scores)
                     };
                     // Coarse steps up to the first threshold that holds the target,
                     // then the finer steps just below it.
@@ -893,29 +966,84 @@ fn choose_threshold(
     best.expect("at least one onset rule")
 }
 
-/// Recall and false alarms per hour of one group scored by `scores` (per batch,
-/// per hop) with thresholds `on` / 0.7 `on` and onset rule `onset`, through the
-/// real event logic.
-#[allow(clippy::too_many_arguments)]
+/// The threshold of step `k`: even quarter-logit steps from −2.
+fn step(k: usize) -> f32 {
+    sigmoid_f32(-2.0 + 0.25 * k as f32)
+}
+
+/// The lowest `sure` score above `base.on` whose replay raises no more false
+/// alarms than `base` and finds events sooner or more of them; `base` unchanged
+/// (without `sure`) when none does. Walked as [`choose_threshold`] walks `on`.
+fn choose_sure(
+    model: &Model,
+    cfg: &Config,
+    group: &str,
+    base: Choice,
+    total_h: f64,
+    batches: &[Batch],
+    scores: &[Vec<f32>],
+) -> Choice {
+    let at = |k: usize| {
+        let c = Choice {
+            sure: Some(step(k)),
+            ..base
+        };
+        replay_scores(model, cfg, group, c, total_h, batches, scores)
+    };
+    let first = (0..=THRESHOLD_STEPS)
+        .find(|&k| step(k) > base.on)
+        .unwrap_or(THRESHOLD_STEPS + 1);
+    let holds = |c: &Choice| c.fa <= base.fa;
+    let mut pick = None;
+    for k in (first..=THRESHOLD_STEPS).step_by(COARSE) {
+        let c = at(k);
+        if holds(&c) {
+            pick = (k.saturating_sub(COARSE - 1).max(first)..k)
+                .map(at)
+                .find(holds)
+                .or(Some(c));
+            break;
+        }
+    }
+    match pick {
+        Some(c)
+            if c.recall > base.recall
+                || (c.recall == base.recall && c.latency_s < base.latency_s) =>
+        {
+            c
+        }
+        _ => base,
+    }
+}
+
+/// `c` (threshold `on`, off 0.7 `on`, its onset rule and `sure`) replayed over one
+/// group scored by `scores` (per batch, per hop) through the real event logic:
+/// `c` with its recall, false alarms per hour and median latency.
 fn replay_scores(
     model: &Model,
     cfg: &Config,
     group: &str,
-    on: f32,
-    onset: (usize, usize),
+    c: Choice,
     total_h: f64,
     batches: &[Batch],
     scores: &[Vec<f32>],
-) -> (f64, f64) {
+) -> Choice {
     let Some((name, gc)) = cfg.detection.groups.get_key_value(group) else {
-        return (0.0, f64::INFINITY);
+        return Choice {
+            recall: 0.0,
+            fa: f64::INFINITY,
+            latency_s: None,
+            ..c
+        };
     };
     let mut gc = gc.clone();
     gc.enabled = true;
-    gc.tuning.on = on;
-    gc.tuning.off = on * 0.7;
-    (gc.tuning.onset_hops, gc.tuning.onset_of) = onset;
+    gc.tuning.on = c.on;
+    gc.tuning.off = c.on * 0.7;
+    (gc.tuning.onset_hops, gc.tuning.onset_of) = c.onset;
+    gc.tuning.sure = c.sure;
     let (mut found, mut events, mut fas) = (0usize, 0usize, 0usize);
+    let mut latencies = Vec::new();
     for (b, s) in batches.iter().zip(scores) {
         let d = Detector::new(
             vec![(name.clone(), gc.clone(), Box::new(Fixed(s.clone(), 0)))],
@@ -932,13 +1060,22 @@ fn replay_scores(
         found += r.found;
         events += r.events;
         fas += r.false_alarms;
+        latencies.extend_from_slice(&r.latencies_s);
     }
     let recall = if events == 0 {
         0.0
     } else {
         found as f64 / events as f64
     };
-    (recall, fas as f64 / total_h.max(1e-9))
+    Choice {
+        recall,
+        fa: fas as f64 / total_h.max(1e-9),
+        latency_s: {
+            latencies.sort_by(f64::total_cmp);
+            median_sorted(&latencies)
+        },
+        ..c
+    }
 }
 
 fn sigmoid_f32(z: f32) -> f32 {
@@ -997,7 +1134,7 @@ mod tests {
             v.push(sig(None, &format!("b{i}")));
         }
         let refs: Vec<&Signal> = v.iter().collect();
-        let f = deal_folds(&refs, 2);
+        let f = deal_folds(&refs, 2, false);
         assert_eq!(f.len(), 6 + 3 + 4, "one entry per recording");
         let count = |prefix: &str, fold: usize| {
             f.iter()
@@ -1008,7 +1145,43 @@ mod tests {
         assert_eq!(count("s", 0) + count("s", 1), 3);
         assert!(count("s", 0) >= 1 && count("s", 1) >= 1);
         assert_eq!((count("b", 0), count("b", 1)), (2, 2));
-        assert_eq!(f, deal_folds(&refs, 2), "deterministic");
+        assert_eq!(f, deal_folds(&refs, 2, false), "deterministic");
+    }
+
+    #[test]
+    fn backgrounds_dealt_by_kind_keep_each_kind_on_one_side() {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(sig(Some("glass"), &format!("g{i}")));
+        }
+        // Speech: 4 recordings of 3 s; typing: 2 of 2 s; rain: 1 of 3 s.
+        for (label, n, len) in [("speech", 4, 3), ("typing", 2, 2), ("rain", 1, 3)] {
+            for i in 0..n {
+                let mut s = sig(None, &format!("{label}{i}"));
+                s.label = label.into();
+                s.samples = vec![0.0; len];
+                v.push(s);
+            }
+        }
+        let refs: Vec<&Signal> = v.iter().collect();
+        let f = deal_folds(&refs, 2, true);
+        let folds_of = |prefix: &str| {
+            let mut k: Vec<usize> = f
+                .iter()
+                .filter(|(r, _)| r.starts_with(prefix))
+                .map(|(_, &k)| k)
+                .collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        // Speech (12 s) alone in one fold, typing and rain (7 s) in the other.
+        assert_eq!(folds_of("speech").len(), 1);
+        assert_eq!(folds_of("typing"), folds_of("rain"));
+        assert_ne!(folds_of("speech"), folds_of("typing"));
+        // Events are still dealt by recording.
+        assert_eq!(folds_of("g"), vec![0, 1]);
+        assert_eq!(f, deal_folds(&refs, 2, true), "deterministic");
     }
 
     #[test]

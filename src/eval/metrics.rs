@@ -190,7 +190,7 @@ fn ratio_or_one(num: usize, den: usize) -> f64 {
 }
 
 /// Median of ascending `v` (mean of the two middle values for an even length).
-fn median_sorted(v: &[f64]) -> Option<f64> {
+pub fn median_sorted(v: &[f64]) -> Option<f64> {
     let n = v.len();
     if n == 0 {
         None

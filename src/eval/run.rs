@@ -166,7 +166,7 @@ pub fn detections(events: &[Event]) -> Vec<Detection> {
 
 /// A detector for `cfg`'s enabled groups (with the trained detectors it names)
 /// with every `on`/`off` threshold multiplied by `scale` (capped at 1; for a trained
-/// detector, moved by 2·log2(scale) in log-odds).
+/// detector, moved by 2·log2(scale) in log-odds, and its `sure` score with them).
 pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detector> {
     let mut trained = crate::train::configured(cfg, model)?;
     // A trained detector's score is a probability that crowds near 0 and 1, so its
@@ -179,6 +179,7 @@ pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detect
     for d in &mut trained {
         d.on = move_logit(d.on);
         d.off = move_logit(d.off).min(d.on);
+        d.sure = d.sure.map(|s| move_logit(s).max(d.on));
     }
     let groups: Vec<(String, crate::config::GroupConfig)> = cfg
         .enabled_groups()
