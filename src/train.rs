@@ -319,6 +319,18 @@ impl LinearDetector {
         Ok(())
     }
 
+    /// Moves `on`, `off` and `sure` by `logits` in log-odds, keeping
+    /// `off <= on <= sure`.
+    pub fn shift_thresholds(&mut self, logits: f64) {
+        let shift = |p: f32| {
+            let p = (p as f64).clamp(1e-9, 1.0 - 1e-9);
+            (1.0 / (1.0 + (-((p / (1.0 - p)).ln() + logits)).exp())) as f32
+        };
+        self.on = shift(self.on);
+        self.off = shift(self.off).min(self.on);
+        self.sure = self.sure.map(|s| shift(s).max(self.on));
+    }
+
     /// Reads and validates a detector file.
     pub fn load(path: &Path) -> Result<LinearDetector> {
         let text = std::fs::read_to_string(path)
@@ -886,6 +898,23 @@ mod tests {
         assert_eq!(window_label(0.0, 10.0, 9.0, 11.0, 0.5), Some(true));
         // An event shorter than the minimum counts when it is wholly inside.
         assert_eq!(window_label(0.0, 10.0, 4.0, 4.2, 0.5), Some(true));
+    }
+
+    #[test]
+    fn thresholds_shift_together_in_log_odds() {
+        let mut d = det(vec![1.0], 0.0);
+        (d.on, d.off, d.sure) = (0.5, 0.35, Some(0.9));
+        d.shift_thresholds(2.0_f64.ln());
+        // Odds ×2: 1 → 2, 0.35/0.65 → 0.7/0.65, 9 → 18.
+        assert!((d.on - 2.0 / 3.0).abs() < 1e-6, "{}", d.on);
+        assert!((d.off - 0.7 / 1.35).abs() < 1e-6, "{}", d.off);
+        assert!((d.sure.unwrap() - 18.0 / 19.0).abs() < 1e-6);
+        d.shift_thresholds(-2.0_f64.ln());
+        assert!((d.on - 0.5).abs() < 1e-6 && (d.sure.unwrap() - 0.9).abs() < 1e-6);
+        // Near 1 the order holds even where f32 cannot tell them apart.
+        (d.on, d.sure) = (0.999_999_9, Some(0.999_999_95));
+        d.shift_thresholds(8.0);
+        assert!(d.off <= d.on && d.on <= d.sure.unwrap());
     }
 
     #[test]

@@ -171,15 +171,8 @@ pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detect
     let mut trained = crate::train::configured(cfg, model)?;
     // A trained detector's score is a probability that crowds near 0 and 1, so its
     // thresholds move in logit steps: ×0.25 … ×4 becomes −4 … +4 in log-odds.
-    let shift = 2.0 * scale.log2();
-    let move_logit = |p: f32| {
-        let p = (p as f64).clamp(1e-9, 1.0 - 1e-9);
-        (1.0 / (1.0 + (-((p / (1.0 - p)).ln() + shift)).exp())) as f32
-    };
     for d in &mut trained {
-        d.on = move_logit(d.on);
-        d.off = move_logit(d.off).min(d.on);
-        d.sure = d.sure.map(|s| move_logit(s).max(d.on));
+        d.shift_thresholds(2.0 * scale.log2());
     }
     let groups: Vec<(String, crate::config::GroupConfig)> = cfg
         .enabled_groups()
