@@ -933,22 +933,8 @@ fn choose_threshold(
                         };
                         replay_scores(model, cfg, group, c, total_h, batches, scores)
                     };
-                    // Coarse steps up to the first threshold that holds the target,
-                    // then the finer steps just below it.
-                    let mut pick: Option<Choice> = None;
-                    for k in (0..=THRESHOLD_STEPS).step_by(COARSE) {
-                        let c = at(k);
-                        if c.fa <= target_fa_per_hour {
-                            return (k.saturating_sub(COARSE - 1)..k)
-                                .map(at)
-                                .find(|f| f.fa <= target_fa_per_hour)
-                                .unwrap_or(c);
-                        }
-                        if pick.is_none_or(|p| c.fa < p.fa) {
-                            pick = Some(c);
-                        }
-                    }
-                    pick.expect("at least one threshold")
+                    lowest_holding(0, at, |c| c.fa <= target_fa_per_hour)
+                        .unwrap_or_else(|fewest| fewest.expect("at least one threshold"))
                 })
             })
             .collect();
@@ -971,9 +957,33 @@ fn step(k: usize) -> f32 {
     sigmoid_f32(-2.0 + 0.25 * k as f32)
 }
 
+/// The lowest threshold step from `from` whose replay `at` holds: steps are walked
+/// `COARSE` at a time up to the first that holds, then one at a time just below
+/// it. When none holds, the stride with the fewest false alarms (`Err`).
+fn lowest_holding(
+    from: usize,
+    at: impl Fn(usize) -> Choice,
+    holds: impl Fn(&Choice) -> bool,
+) -> Result<Choice, Option<Choice>> {
+    let mut fewest: Option<Choice> = None;
+    for k in (from..=THRESHOLD_STEPS).step_by(COARSE) {
+        let c = at(k);
+        if holds(&c) {
+            return Ok((k.saturating_sub(COARSE - 1).max(from)..k)
+                .map(&at)
+                .find(|f| holds(f))
+                .unwrap_or(c));
+        }
+        if fewest.is_none_or(|p| c.fa < p.fa) {
+            fewest = Some(c);
+        }
+    }
+    Err(fewest)
+}
+
 /// The lowest `sure` score above `base.on` whose replay raises no more false
 /// alarms than `base` and finds events sooner or more of them; `base` unchanged
-/// (without `sure`) when none does. Walked as [`choose_threshold`] walks `on`.
+/// (without `sure`) when none does, found by [`lowest_holding`].
 fn choose_sure(
     model: &Model,
     cfg: &Config,
@@ -993,19 +1003,7 @@ fn choose_sure(
     let first = (0..=THRESHOLD_STEPS)
         .find(|&k| step(k) > base.on)
         .unwrap_or(THRESHOLD_STEPS + 1);
-    let holds = |c: &Choice| c.fa <= base.fa;
-    let mut pick = None;
-    for k in (first..=THRESHOLD_STEPS).step_by(COARSE) {
-        let c = at(k);
-        if holds(&c) {
-            pick = (k.saturating_sub(COARSE - 1).max(first)..k)
-                .map(at)
-                .find(holds)
-                .or(Some(c));
-            break;
-        }
-    }
-    match pick {
+    match lowest_holding(first, at, |c| c.fa <= base.fa).ok() {
         Some(c)
             if c.recall > base.recall
                 || (c.recall == base.recall && c.latency_s < base.latency_s) =>
