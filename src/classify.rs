@@ -42,7 +42,7 @@ impl Default for ClassifyOptions {
 }
 
 /// One label with its score, in the shape IBM MAX clients read.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Prediction {
     /// AudioSet id.
     pub label_id: String,

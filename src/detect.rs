@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::classify::{top_k, Prediction};
@@ -141,7 +141,7 @@ impl GroupScorer for ClassScorer {
 }
 
 /// Whether an event message announces a start or an end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventState {
     /// The event was raised; `end_s` is null.
@@ -151,7 +151,7 @@ pub enum EventState {
 }
 
 /// A home event, as published (JSON) when it starts and again when it ends.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Stable id shared by the start and end messages.
     pub id: Uuid,
@@ -184,6 +184,11 @@ pub struct Event {
     pub room: String,
     /// Model name.
     pub model: String,
+    /// On an `end` only: the process that raised the event died while it was open,
+    /// so its true end is unknown; hearken closed it when it started again. Absent
+    /// (false) on every other message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 struct Group {
@@ -219,7 +224,8 @@ pub struct Detector {
     top_labels: usize,
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// `t` as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -368,6 +374,7 @@ impl Detector {
                     node: ident.node.clone(),
                     room: ident.room.clone(),
                     model: ident.model.clone(),
+                    interrupted: false,
                 };
                 // Short events wait for min_duration_s before they are announced.
                 g.announced = g.cfg.tuning.min_duration_s <= 0.0;

@@ -232,7 +232,21 @@ fn events_states_discovery_and_availability_reach_a_real_broker() {
         .filter(|(t, _)| t == "hearken/testnode/gunshot/state")
         .map(|(_, p)| p.as_str())
         .collect();
-    assert_eq!(states, vec!["ON", "OFF"]);
+    // The true state first (no group is ever unknown), then the event.
+    assert_eq!(states, vec!["OFF", "ON", "OFF"]);
+    // Every group's state is published on connect, not only the ones with events.
+    for g in ["glass", "smoke_alarm", "scream", "siren"] {
+        let t = format!("hearken/testnode/{g}/state");
+        assert!(
+            msgs.iter().any(|(x, p)| *x == t && p == "OFF"),
+            "no initial state on {t}"
+        );
+    }
+    let problem = msgs
+        .iter()
+        .find(|(t, _)| t == "hearken/testnode/problem")
+        .expect("a problem state on connect");
+    assert_eq!(problem.1, r#"{"state":"OFF"}"#);
 
     // Every config as received passes Home Assistant's own discovery schemas
     // (tools/ha-schema-check.py runs them from the homeassistant package).
@@ -241,7 +255,7 @@ fn events_states_discovery_and_availability_reach_a_real_broker() {
         .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
         .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
         .collect();
-    assert_eq!(configs.len(), 2 * 10 + 2, "{topics:?}");
+    assert_eq!(configs.len(), 2 * 10 + 3, "{topics:?}");
     let file = state.join("discovery.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
     let check = Command::new("python3")
@@ -638,4 +652,237 @@ fn the_embedded_broker_serves_a_subscriber_without_any_other_broker() {
         .iter()
         .any(|(t, _)| t == "homeassistant/binary_sensor/testnode/gunshot/config"));
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Every message on `topic` until `n` have arrived or `wait_s` passed.
+fn sub_n(port: u16, topic: &str, n: u32, wait_s: u32) -> Child {
+    let child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["-C", &n.to_string(), "-W", &wait_s.to_string(), "-q", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+#[test]
+fn kill_9_during_an_event_leaves_no_alarm_on_after_a_restart() {
+    let port = free_port();
+    let _broker = start_broker(port, "stuck");
+    let state = tmp("state-stuck");
+    // gunshots.wav in real time: a gunshot event starts after about a second and
+    // lasts to the end of the file, 10 s later.
+    let first = sub_n(port, "hearken/testnode/event/gunshot", 1, 40);
+    let mut child = hearken("gunshots.wav", port, &state, false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = first.wait_with_output().unwrap();
+    let start: Value = serde_json::from_slice(&out.stdout).expect("a start within 40 s");
+    assert_eq!(start["state"], "start");
+    // A moment for the broker's PUBACK to be recorded (else the start is, rightly,
+    // sent again after the restart: QoS 1 is at least once).
+    std::thread::sleep(Duration::from_millis(800));
+    child.kill().unwrap(); // SIGKILL while the event is open
+    child.wait().unwrap();
+    assert_eq!(
+        sub_once(port, "hearken/testnode/gunshot/state", 3),
+        "ON",
+        "the dead process left its retained ON (the precondition)"
+    );
+
+    // The next start says the truth before anything else and closes the event.
+    let sub = subscribe(port);
+    run_ok(hearken("speech_sample1.wav", port, &state, true));
+    let msgs = collect(sub);
+    let ev = events(&msgs);
+    let end = ev
+        .iter()
+        .find(|e| e["state"] == "end")
+        .unwrap_or_else(|| panic!("no end after the restart: {msgs:?}"));
+    assert_eq!(end["id"], start["id"]);
+    assert_eq!(end["interrupted"], true);
+    assert!(end["ended_at"].is_string());
+    assert!(
+        ev.iter().all(|e| e["state"] == "end"),
+        "the start is not sent again: {ev:?}"
+    );
+    let states: Vec<&str> = msgs
+        .iter()
+        .filter(|(t, _)| t == "hearken/testnode/gunshot/state")
+        .map(|(_, p)| p.as_str())
+        .collect();
+    // The retained ON the subscriber is handed first, then only the truth.
+    assert_eq!(states, vec!["ON", "OFF"]);
+    assert_eq!(sub_once(port, "hearken/testnode/gunshot/state", 3), "OFF");
+    assert!(!state.join("open-events.json").exists());
+
+    // Closed once: a third start publishes no second interrupted end.
+    let sub = subscribe(port);
+    run_ok(hearken("speech_sample1.wav", port, &state, true));
+    assert!(events(&collect(sub)).is_empty());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn a_damaged_outbox_is_moved_aside_and_the_daemon_starts() {
+    let port = free_port();
+    let _broker = start_broker(port, "damaged");
+    let state = tmp("state-damaged");
+    let dir = state.join("outbox");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("outbox.log"), vec![0u8; 8192]).unwrap();
+    let sub = subscribe(port);
+    let out = run_ok(hearken("gunshots.wav", port, &state, true));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a hearken outbox log") && err.contains("moved it to"),
+        "{err}"
+    );
+    assert_eq!(
+        events(&collect(sub)).len(),
+        2,
+        "the daemon ran and delivered"
+    );
+    let aside: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.log.damaged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), vec![0u8; 8192]);
+
+    // A log cut inside its header is started afresh, with a warning.
+    std::fs::write(dir.join("outbox.log"), b"HKO").unwrap();
+    let out = run_ok(hearken("speech_sample1.wav", port, &state, true));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut short inside its header"), "{err}");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A tmpfs of `kib` KiB mounted on `dir`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, kib: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the filesystem to the last byte with `filler`.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0xAAu8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        for _ in 0..4096 {
+            if f.write_all(&[0xAA]).is_err() {
+                break;
+            }
+        }
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_loses_no_event_and_does_not_stall_delivery() {
+    let port = free_port();
+    let root = tmp("state-full");
+    let fs = Tmpfs::mount(&root, 1024);
+    let (a, b) = (root.join("a"), root.join("b"));
+    // Run A, broker down, disk free: one event (start + end) waits on disk.
+    run_ok(hearken("gunshots.wav", port, &a, true));
+    // Free the space the outbox keeps in reserve (a truncate to the same length
+    // drops preallocated blocks), then fill the filesystem to the last byte.
+    let log = a.join("outbox").join("outbox.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(len).unwrap();
+    drop(f);
+    let filler = fs.fill();
+
+    // Run B, broker up, on a fresh state dir on the full disk, in real time: its
+    // event is held in memory and delivered, the problem is raised at once, and
+    // cleared once space returns.
+    let _broker = start_broker(port, "full");
+    let sub = subscribe(port);
+    let problem = sub_n(port, "hearken/testnode/problem", 1, 30);
+    let child = hearken("gunshots.wav", port, &b, false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = problem.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        seen.contains(r#""state":"ON""#),
+        "no problem raised: {seen}"
+    );
+    // Let the event start while the disk is still full.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::remove_file(&filler).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    assert!(err.contains("can be written again"), "{err}");
+    let msgs = collect(sub);
+    let ev = events(&msgs);
+    assert_eq!(ev.len(), 2, "B's start and end: {ev:?}");
+    assert_eq!(ev[0]["id"], ev[1]["id"]);
+    assert_eq!(
+        (ev[0]["state"].as_str(), ev[1]["state"].as_str()),
+        (Some("start"), Some("end"))
+    );
+    let problems: Vec<&str> = msgs
+        .iter()
+        .filter(|(t, _)| t == "hearken/testnode/problem")
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert!(
+        problems
+            .first()
+            .is_some_and(|p| p.contains(r#""state":"ON""#)),
+        "{problems:?}"
+    );
+    assert_eq!(problems.last(), Some(&r#"{"state":"OFF"}"#), "{problems:?}");
+
+    // Restart on A's state with the disk full again: A's messages are delivered
+    // (marking them delivered needs no space), and only once.
+    let filler = fs.fill();
+    let sub = subscribe(port);
+    run_ok(hearken("speech_sample1.wav", port, &a, true));
+    let ev = events(&collect(sub));
+    assert_eq!(ev.len(), 2, "A's start and end after the restart: {ev:?}");
+    assert_eq!(ev[0]["id"], ev[1]["id"]);
+    let sub = subscribe(port);
+    run_ok(hearken("speech_sample1.wav", port, &a, true));
+    assert!(events(&collect(sub)).is_empty(), "delivered twice");
+    std::fs::remove_file(&filler).unwrap();
+    drop(fs);
+    let _ = std::fs::remove_dir_all(&root);
 }

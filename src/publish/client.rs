@@ -28,16 +28,20 @@ use rumqttc::{
 };
 
 use super::discovery::{
-    config_filter, discovery_messages, ha_status_topic, is_ha_birth, stale_config_removal,
+    config_filter, discovery_messages, ha_status_topic, is_ha_birth, stale_config_removal, NodeInfo,
 };
+use super::open_events::{interrupted_end, open_in_outbox, OpenEvents};
 use super::outbox::Outbox;
 use super::tls::{client_config, TlsFiles};
 use super::topics::Topics;
 use super::{
-    availability_message, messages_for_event, top_message, OutMessage, RateLimit, TopReport,
-    DEFAULT_TOP_INTERVAL_S, OFFLINE,
+    availability_message, event_message, problem_message, state_message, top_message, OutMessage,
+    RateLimit, TopReport, DEFAULT_TOP_INTERVAL_S, OFFLINE,
 };
 use crate::detect::Event;
+
+/// How often held messages are retried while the disk refuses the outbox.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Where and how to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +76,11 @@ pub struct MqttSettings {
     pub qos: u8,
     /// TLS, when the broker wants it (`mqtts://`).
     pub tls: Option<TlsFiles>,
+    /// `[node] room`: the Home Assistant device's suggested area ("" for none).
+    pub room: String,
+    /// Seconds without a `top` report after which Home Assistant shows the
+    /// top-sound and loudness sensors as unavailable.
+    pub top_expire_s: u64,
 }
 
 impl MqttSettings {
@@ -133,6 +142,8 @@ impl MqttSettings {
             model: String::new(),
             qos: 1,
             tls,
+            room: String::new(),
+            top_expire_s: 6 * DEFAULT_TOP_INTERVAL_S as u64,
         })
     }
 }
@@ -174,11 +185,34 @@ pub struct Publisher {
     handle: Option<JoinHandle<Result<()>>>,
 }
 
+/// What the events found open in the state directory mean for a new publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// The process starts: events left open were left by one that died. They are
+    /// closed with an interrupted `end`.
+    AfterExit,
+    /// The publisher is replaced in a running process (a reload): its open events
+    /// are still open in the pipeline, and their ends will come.
+    Handover,
+}
+
 impl Publisher {
-    /// Opens the outbox, reads the TLS files, and starts the publisher thread.
-    /// A broker that is down is not an error: events wait in the outbox and the
-    /// thread retries with backoff. Unreadable TLS files are.
+    /// Opens the outbox, reads the TLS files, and starts the publisher thread, at
+    /// process start: any event the previous process left open (it crashed or was
+    /// killed while the event lasted) is closed first with an `end` marked
+    /// `interrupted`. A broker that is down is not an error: events wait in the
+    /// outbox and the thread retries with backoff. Unreadable TLS files are.
     pub fn start(s: MqttSettings) -> Result<Publisher> {
+        Publisher::launch(s, Resume::AfterExit)
+    }
+
+    /// Starts a publisher that replaces one stopped in this process (new MQTT
+    /// settings on reload): events open in the pipeline stay open.
+    pub fn take_over(s: MqttSettings) -> Result<Publisher> {
+        Publisher::launch(s, Resume::Handover)
+    }
+
+    fn launch(s: MqttSettings, resume: Resume) -> Result<Publisher> {
         if s.qos > 2 {
             bail!("MQTT QoS must be 0, 1 or 2, not {}", s.qos);
         }
@@ -189,12 +223,47 @@ impl Publisher {
             )),
             None => None,
         };
-        let outbox = Outbox::open(&s.state_dir.join("outbox"), s.outbox_max_bytes)
+        let mut outbox = Outbox::open(&s.state_dir.join("outbox"), s.outbox_max_bytes)
             .with_context(|| format!("opening the outbox in {}", s.state_dir.display()))?;
+        // Group states are published from the truth on every connect; ones queued
+        // by older versions would only replay stale values after it.
+        let stale: Vec<u64> = outbox
+            .pending()
+            .filter(|e| {
+                e.topic.starts_with(&format!("{}/", topics.base())) && e.topic.ends_with("/state")
+            })
+            .map(|e| e.seq)
+            .collect();
+        for seq in stale {
+            let _ = outbox.ack(seq);
+        }
+        let (mut journal, mut open) = OpenEvents::load(&s.state_dir);
+        for e in open_in_outbox(&topics, outbox.pending()) {
+            if !open.iter().any(|o| o.id == e.id) {
+                open.push(e);
+            }
+        }
+        match resume {
+            Resume::AfterExit => close_interrupted(&s, &topics, &mut outbox, &open),
+            Resume::Handover => {
+                for e in &open {
+                    if let Err(err) = journal.record(e) {
+                        tracing::warn!("{err:#}");
+                    }
+                }
+            }
+        }
+        if resume == Resume::AfterExit {
+            // The file now says nothing is open; a failure leaves the old one, whose
+            // events the next start closes again (the same ids: harmless).
+            if let Err(err) = journal.save() {
+                tracing::warn!("{err:#}");
+            }
+        }
         let (tx, rx) = unbounded();
         let handle = std::thread::Builder::new()
             .name("hearken-mqtt".into())
-            .spawn(move || run(s, tls, topics, outbox, rx))?;
+            .spawn(move || run(s, tls, topics, outbox, journal, rx))?;
         Ok(Publisher {
             tx: Some(tx),
             handle: Some(handle),
@@ -235,6 +304,25 @@ impl Publisher {
                 .join()
                 .map_err(|_| anyhow::anyhow!("the MQTT thread panicked"))?,
             None => Ok(()),
+        }
+    }
+}
+
+/// Queues an interrupted `end` for each event a dead process left open.
+fn close_interrupted(s: &MqttSettings, topics: &Topics, outbox: &mut Outbox, open: &[Event]) {
+    let now = crate::detect::rfc3339(std::time::SystemTime::now());
+    for start in open {
+        tracing::warn!(
+            group = %start.group,
+            event_id = %start.id,
+            "the {} event {} (started {}) was still open when hearken last stopped without closing it; publishing its end, marked interrupted",
+            start.group,
+            start.id,
+            start.started_at
+        );
+        let m = event_message(topics, &interrupted_end(start, &now), s.qos);
+        if let Err(e) = outbox.push(&m.topic, &m.payload, m.qos, m.retain) {
+            tracing::error!("cannot queue the interrupted end of {}: {e:#}", start.id);
         }
     }
 }
@@ -339,16 +427,40 @@ fn publish(c: &mut Conn, m: &OutMessage, kind: Kind) -> bool {
     true
 }
 
-fn announce(c: &mut Conn, s: &MqttSettings, topics: &Topics, listening: bool) {
-    publish(c, &availability_message(topics, listening), Kind::Other);
-    for m in discovery_messages(
-        topics,
-        &s.node_id,
-        &s.groups,
-        env!("CARGO_PKG_VERSION"),
-        &s.discovery_prefix,
-    ) {
+fn node_info(s: &MqttSettings) -> NodeInfo<'_> {
+    NodeInfo {
+        node_id: &s.node_id,
+        groups: &s.groups,
+        version: env!("CARGO_PKG_VERSION"),
+        discovery_prefix: &s.discovery_prefix,
+        room: &s.room,
+        expire_after_s: s.top_expire_s,
+    }
+}
+
+/// What a (re)connection publishes before anything from the outbox: availability,
+/// the discovery configs, the true state of every group (so no entity is unknown
+/// and no `ON` retained by a dead process survives), the problem state, and the
+/// latest diagnostic report.
+struct Announce<'a> {
+    listening: bool,
+    journal: &'a OpenEvents,
+    problem: Option<&'a str>,
+    top: Option<&'a TopReport>,
+}
+
+fn announce(c: &mut Conn, s: &MqttSettings, topics: &Topics, a: &Announce<'_>) {
+    publish(c, &availability_message(topics, a.listening), Kind::Other);
+    for m in discovery_messages(topics, &node_info(s)) {
         publish(c, &m, Kind::Other);
+    }
+    for (group, _) in &s.groups {
+        let on = a.journal.is_open(group);
+        publish(c, &state_message(topics, group, on, s.qos), Kind::Other);
+    }
+    publish(c, &problem_message(topics, a.problem), Kind::Other);
+    if let Some(r) = a.top {
+        publish(c, &top_message(topics, r), Kind::Other);
     }
 }
 
@@ -371,12 +483,16 @@ fn pump(c: &mut Conn, outbox: &Outbox) {
     }
 }
 
-fn acked(c: &mut Conn, outbox: &mut Outbox, seq: u64) -> Result<()> {
-    outbox.ack(seq)?;
+/// The broker has message `seq`: it leaves the outbox, and the next one may go.
+/// A mark that cannot be written is logged; delivery goes on regardless (after a
+/// restart the message may be sent once more, which QoS 1 allows).
+fn acked(c: &mut Conn, outbox: &mut Outbox, seq: u64) {
+    if let Err(e) = outbox.ack(seq) {
+        tracing::error!("{e:#}");
+    }
     if c.in_flight == Some(seq) {
         c.in_flight = None;
     }
-    Ok(())
 }
 
 fn run(
@@ -384,15 +500,10 @@ fn run(
     tls: Option<Arc<rustls::ClientConfig>>,
     topics: Topics,
     mut outbox: Outbox,
+    mut journal: OpenEvents,
     rx: Receiver<Item>,
 ) -> Result<()> {
-    let current = discovery_messages(
-        &topics,
-        &s.node_id,
-        &s.groups,
-        env!("CARGO_PKG_VERSION"),
-        &s.discovery_prefix,
-    );
+    let current = discovery_messages(&topics, &node_info(&s));
     let mut conn: Option<Conn> = None;
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(500);
@@ -401,6 +512,12 @@ fn run(
     let started = Instant::now();
     let mut top_limit = RateLimit::new(DEFAULT_TOP_INTERVAL_S);
     let mut listening = true;
+    let mut last_top: Option<TopReport> = None;
+    // Why the open-events file cannot be written, while it cannot.
+    let mut journal_problem: Option<String> = None;
+    // The problem state as last published (None: never published on this connection).
+    let mut said_problem: Option<Option<String>> = None;
+    let mut next_retry = Instant::now() + RETRY_EVERY;
     let say = |state: String, last: &mut String| {
         if *last != state {
             if state.starts_with("unavailable") {
@@ -423,8 +540,22 @@ fn run(
         select! {
             recv(evrx) -> msg => match msg {
                 Ok(Item::Event(e)) => {
-                    for m in messages_for_event(&topics, &e, s.qos) {
-                        outbox.push(&m.topic, &m.payload, m.qos, m.retain)?;
+                    let m = event_message(&topics, &e, s.qos);
+                    if let Err(err) = outbox.push(&m.topic, &m.payload, m.qos, m.retain) {
+                        tracing::error!(event_id = %e.id, "cannot queue an event message: {err:#}");
+                    }
+                    match journal.record(&e) {
+                        Ok(()) => journal_problem = None,
+                        Err(err) => {
+                            if journal_problem.is_none() {
+                                tracing::error!("{err:#}: an event open now may be shown as on after a crash until hearken starts again");
+                            }
+                            journal_problem = Some(format!("{err:#}"));
+                        }
+                    }
+                    if let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                        let on = journal.is_open(&e.group);
+                        publish(c, &state_message(&topics, &e.group, on, s.qos), Kind::Other);
                     }
                 }
                 Ok(Item::Top(r)) => {
@@ -433,6 +564,7 @@ fn run(
                             publish(c, &top_message(&topics, &r), Kind::Other);
                         }
                     }
+                    last_top = Some(r);
                 }
                 Ok(Item::Listening(ok)) => {
                     listening = ok;
@@ -449,7 +581,14 @@ fn run(
                         backoff = Duration::from_millis(500);
                         say("connected".into(), &mut last_state);
                         let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
-                        announce(c, &s, &topics, listening);
+                        let problem = problem_now(&outbox, &journal_problem);
+                        announce(c, &s, &topics, &Announce {
+                            listening,
+                            journal: &journal,
+                            problem: problem.as_deref(),
+                            top: last_top.as_ref(),
+                        });
+                        said_problem = Some(problem);
                         // Retained configs of this node arrive next: those no longer
                         // announced are cleared (Net::Config).
                         let _ = c.client.try_subscribe(config_filter(&s.discovery_prefix, &s.node_id), QoS::AtLeastOnce);
@@ -457,7 +596,14 @@ fn run(
                 }
                 Ok(Net::HaOnline) => {
                     if let Some(c) = conn.as_mut() {
-                        announce(c, &s, &topics, listening);
+                        let problem = problem_now(&outbox, &journal_problem);
+                        announce(c, &s, &topics, &Announce {
+                            listening,
+                            journal: &journal,
+                            problem: problem.as_deref(),
+                            top: last_top.as_ref(),
+                        });
+                        said_problem = Some(problem);
                     }
                 }
                 Ok(Net::Config(topic)) => {
@@ -473,7 +619,7 @@ fn run(
                         if let Some(Kind::Outbox(seq)) = c.kinds.pop_front() {
                             if s.qos == 0 {
                                 // Nothing will acknowledge it: written is done.
-                                acked(c, &mut outbox, seq)?;
+                                acked(c, &mut outbox, seq);
                             } else {
                                 c.pkids.insert(pkid, seq);
                             }
@@ -483,7 +629,7 @@ fn run(
                 Ok(Net::PubAck(pkid)) | Ok(Net::PubComp(pkid)) => {
                     if let Some(c) = conn.as_mut() {
                         if let Some(seq) = c.pkids.remove(&pkid) {
-                            acked(c, &mut outbox, seq)?;
+                            acked(c, &mut outbox, seq);
                         }
                     }
                 }
@@ -495,7 +641,32 @@ fn run(
             },
             default(Duration::from_millis(100)) => {}
         }
+        if Instant::now() >= next_retry {
+            next_retry = Instant::now() + RETRY_EVERY;
+            outbox.retry();
+            if journal_problem.is_some() {
+                match journal.save() {
+                    Ok(()) => journal_problem = None,
+                    Err(err) => journal_problem = Some(format!("{err:#}")),
+                }
+            }
+        }
+        let problem = problem_now(&outbox, &journal_problem);
+        if said_problem.as_ref() != Some(&problem) {
+            if let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                if problem.is_none() {
+                    tracing::info!("the state directory can be written again: problem cleared");
+                }
+                publish(
+                    c,
+                    &problem_message(&topics, problem.as_deref()),
+                    Kind::Other,
+                );
+                said_problem = Some(problem);
+            }
+        }
         if drop_conn {
+            said_problem = None;
             conn = None;
             retry_at = Instant::now() + backoff;
             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -532,4 +703,16 @@ fn run(
             }
         }
     }
+}
+
+/// The node's problem, if any: the outbox's, else the open-events file's.
+fn problem_now(outbox: &Outbox, journal_problem: &Option<String>) -> Option<String> {
+    outbox
+        .problem()
+        .map(|p| format!("cannot write the outbox ({p}); events are held in memory"))
+        .or_else(|| {
+            journal_problem
+                .as_ref()
+                .map(|p| format!("cannot record open events ({p})"))
+        })
 }

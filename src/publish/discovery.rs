@@ -8,9 +8,10 @@
 //! | component       | object id  | what                                            |
 //! |-----------------|------------|-------------------------------------------------|
 //! | `binary_sensor` | `<group>`  | `ON` while the group's event lasts              |
-//! | `event`         | `<group>`  | fires `start` / `end` with the event's details  |
+//! | `event`         | `<group>`  | fires `detected` with the event's details       |
 //! | `sensor`        | `top`      | current top label (attributes: labels, dBFS)    |
 //! | `sensor`        | `loudness` | current loudness, dBFS                          |
+//! | `binary_sensor` | `node-problem` | `ON` while hearken cannot write its state (disk) |
 //!
 //! All entities share one device (`identifiers: ["hearken_<node>"]`) and the node's
 //! availability topic. Unique ids use `.` and `:` as separators, characters that
@@ -32,6 +33,9 @@ pub const HA_BIRTH: &str = "online";
 const TOP_OBJECT: &str = "top";
 /// Object id of the loudness sensor.
 const LOUDNESS_OBJECT: &str = "loudness";
+/// Object id of the problem binary sensor; the `-` keeps it apart from every group
+/// name (`[a-z0-9_]`).
+pub const PROBLEM_OBJECT: &str = "node-problem";
 
 /// The topic Home Assistant announces its start on: `<discovery_prefix>/status`.
 pub fn ha_status_topic(discovery_prefix: &str) -> String {
@@ -66,11 +70,16 @@ pub fn config_filter(discovery_prefix: &str, node_id: &str) -> String {
 }
 
 /// The binary_sensor device class of a group: `smoke` for `smoke_alarm` and `fire`,
-/// `safety` for other safety groups, `sound` for ordinary groups.
-pub fn device_class(group: &str, safety: bool) -> &'static str {
+/// `sound` for every other group.
+///
+/// Both read "Detected" / "Clear" in Home Assistant. `safety`, which reads "Unsafe" /
+/// "Safe", is not used: a glass break or a gunshot is a sound that was heard, not a
+/// verdict on whether the home is safe, and "Gunshot: Safe" read as a claim hearken
+/// cannot make. Whether a group is a safety group still shows in each event's
+/// `safety` field.
+pub fn device_class(group: &str) -> &'static str {
     match group {
         "smoke_alarm" | "fire" => "smoke",
-        _ if safety => "safety",
         _ => "sound",
     }
 }
@@ -85,25 +94,44 @@ fn display_name(group: &str) -> String {
     }
 }
 
+/// What discovery tells Home Assistant about one node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeInfo<'a> {
+    /// Node id (sanitised for topics and ids).
+    pub node_id: &'a str,
+    /// Enabled groups with their safety flag.
+    pub groups: &'a [(String, bool)],
+    /// hearken's version, the device's `sw_version`.
+    pub version: &'a str,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: &'a str,
+    /// `[node] room`, the device's suggested area ("" for none).
+    pub room: &'a str,
+    /// Seconds without a new `top` report after which Home Assistant shows the
+    /// top-sound and loudness sensors as unavailable instead of a stale value.
+    pub expire_after_s: u64,
+}
+
 /// Keys every entity of the node carries: availability, device, origin.
-fn common(topics: &Topics, node: &str, version: &str) -> Map<String, Value> {
+fn common(topics: &Topics, node: &str, info: &NodeInfo<'_>) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("availability_topic".into(), json!(topics.status()));
     m.insert("payload_available".into(), json!(ONLINE));
     m.insert("payload_not_available".into(), json!(OFFLINE));
-    m.insert(
-        "device".into(),
-        json!({
-            "identifiers": [format!("hearken_{node}")],
-            "name": format!("hearken {node}"),
-            "manufacturer": "hearken",
-            "model": "hearken sound monitor",
-            "sw_version": version,
-        }),
-    );
+    let mut device = json!({
+        "identifiers": [format!("hearken_{node}")],
+        "name": format!("Hearken {node}"),
+        "manufacturer": "hearken",
+        "model": "Hearken sound monitor",
+        "sw_version": info.version,
+    });
+    if !info.room.is_empty() {
+        device["suggested_area"] = json!(info.room);
+    }
+    m.insert("device".into(), device);
     m.insert(
         "origin".into(),
-        json!({ "name": "hearken", "sw_version": version }),
+        json!({ "name": "hearken", "sw_version": info.version }),
     );
     m
 }
@@ -121,22 +149,26 @@ fn config_message(topic: String, common: &Map<String, Value>, specific: Value) -
     }
 }
 
+/// The event entity's value template: a start becomes event type `detected` with
+/// the event's details as attributes; an end renders empty, which Home Assistant
+/// ignores, so an automation on the event entity fires once per event (the end
+/// shows on the binary sensor).
+const EVENT_TEMPLATE: &str = "{% if value_json.state == 'start' %}\
+{{ {'event_type': 'detected', 'id': value_json.id, 'room': value_json.room, \
+'peak_score': value_json.peak_score, 'dbfs': value_json.dbfs, \
+'labels': value_json.labels} | tojson }}{% endif %}";
+
 /// Retained discovery configs (QoS 1) for a node: per group (`(name, safety)`) a
 /// `binary_sensor` on the group's state topic and an `event` entity on its event
-/// topic; then the `top` and `loudness` sensors on the diagnostic topic. `version`
-/// goes into the device's `sw_version`. Publish them on connect and again whenever
-/// Home Assistant's birth message arrives ([`is_ha_birth`]).
-pub fn discovery_messages(
-    topics: &Topics,
-    node_id: &str,
-    groups: &[(String, bool)],
-    version: &str,
-    discovery_prefix: &str,
-) -> Vec<OutMessage> {
-    let node = sanitize_id(node_id);
-    let common = common(topics, &node, version);
-    let mut out = Vec::with_capacity(2 * groups.len() + 2);
-    for (group, safety) in groups {
+/// topic; then the `top` and `loudness` sensors on the diagnostic topic and the
+/// `problem` binary sensor. Publish them on connect and again whenever Home
+/// Assistant's birth message arrives ([`is_ha_birth`]).
+pub fn discovery_messages(topics: &Topics, info: &NodeInfo<'_>) -> Vec<OutMessage> {
+    let node = sanitize_id(info.node_id);
+    let discovery_prefix = info.discovery_prefix;
+    let common = common(topics, &node, info);
+    let mut out = Vec::with_capacity(2 * info.groups.len() + 3);
+    for (group, _safety) in info.groups {
         let object = sanitize_id(group);
         let name = display_name(group);
         out.push(config_message(
@@ -148,7 +180,7 @@ pub fn discovery_messages(
                 "state_topic": topics.state(group),
                 "payload_on": STATE_ON,
                 "payload_off": STATE_OFF,
-                "device_class": device_class(group, *safety),
+                "device_class": device_class(group),
                 "qos": 1,
             }),
         ));
@@ -156,20 +188,16 @@ pub fn discovery_messages(
             config_topic(discovery_prefix, "event", &node, &object),
             &common,
             json!({
-                "name": format!("{name} event"),
+                "name": name,
                 "unique_id": format!("hearken_{node}.{object}.event"),
                 "state_topic": topics.event(group),
-                "event_types": ["start", "end"],
-                // HA wants a JSON object with `event_type`; other keys become
-                // attributes of the entity.
-                "value_template": "{{ {'event_type': value_json.state, \
-                    'id': value_json.id, 'room': value_json.room, \
-                    'peak_score': value_json.peak_score, 'dbfs': value_json.dbfs, \
-                    'labels': value_json.labels} | tojson }}",
+                "event_types": ["detected"],
+                "value_template": EVENT_TEMPLATE,
                 "qos": 1,
             }),
         ));
     }
+    let expire = info.expire_after_s.max(1);
     out.push(config_message(
         config_topic(discovery_prefix, "sensor", &node, TOP_OBJECT),
         &common,
@@ -180,6 +208,7 @@ pub fn discovery_messages(
             "value_template":
                 "{{ value_json.top[0].label if value_json.top else 'none' }}",
             "json_attributes_topic": topics.top(),
+            "expire_after": expire,
             "entity_category": "diagnostic",
             "icon": "mdi:waveform",
         }),
@@ -197,8 +226,25 @@ pub fn discovery_messages(
             "unit_of_measurement": "dBFS",
             "state_class": "measurement",
             "suggested_display_precision": 1,
+            "expire_after": expire,
             "entity_category": "diagnostic",
             "icon": "mdi:volume-high",
+        }),
+    ));
+    out.push(config_message(
+        config_topic(discovery_prefix, "binary_sensor", &node, PROBLEM_OBJECT),
+        &common,
+        json!({
+            "name": "Problem",
+            "unique_id": format!("hearken_{node}:{PROBLEM_OBJECT}"),
+            "state_topic": topics.problem(),
+            "value_template": "{{ value_json.state }}",
+            "json_attributes_topic": topics.problem(),
+            "payload_on": STATE_ON,
+            "payload_off": STATE_OFF,
+            "device_class": "problem",
+            "entity_category": "diagnostic",
+            "qos": 1,
         }),
     ));
     out
@@ -295,9 +341,20 @@ mod tests {
             .unwrap_or_else(|| panic!("no {topic}"))
     }
 
+    fn info<'a>(node: &'a str, groups: &'a [(String, bool)], room: &'a str) -> NodeInfo<'a> {
+        NodeInfo {
+            node_id: node,
+            groups,
+            version: "0.1.0",
+            discovery_prefix: DEFAULT_DISCOVERY_PREFIX,
+            room,
+            expire_after_s: 30,
+        }
+    }
+
     fn announce(node: &str) -> Vec<OutMessage> {
         let t = Topics::new("hearken", node).unwrap();
-        discovery_messages(&t, node, &groups(), "0.1.0", DEFAULT_DISCOVERY_PREFIX)
+        discovery_messages(&t, &info(node, &groups(), ""))
     }
 
     fn is_id(s: &str) -> bool {
@@ -309,7 +366,7 @@ mod tests {
     #[test]
     fn every_config_has_what_ha_requires() {
         let ms = announce("n1");
-        assert_eq!(ms.len(), 2 * groups().len() + 2);
+        assert_eq!(ms.len(), 2 * groups().len() + 3);
         for m in &ms {
             assert!(m.retain, "{}", m.topic);
             assert_eq!(m.qos, 1);
@@ -339,9 +396,9 @@ mod tests {
             assert_eq!(v["origin"]["name"], "hearken");
             assert!(v.get("command_topic").is_none(), "read-only entities");
             if parts[1] == "event" {
-                assert_eq!(v["event_types"], json!(["start", "end"]));
+                assert_eq!(v["event_types"], json!(["detected"]));
                 let tpl = v["value_template"].as_str().unwrap();
-                assert!(tpl.contains("'event_type': value_json.state"), "{tpl}");
+                assert!(tpl.contains("'event_type': 'detected'"), "{tpl}");
                 assert!(tpl.contains("tojson"), "{tpl}");
             }
         }
@@ -353,7 +410,7 @@ mod tests {
     fn binary_sensors() {
         let ms = announce("n1");
         let expect = [
-            ("glass", "safety"),
+            ("glass", "sound"),
             ("smoke_alarm", "smoke"),
             ("fire", "smoke"),
             ("dog_bark", "sound"),
@@ -374,8 +431,9 @@ mod tests {
             "homeassistant/binary_sensor/n1/smoke_alarm/config",
         ));
         assert_eq!(v["name"], "Smoke alarm");
-        assert_eq!(device_class("door_knock", false), "sound");
-        assert_eq!(device_class("scream", true), "safety");
+        assert_eq!(device_class("door_knock"), "sound");
+        assert_eq!(device_class("scream"), "sound");
+        assert_eq!(device_class("gunshot"), "sound");
     }
 
     #[test]
@@ -384,12 +442,13 @@ mod tests {
         let v = parse(find(&ms, "homeassistant/event/n1/glass/config"));
         assert_eq!(v["state_topic"], "hearken/n1/event/glass");
         assert_eq!(v["unique_id"], "hearken_n1.glass.event");
-        assert_eq!(v["name"], "Glass event");
+        assert_eq!(v["name"], "Glass", "the entity's kind already says event");
         assert_eq!(
             v["value_template"],
-            "{{ {'event_type': value_json.state, 'id': value_json.id, \
-             'room': value_json.room, 'peak_score': value_json.peak_score, \
-             'dbfs': value_json.dbfs, 'labels': value_json.labels} | tojson }}"
+            "{% if value_json.state == 'start' %}{{ {'event_type': 'detected', \
+             'id': value_json.id, 'room': value_json.room, 'peak_score': \
+             value_json.peak_score, 'dbfs': value_json.dbfs, 'labels': \
+             value_json.labels} | tojson }}{% endif %}"
         );
     }
 
@@ -415,6 +474,29 @@ mod tests {
         assert!(loud.get("device_class").is_none());
         for v in [&top, &loud] {
             assert_eq!(v["entity_category"], "diagnostic");
+            // A stale level from an earlier run must not linger.
+            assert_eq!(v["expire_after"], 30);
+        }
+    }
+
+    #[test]
+    fn problem_sensor_and_device() {
+        let ms = announce("n1");
+        let p = parse(find(
+            &ms,
+            "homeassistant/binary_sensor/n1/node-problem/config",
+        ));
+        assert_eq!(p["device_class"], "problem");
+        assert_eq!(p["state_topic"], "hearken/n1/problem");
+        assert_eq!(p["json_attributes_topic"], "hearken/n1/problem");
+        assert_eq!(p["value_template"], "{{ value_json.state }}");
+        assert_eq!(p["entity_category"], "diagnostic");
+        assert_eq!(p["device"]["name"], "Hearken n1");
+        assert!(p["device"].get("suggested_area").is_none());
+        let t = Topics::new("hearken", "n1").unwrap();
+        let g = groups();
+        for m in discovery_messages(&t, &info("n1", &g, "Kitchen")) {
+            assert_eq!(parse(&m)["device"]["suggested_area"], "Kitchen");
         }
     }
 
@@ -422,7 +504,7 @@ mod tests {
     fn unique_ids_never_collide() {
         // A group named like a sensor, and node/group splits that would collide
         // with `_` as the only separator.
-        let gs: Vec<(String, bool)> = ["top", "loudness", "b_c", "glass", "glass_event"]
+        let gs: Vec<(String, bool)> = ["top", "loudness", "problem", "b_c", "glass", "glass_event"]
             .iter()
             .map(|g| (g.to_string(), false))
             .collect();
@@ -433,7 +515,7 @@ mod tests {
             if node == "a_b" {
                 gs.push(("c".into(), false));
             }
-            for m in discovery_messages(&t, node, &gs, "1", "homeassistant") {
+            for m in discovery_messages(&t, &info(node, &gs, "")) {
                 let id = parse(&m)["unique_id"].as_str().unwrap().to_string();
                 assert!(seen.insert(id.clone()), "duplicate unique_id {id}");
             }
@@ -444,7 +526,8 @@ mod tests {
     fn odd_node_id_is_sanitised_in_discovery() {
         // Topics reject such ids; discovery ids never carry characters HA refuses.
         let t = Topics::new("hearken", "n1").unwrap();
-        let ms = discovery_messages(&t, "kitchen pi/2", &groups(), "1", "homeassistant");
+        let g = groups();
+        let ms = discovery_messages(&t, &info("kitchen pi/2", &g, ""));
         for m in &ms {
             let node = m.topic.split('/').nth(2).unwrap();
             assert_eq!(node, "kitchen_pi_2", "{}", m.topic);

@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod client;
 pub mod discovery;
+pub mod open_events;
 pub mod outbox;
 pub mod tls;
 pub mod topics;
@@ -22,7 +23,7 @@ use serde::Serialize;
 use crate::classify::Prediction;
 use crate::detect::{Event, EventState};
 
-pub use discovery::{discovery_messages, removal_messages};
+pub use discovery::{discovery_messages, removal_messages, NodeInfo};
 pub use topics::{TopicError, Topics};
 
 /// Payload of the availability topic while the node runs.
@@ -107,20 +108,45 @@ pub fn availability_message(topics: &Topics, online: bool) -> OutMessage {
 /// `<base>/<group>/state`: `ON` for a start, `OFF` for an end (retained); both at
 /// `qos` (the config's, 1 by default).
 pub fn messages_for_event(topics: &Topics, e: &Event, qos: u8) -> Vec<OutMessage> {
-    let json = serde_json::to_vec(e).expect("an Event always serialises");
-    let state = match e.state {
-        EventState::Start => STATE_ON,
-        EventState::End => STATE_OFF,
-    };
     vec![
-        OutMessage {
-            topic: topics.event(&e.group),
-            payload: json,
-            qos,
-            retain: false,
-        },
-        OutMessage::text(topics.state(&e.group), state, qos, true),
+        event_message(topics, e, qos),
+        state_message(topics, &e.group, e.state == EventState::Start, qos),
     ]
+}
+
+/// The event JSON on `<base>/event/<group>` (not retained): the part of an event
+/// that the outbox keeps until the broker has it. The state is not queued: it is a
+/// latest value, published live and again on every connect ([`state_message`]).
+pub fn event_message(topics: &Topics, e: &Event, qos: u8) -> OutMessage {
+    OutMessage {
+        topic: topics.event(&e.group),
+        payload: serde_json::to_vec(e).expect("an Event always serialises"),
+        qos,
+        retain: false,
+    }
+}
+
+/// A group's retained state, `ON` or `OFF`: what the publisher says for every group
+/// on connect, so Home Assistant never shows a group as unknown, and never as on
+/// because of a retained `ON` left by a process that died.
+pub fn state_message(topics: &Topics, group: &str, on: bool, qos: u8) -> OutMessage {
+    let state = if on { STATE_ON } else { STATE_OFF };
+    OutMessage::text(topics.state(group), state, qos, true)
+}
+
+/// The retained `<base>/problem` message: `{"state": "ON", "reason": …}` while
+/// `reason` is `Some`, `{"state": "OFF"}` otherwise.
+pub fn problem_message(topics: &Topics, reason: Option<&str>) -> OutMessage {
+    let v = match reason {
+        Some(r) => serde_json::json!({ "state": STATE_ON, "reason": r }),
+        None => serde_json::json!({ "state": STATE_OFF }),
+    };
+    OutMessage {
+        topic: topics.problem(),
+        payload: serde_json::to_vec(&v).expect("JSON always serialises"),
+        qos: 1,
+        retain: true,
+    }
 }
 
 /// Payload of the diagnostic `<base>/top` topic.
@@ -169,7 +195,27 @@ mod tests {
             node: "n1".into(),
             room: "kitchen".into(),
             model: "yamnet".into(),
+            interrupted: false,
         }
+    }
+
+    #[test]
+    fn state_and_problem_messages() {
+        let t = Topics::new("hearken", "n1").unwrap();
+        let m = state_message(&t, "gunshot", false, 1);
+        assert_eq!(m.topic, "hearken/n1/gunshot/state");
+        assert_eq!(m.payload, b"OFF");
+        assert!(m.retain);
+        assert_eq!(state_message(&t, "gunshot", true, 1).payload, b"ON");
+        let p = problem_message(&t, Some("disk full"));
+        assert_eq!(p.topic, "hearken/n1/problem");
+        assert!(p.retain);
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        assert_eq!(v["state"], "ON");
+        assert_eq!(v["reason"], "disk full");
+        let v: serde_json::Value =
+            serde_json::from_slice(&problem_message(&t, None).payload).unwrap();
+        assert_eq!(v, serde_json::json!({"state": "OFF"}));
     }
 
     #[test]

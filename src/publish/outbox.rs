@@ -1,7 +1,7 @@
 //! The durable outbox: a crash-safe on-disk queue of outgoing MQTT messages.
 //!
 //! Every message is appended to `outbox.log` and fsync'd before [`Outbox::push`]
-//! returns, and leaves the queue only when [`Outbox::ack`] appends an ack record (the
+//! returns, and leaves the queue only when [`Outbox::ack`] marks it delivered (the
 //! publisher calls it after the broker's PUBACK). A broker outage or a restart
 //! therefore loses nothing: [`Outbox::open`] replays the log and hands back the
 //! pending messages, oldest first.
@@ -21,13 +21,23 @@
 //! body: len bytes, starting with a kind byte:
 //!   1 push  seq u64 | qos u8 | flags u8 (bit 0 = retain) | topic_len u16 | payload_len u32
 //!           | topic (UTF-8) | payload
-//!   2 ack   seq u64              the message was delivered
+//!   2 ack   seq u64              the message was delivered (older logs)
 //!   3 drop  seq u64              the message was dropped to respect max_bytes
 //!   4 meta  next_seq u64 | dropped u64   written first by every compaction
+//!   5 acked a push record delivered: the push's own bytes with this kind byte
 //! ```
 //!
-//! All integers are little-endian. A push body must be exactly as long as its
-//! fields say; ack and drop bodies are 9 bytes, meta bodies 17.
+//! All integers are little-endian. A push (or acked) body must be exactly as long as
+//! its fields say; ack and drop bodies are 9 bytes, meta bodies 17.
+//!
+//! # Acknowledging in place
+//!
+//! [`Outbox::ack`] does not append: it rewrites the delivered push record's CRC and
+//! kind byte (5 contiguous bytes, one `pwrite`) so the record reads as *acked*. A
+//! delivered message therefore never needs new disk space to be forgotten, which
+//! keeps delivery going on a full disk. If a crash tears that write the record no
+//! longer checks out and recovery skips it: the message was delivered, so skipping
+//! it is right.
 //!
 //! # Recovery
 //!
@@ -40,6 +50,20 @@
 //! the bad bytes are a torn tail (a write cut short by a crash or power loss) and
 //! are ignored ([`Recovery::torn_tail_bytes`]). Either way every valid record before
 //! and after survives, and the log is rewritten clean before the outbox is used.
+//!
+//! A log that does not start with the magic (all zeros after a power cut, another
+//! program's file) is not deleted: it is renamed to `outbox.log.damaged-<unix time>`
+//! ([`Recovery::moved_aside`]), logged at error, and a new log is started. A log cut
+//! short inside its magic is started afresh with a warning.
+//!
+//! # A full disk
+//!
+//! The log keeps [`RESERVE_BYTES`] preallocated past its end (`fallocate` with
+//! `FALLOC_FL_KEEP_SIZE`, where the filesystem supports it), so pushes keep being
+//! durable for a while after the filesystem fills. When a write still fails the
+//! message is kept in memory (within the same `max_bytes` bound), delivered like any
+//! other, and [`Outbox::problem`] says why; [`Outbox::retry`] writes the held
+//! messages once space returns. Only a crash while messages are held loses them.
 //!
 //! # Compaction and the size bound
 //!
@@ -59,7 +83,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Name of the log file inside the outbox directory.
 pub const LOG_FILE: &str = "outbox.log";
@@ -73,11 +97,15 @@ const FRAME_HEADER: usize = 8;
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
 /// The log is never compacted while smaller than this many bytes.
 pub const COMPACT_MIN_BYTES: u64 = 64 << 10;
+/// Disk space kept allocated past the end of the log, so that pushes stay durable
+/// for a while after the filesystem fills (a few hundred events).
+pub const RESERVE_BYTES: u64 = 256 << 10;
 
 const KIND_PUSH: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_DROP: u8 = 3;
 const KIND_META: u8 = 4;
+const KIND_ACKED: u8 = 5;
 /// Body bytes of a push record before its topic: kind, seq, qos, flags, topic_len,
 /// payload_len.
 const PUSH_FIXED: usize = 1 + 8 + 1 + 1 + 2 + 4;
@@ -107,6 +135,14 @@ impl OutboxEntry {
     }
 }
 
+/// A pending entry and where its push record starts in the log (`None` while the
+/// disk refuses it and it is held in memory only).
+#[derive(Debug, Clone)]
+struct Slot {
+    entry: OutboxEntry,
+    at: Option<u64>,
+}
+
 /// What [`Outbox::open`] found while replaying the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -123,12 +159,20 @@ pub struct Recovery {
     /// Pending messages dropped at open because they exceeded `max_bytes` (which may
     /// have been lowered since the last run); also counted in [`Outbox::dropped`].
     pub dropped_on_open: u64,
+    /// Where a log that was not an outbox log (bad magic) was moved before a new one
+    /// was started.
+    pub moved_aside: Option<PathBuf>,
+    /// Bytes of a log cut short inside its magic (started afresh).
+    pub truncated_header_bytes: u64,
 }
 
 impl Recovery {
     /// True if the log held anything that was not a valid record.
     pub fn damaged(&self) -> bool {
-        self.torn_tail_bytes > 0 || self.corrupt_regions > 0
+        self.torn_tail_bytes > 0
+            || self.corrupt_regions > 0
+            || self.moved_aside.is_some()
+            || self.truncated_header_bytes > 0
     }
 }
 
@@ -138,17 +182,22 @@ impl Recovery {
 pub struct Outbox {
     dir: PathBuf,
     path: PathBuf,
-    /// Append handle on the current log.
-    file: File,
-    /// Length of the log as written by us (what `file` has reached).
+    /// Read-write handle on the current log (`None` when the log could not even be
+    /// created; everything is then held in memory until [`Outbox::retry`] succeeds).
+    file: Option<File>,
+    /// Length of the log as written by us; the next record goes here.
     file_len: u64,
-    entries: VecDeque<OutboxEntry>,
+    /// End of the space preallocated for the log (0 when none is).
+    reserved_to: u64,
+    entries: VecDeque<Slot>,
     /// Sum of `framed_len` over `entries`.
     live_bytes: u64,
     max_bytes: u64,
     next_seq: u64,
     dropped: u64,
     recovery: Recovery,
+    /// Why the log cannot be written now, while it cannot.
+    problem: Option<String>,
     /// Holds the advisory lock for as long as the outbox is open.
     _lock: File,
 }
@@ -159,9 +208,11 @@ impl Outbox {
     /// from the log, oldest first.
     ///
     /// A torn or corrupt log is repaired as the module docs describe (see
-    /// [`Outbox::recovery`]); pending messages beyond `max_bytes` are dropped, oldest
-    /// first. Fails if another process has the outbox open, if the log is not an
-    /// outbox log, or on I/O errors.
+    /// [`Outbox::recovery`]); a log that is not an outbox log is moved aside; pending
+    /// messages beyond `max_bytes` are dropped, oldest first. A log that cannot be
+    /// rewritten (a full disk) is used as it is, or the outbox starts in memory, with
+    /// [`Outbox::problem`] set. Fails if another process has the outbox open, or if
+    /// the directory cannot be created or the log read.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox> {
         fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create outbox directory", dir.display()))?;
@@ -174,30 +225,46 @@ impl Outbox {
             Err(e) => return Err(e).with_context(|| format!("{}: cannot remove", tmp.display())),
         }
 
-        let data = match fs::read(&path) {
+        let mut data = match fs::read(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
         };
+        let mut recovery = Recovery::default();
         // An empty log or a prefix of the magic is a log whose creation was cut short.
-        let fresh = data.len() < MAGIC.len() && MAGIC.starts_with(&data);
-        if !fresh && !data.starts_with(MAGIC) {
-            bail!(
-                "{}: not a hearken outbox log (bad magic); move it away to start afresh",
-                path.display()
+        let mut fresh = data.len() < MAGIC.len() && MAGIC.starts_with(&data);
+        if fresh && !data.is_empty() {
+            recovery.truncated_header_bytes = data.len() as u64;
+            tracing::warn!(
+                path = %path.display(),
+                bytes = data.len(),
+                "outbox: the log was cut short inside its header ({} bytes); starting a new one",
+                data.len()
             );
+        }
+        if !fresh && !data.starts_with(MAGIC) {
+            let aside = move_aside(&path)?;
+            tracing::error!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                "outbox: {} is not a hearken outbox log (damaged or foreign); moved it to {} and started a new outbox. Messages queued in it are lost; keep the file if you want to inspect it",
+                path.display(),
+                aside.display()
+            );
+            recovery.moved_aside = Some(aside);
+            data.clear();
+            fresh = true;
         }
 
         let mut state = State::default();
-        let mut recovery = Recovery::default();
         if !fresh {
             let scan = scan(&data);
             recovery.records = scan.records.len();
             recovery.torn_tail_bytes = scan.torn_tail_bytes;
             recovery.corrupt_regions = scan.corrupt_regions;
             recovery.corrupt_bytes = scan.corrupt_bytes;
-            for r in scan.records {
-                state.apply(r);
+            for (r, at) in scan.records {
+                state.apply(r, at);
             }
         }
         if recovery.torn_tail_bytes > 0 {
@@ -216,12 +283,12 @@ impl Outbox {
             );
         }
 
-        let mut live_bytes: u64 = state.entries.iter().map(OutboxEntry::framed_len).sum();
+        let mut live_bytes: u64 = state.entries.iter().map(|s| s.entry.framed_len()).sum();
         while live_bytes > max_bytes {
-            let Some(e) = state.entries.pop_front() else {
+            let Some(s) = state.entries.pop_front() else {
                 break;
             };
-            live_bytes -= e.framed_len();
+            live_bytes -= s.entry.framed_len();
             state.dropped += 1;
             recovery.dropped_on_open += 1;
         }
@@ -233,56 +300,82 @@ impl Outbox {
             );
         }
 
-        let rewrite = fresh || recovery.damaged() || recovery.dropped_on_open > 0;
-        let (file, file_len) = if rewrite {
-            write_snapshot(dir, &state.entries, state.next_seq, state.dropped)?
-        } else {
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("{}: cannot open for appending", path.display()))?;
-            (file, data.len() as u64)
-        };
-
         let mut outbox = Outbox {
             dir: dir.to_path_buf(),
             path,
-            file,
-            file_len,
+            file: None,
+            file_len: 0,
+            reserved_to: 0,
             entries: state.entries,
             live_bytes,
             max_bytes,
             next_seq: state.next_seq,
             dropped: state.dropped,
             recovery,
+            problem: None,
             _lock: lock,
         };
+        let rewrite = fresh || outbox.recovery.damaged() || outbox.recovery.dropped_on_open > 0;
+        let opened = if rewrite {
+            outbox.compact()
+        } else {
+            outbox.reopen(data.len() as u64)
+        };
+        if let Err(e) = opened {
+            // Keep going: an existing log is appended to as it is (recovery copes
+            // with what lies before), else everything waits in memory.
+            if !fresh && outbox.reopen(data.len() as u64).is_ok() {
+                outbox.set_problem(format!("{e:#}"));
+            } else {
+                for s in &mut outbox.entries {
+                    s.at = None;
+                }
+                outbox.set_problem(format!("{e:#}"));
+            }
+        }
         outbox.maybe_compact();
         Ok(outbox)
     }
 
+    /// Opens the existing log read-write, `len` bytes long as read.
+    fn reopen(&mut self, len: u64) -> Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .with_context(|| format!("{}: cannot open for writing", self.path.display()))?;
+        self.file = Some(file);
+        self.file_len = len;
+        self.reserved_to = 0;
+        self.reserve();
+        Ok(())
+    }
+
     /// Appends a message and makes it durable (written and fsync'd) before returning
     /// its sequence number. If the queue would then exceed `max_bytes`, the oldest
-    /// pending messages are dropped and counted.
+    /// pending messages are dropped and counted. If the disk refuses the write, the
+    /// message is held in memory instead (see [`Outbox::problem`]).
     ///
     /// Fails, leaving the queue unchanged, if `qos` is above 2, the topic is longer
-    /// than 65535 bytes, the message alone does not fit in `max_bytes` or
-    /// [`MAX_RECORD_BYTES`], or on I/O errors.
+    /// than 65535 bytes, or the message alone does not fit in `max_bytes` or
+    /// [`MAX_RECORD_BYTES`].
     pub fn push(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Result<u64> {
         if qos > 2 {
-            bail!("outbox: invalid MQTT QoS {qos}");
+            anyhow::bail!("outbox: invalid MQTT QoS {qos}");
         }
         if topic.len() > u16::MAX as usize {
-            bail!("outbox: topic of {} bytes is too long", topic.len());
+            anyhow::bail!("outbox: topic of {} bytes is too long", topic.len());
         }
         let body_len = PUSH_FIXED + topic.len() + payload.len();
         let size = (FRAME_HEADER + body_len) as u64;
         if body_len > MAX_RECORD_BYTES || size > self.max_bytes {
-            bail!(
+            anyhow::bail!(
                 "outbox: message of {size} bytes on {topic} exceeds the outbox size bound ({} bytes)",
                 self.max_bytes.min((FRAME_HEADER + MAX_RECORD_BYTES) as u64)
             );
         }
+        // Older held messages go to disk first when they can.
+        self.retry();
         let entry = OutboxEntry {
             seq: self.next_seq,
             topic: topic.to_string(),
@@ -295,20 +388,26 @@ impl Outbox {
         // The oldest entries that must go to make room, dropped in the same write.
         let mut live = self.live_bytes + size;
         let mut n_drop = 0;
-        for e in &self.entries {
+        for s in &self.entries {
             if live <= self.max_bytes {
                 break;
             }
-            live -= e.framed_len();
-            buf.extend_from_slice(&frame(&encode(&Record::Drop(e.seq))));
+            live -= s.entry.framed_len();
+            buf.extend_from_slice(&frame(&encode(&Record::Drop(s.entry.seq))));
             n_drop += 1;
         }
-        self.append(&buf)?;
+        let at = match self.append(&buf) {
+            Ok(at) => Some(at),
+            Err(e) => {
+                self.set_problem(format!("{e:#}"));
+                None
+            }
+        };
 
         let seq = entry.seq;
         self.next_seq += 1;
-        self.entries.push_back(entry);
-        let first_dropped = self.entries.front().map(|e| e.seq);
+        self.entries.push_back(Slot { entry, at });
+        let first_dropped = self.entries.front().map(|s| s.entry.seq);
         self.entries.drain(..n_drop);
         self.live_bytes = live;
         if n_drop > 0 {
@@ -325,30 +424,98 @@ impl Outbox {
         Ok(seq)
     }
 
+    /// Writes the messages held in memory (pushed while the disk refused them) to
+    /// the log, oldest first; clears [`Outbox::problem`] once none is held. Returns
+    /// true when nothing is held any more. Cheap when nothing is held.
+    pub fn retry(&mut self) -> bool {
+        if self.problem.is_none() {
+            return true;
+        }
+        if self.file.is_none() {
+            if let Err(e) = self.compact() {
+                self.set_problem(format!("{e:#}"));
+                return false;
+            }
+        }
+        let held: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].at.is_none())
+            .collect();
+        for i in held {
+            let buf = frame(&encode(&Record::Push(self.entries[i].entry.clone())));
+            match self.append(&buf) {
+                Ok(at) => self.entries[i].at = Some(at),
+                Err(e) => {
+                    self.set_problem(format!("{e:#}"));
+                    return false;
+                }
+            }
+        }
+        tracing::info!(
+            path = %self.path.display(),
+            "outbox: the log can be written again; every pending message is on disk"
+        );
+        self.problem = None;
+        true
+    }
+
+    /// Why the outbox cannot write its log now (a full disk, an I/O error), while
+    /// it cannot; messages pushed meanwhile are held in memory.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+
+    /// Pending messages held in memory only (not yet on disk).
+    pub fn held_in_memory(&self) -> usize {
+        self.entries.iter().filter(|s| s.at.is_none()).count()
+    }
+
+    fn set_problem(&mut self, why: String) {
+        if self.problem.is_none() {
+            tracing::error!(
+                path = %self.path.display(),
+                "outbox: cannot write {} ({why}); new events are kept in memory (up to {} bytes) and still delivered, and are written when space returns. Free space in {}",
+                self.path.display(),
+                self.max_bytes,
+                self.dir.display()
+            );
+        }
+        self.problem = Some(why);
+    }
+
     /// The pending messages, oldest first.
     pub fn pending(&self) -> impl Iterator<Item = &OutboxEntry> {
-        self.entries.iter()
+        self.entries.iter().map(|s| &s.entry)
     }
 
     /// The oldest pending message, if any.
     pub fn front(&self) -> Option<&OutboxEntry> {
-        self.entries.front()
+        self.entries.front().map(|s| &s.entry)
     }
 
-    /// Removes message `seq` durably (an ack record is appended and fsync'd; the
-    /// log is compacted when it has grown enough). Acking a sequence number that is
-    /// not pending (already acked or dropped) does nothing. On error the message
-    /// stays pending.
+    /// Removes message `seq` and marks it delivered in the log, in place (no new disk
+    /// space is needed; see the module docs). Acking a sequence number that is not
+    /// pending (already acked or dropped) does nothing. The message leaves the queue
+    /// even when the mark cannot be written; the error then says so, and after a
+    /// restart the message may be delivered once more.
     pub fn ack(&mut self, seq: u64) -> Result<()> {
-        let Ok(idx) = self.entries.binary_search_by_key(&seq, |e| e.seq) else {
+        let Ok(idx) = self.entries.binary_search_by_key(&seq, |s| s.entry.seq) else {
             return Ok(());
         };
-        self.append(&frame(&encode(&Record::Ack(seq))))?;
-        if let Some(e) = self.entries.remove(idx) {
-            self.live_bytes -= e.framed_len();
-        }
+        let Some(slot) = self.entries.remove(idx) else {
+            return Ok(());
+        };
+        self.live_bytes -= slot.entry.framed_len();
+        let marked = match (slot.at, self.file.as_ref()) {
+            (Some(at), Some(file)) => mark_acked(file, at, &slot.entry).with_context(|| {
+                format!(
+                    "{}: cannot mark message {seq} delivered",
+                    self.path.display()
+                )
+            }),
+            _ => Ok(()),
+        };
         self.maybe_compact();
-        Ok(())
+        marked
     }
 
     /// Number of pending messages.
@@ -394,11 +561,24 @@ impl Outbox {
 
     /// Rewrites the log with only the pending messages (atomically: temp file,
     /// fsync, rename, directory fsync). Called automatically when acked records make
-    /// up most of a log larger than [`COMPACT_MIN_BYTES`].
+    /// up most of a log larger than [`COMPACT_MIN_BYTES`]. Messages held in memory
+    /// are written too.
     pub fn compact(&mut self) -> Result<()> {
-        let (file, len) = write_snapshot(&self.dir, &self.entries, self.next_seq, self.dropped)?;
-        self.file = file;
+        let (file, offsets, len) =
+            write_snapshot(&self.dir, &self.entries, self.next_seq, self.dropped)?;
+        for (s, at) in self.entries.iter_mut().zip(offsets) {
+            s.at = Some(at);
+        }
+        self.file = Some(file);
         self.file_len = len;
+        self.reserved_to = 0;
+        self.reserve();
+        if self.problem.take().is_some() {
+            tracing::info!(
+                path = %self.path.display(),
+                "outbox: the log can be written again; every pending message is on disk"
+            );
+        }
         Ok(())
     }
 
@@ -412,17 +592,93 @@ impl Outbox {
         }
     }
 
-    /// Appends `buf` to the log and fsyncs it. On a failed write the log is cut
-    /// back to its previous length (best effort; recovery copes if that fails too).
-    fn append(&mut self, buf: &[u8]) -> Result<()> {
-        if let Err(e) = self.file.write_all(buf) {
-            let _ = self.file.set_len(self.file_len);
+    /// Keeps [`RESERVE_BYTES`] allocated past the end of the log, best effort (a
+    /// full disk or a filesystem without `fallocate` just gets no reserve).
+    fn reserve(&mut self) {
+        if self.file_len + RESERVE_BYTES / 2 < self.reserved_to {
+            return;
+        }
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let (at, len) = (self.file_len, RESERVE_BYTES);
+            // SAFETY: fallocate on a descriptor we own; KEEP_SIZE leaves the file's
+            // length (and so its contents as read) unchanged.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    at as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                self.reserved_to = at + len;
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = file;
+    }
+
+    /// Writes `buf` at the end of the log and fsyncs it; returns where it starts. On
+    /// a failed write the log is cut back to its previous length (best effort;
+    /// recovery copes if that fails too).
+    fn append(&mut self, buf: &[u8]) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let at = self.file_len;
+        let Some(file) = self.file.as_ref() else {
+            anyhow::bail!("{}: no log is open", self.path.display());
+        };
+        if let Err(e) = file.write_all_at(buf, at).and_then(|()| file.sync_data()) {
+            let _ = file.set_len(at);
             return Err(e).with_context(|| format!("{}: cannot append", self.path.display()));
         }
         self.file_len += buf.len() as u64;
-        self.file
-            .sync_data()
-            .with_context(|| format!("{}: cannot fsync", self.path.display()))
+        self.reserve();
+        Ok(at)
+    }
+}
+
+/// Rewrites the CRC and kind byte of the push record of `e` at `at` so that it reads
+/// as acked: 5 contiguous bytes, then fsync.
+fn mark_acked(file: &File, at: u64, e: &OutboxEntry) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut body = encode(&Record::Push(e.clone()));
+    body[0] = KIND_ACKED;
+    let mut patch = [0u8; 5];
+    patch[..4].copy_from_slice(&crc32(&body).to_le_bytes());
+    patch[4] = KIND_ACKED;
+    file.write_all_at(&patch, at + 4)?;
+    file.sync_data()
+}
+
+/// Renames a damaged log to `outbox.log.damaged-<unix seconds>` (with a counter if
+/// that exists) and returns the new path.
+fn move_aside(path: &Path) -> Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut n = 0;
+    loop {
+        let name = match n {
+            0 => format!("{LOG_FILE}.damaged-{secs}"),
+            _ => format!("{LOG_FILE}.damaged-{secs}-{n}"),
+        };
+        let aside = path.with_file_name(name);
+        if !aside.exists() {
+            fs::rename(path, &aside).with_context(|| {
+                format!(
+                    "{}: not a hearken outbox log, and it cannot be moved aside to {}; move it away to start afresh",
+                    path.display(),
+                    aside.display()
+                )
+            })?;
+            return Ok(aside);
+        }
+        n += 1;
     }
 }
 
@@ -430,15 +686,20 @@ impl Outbox {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Record {
     Push(OutboxEntry),
+    /// A push record marked delivered in place.
+    Acked(u64),
     Ack(u64),
     Drop(u64),
-    Meta { next_seq: u64, dropped: u64 },
+    Meta {
+        next_seq: u64,
+        dropped: u64,
+    },
 }
 
 /// State rebuilt by replaying records.
 #[derive(Debug)]
 struct State {
-    entries: VecDeque<OutboxEntry>,
+    entries: VecDeque<Slot>,
     next_seq: u64,
     dropped: u64,
 }
@@ -454,18 +715,24 @@ impl Default for State {
 }
 
 impl State {
-    fn apply(&mut self, r: Record) {
+    /// Applies record `r`, found at byte `at` of the log.
+    fn apply(&mut self, r: Record, at: u64) {
         match r {
-            Record::Push(e) => {
-                self.next_seq = self.next_seq.max(e.seq.saturating_add(1));
-                match self.entries.binary_search_by_key(&e.seq, |x| x.seq) {
-                    Ok(i) => self.entries[i] = e,
-                    Err(i) => self.entries.insert(i, e),
+            Record::Push(entry) => {
+                self.next_seq = self.next_seq.max(entry.seq.saturating_add(1));
+                let seq = entry.seq;
+                let slot = Slot {
+                    entry,
+                    at: Some(at),
+                };
+                match self.entries.binary_search_by_key(&seq, |x| x.entry.seq) {
+                    Ok(i) => self.entries[i] = slot,
+                    Err(i) => self.entries.insert(i, slot),
                 }
             }
-            Record::Ack(seq) | Record::Drop(seq) => {
+            Record::Acked(seq) | Record::Ack(seq) | Record::Drop(seq) => {
                 self.next_seq = self.next_seq.max(seq.saturating_add(1));
-                if let Ok(i) = self.entries.binary_search_by_key(&seq, |x| x.seq) {
+                if let Ok(i) = self.entries.binary_search_by_key(&seq, |x| x.entry.seq) {
                     self.entries.remove(i);
                 }
                 if matches!(r, Record::Drop(_)) {
@@ -494,6 +761,7 @@ fn encode(r: &Record) -> Vec<u8> {
             b.extend_from_slice(&e.payload);
             b
         }
+        Record::Acked(_) => unreachable!("acked records are made in place by mark_acked"),
         Record::Ack(seq) | Record::Drop(seq) => {
             let mut b = Vec::with_capacity(SEQ_BODY);
             b.push(if matches!(r, Record::Ack(_)) {
@@ -538,7 +806,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// `None`. Does not check the CRC.
 fn decode(b: &[u8]) -> Option<Record> {
     match *b.first()? {
-        KIND_PUSH => {
+        kind @ (KIND_PUSH | KIND_ACKED) => {
             if b.len() < PUSH_FIXED {
                 return None;
             }
@@ -551,6 +819,9 @@ fn decode(b: &[u8]) -> Option<Record> {
                 return None;
             }
             let topic = std::str::from_utf8(&b[PUSH_FIXED..PUSH_FIXED + topic_len]).ok()?;
+            if kind == KIND_ACKED {
+                return Some(Record::Acked(seq));
+            }
             Some(Record::Push(OutboxEntry {
                 seq,
                 topic: topic.to_string(),
@@ -585,7 +856,8 @@ fn parse_at(data: &[u8], pos: usize) -> Option<(Record, usize)> {
 
 #[derive(Debug, Default)]
 struct Scan {
-    records: Vec<Record>,
+    /// Each valid record with the byte offset its frame starts at.
+    records: Vec<(Record, u64)>,
     torn_tail_bytes: u64,
     corrupt_regions: usize,
     corrupt_bytes: u64,
@@ -597,7 +869,7 @@ fn scan(data: &[u8]) -> Scan {
     let mut pos = MAGIC.len();
     while pos < data.len() {
         if let Some((r, end)) = parse_at(data, pos) {
-            s.records.push(r);
+            s.records.push((r, pos as u64));
             pos = end;
             continue;
         }
@@ -617,38 +889,45 @@ fn scan(data: &[u8]) -> Scan {
 }
 
 /// Atomically replaces the log with the magic, a meta record and `entries`; returns
-/// an append handle on the new log and its length.
+/// a read-write handle on the new log, where each entry's record starts, and the
+/// log's length.
 fn write_snapshot(
     dir: &Path,
-    entries: &VecDeque<OutboxEntry>,
+    entries: &VecDeque<Slot>,
     next_seq: u64,
     dropped: u64,
-) -> Result<(File, u64)> {
+) -> Result<(File, Vec<u64>, u64)> {
     let path = dir.join(LOG_FILE);
     let tmp = dir.join(TMP_FILE);
     let mut buf = MAGIC.to_vec();
     buf.extend_from_slice(&frame(&encode(&Record::Meta { next_seq, dropped })));
-    for e in entries {
-        buf.extend_from_slice(&frame(&encode(&Record::Push(e.clone()))));
+    let mut offsets = Vec::with_capacity(entries.len());
+    for s in entries {
+        offsets.push(buf.len() as u64);
+        buf.extend_from_slice(&frame(&encode(&Record::Push(s.entry.clone()))));
     }
     match fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("{}: cannot remove", tmp.display())),
     }
-    // Opened in append mode so the handle keeps appending after the rename.
+    // The handle stays valid for the log after the rename.
     let mut file = OpenOptions::new()
-        .append(true)
+        .read(true)
+        .write(true)
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("{}: cannot create", tmp.display()))?;
-    file.write_all(&buf)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_all()) {
+        // A half-written copy would only take the space a full disk lacks.
+        drop(file);
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot write", tmp.display()));
+    }
     fs::rename(&tmp, &path)
         .with_context(|| format!("cannot rename {} over {}", tmp.display(), path.display()))?;
     sync_dir(dir)?;
-    Ok((file, buf.len() as u64))
+    Ok((file, offsets, buf.len() as u64))
 }
 
 /// Makes a rename or creation in `dir` durable.
@@ -680,7 +959,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
         if rc != 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
-                bail!(
+                anyhow::bail!(
                     "{}: the outbox is already open (another hearken using this state directory?)",
                     dir.display()
                 );
@@ -929,7 +1208,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_ack_brings_message_back() {
+    fn a_torn_in_place_ack_loses_nothing_undelivered() {
         let d = TempDir::new("corrupt-ack");
         {
             let mut o = Outbox::open(&d.0, BIG).unwrap();
@@ -939,13 +1218,60 @@ mod tests {
         }
         let path = d.0.join(LOG_FILE);
         let mut data = fs::read(&path).unwrap();
-        // The ack record follows magic, meta and one push of 1+1 bytes.
-        let ack = MAGIC.len() + FRAME_HEADER + META_BODY + FRAME_HEADER + PUSH_FIXED + 2;
-        data[ack + FRAME_HEADER + 1] ^= 0xFF;
+        // The acked push follows magic and meta; its kind byte is after the frame.
+        let acked = MAGIC.len() + FRAME_HEADER + META_BODY;
+        assert_eq!(data[acked + FRAME_HEADER], KIND_ACKED);
+        // A write torn between the CRC and the kind byte: the record no longer
+        // checks out and is skipped, which is right for a delivered message.
+        data[acked + FRAME_HEADER] = KIND_PUSH;
         fs::write(&path, &data).unwrap();
         let o = Outbox::open(&d.0, BIG).unwrap();
-        assert_eq!(seqs(&o), vec![1, 2]);
+        assert_eq!(seqs(&o), vec![2]);
         assert_eq!(o.recovery().corrupt_regions, 1);
+    }
+
+    #[test]
+    fn ack_marks_in_place_and_needs_no_new_space() {
+        let d = TempDir::new("ack-in-place");
+        let mut o = Outbox::open(&d.0, BIG).unwrap();
+        for i in 0..4u8 {
+            o.push("t", &[i; 5], 1, false).unwrap();
+        }
+        let len = log_len(&d);
+        o.ack(2).unwrap();
+        o.ack(1).unwrap();
+        assert_eq!(log_len(&d), len, "an ack must not grow the log");
+        assert_eq!(o.log_bytes(), len);
+        drop(o);
+        let mut o = Outbox::open(&d.0, BIG).unwrap();
+        assert_eq!(seqs(&o), vec![3, 4]);
+        assert!(!o.recovery().damaged());
+        assert_eq!(o.push("t", b"x", 1, false).unwrap(), 5);
+    }
+
+    #[test]
+    fn ack_records_of_older_logs_are_still_honoured() {
+        let d = TempDir::new("legacy-ack");
+        fs::create_dir_all(&d.0).unwrap();
+        let mut data = MAGIC.to_vec();
+        for seq in 1..=3 {
+            data.extend(frame(&encode(&Record::Push(OutboxEntry {
+                seq,
+                topic: "t".into(),
+                payload: vec![seq as u8],
+                qos: 1,
+                retain: false,
+            }))));
+        }
+        data.extend(frame(&encode(&Record::Ack(2))));
+        fs::write(d.0.join(LOG_FILE), &data).unwrap();
+        let mut o = Outbox::open(&d.0, BIG).unwrap();
+        assert_eq!(seqs(&o), vec![1, 3]);
+        assert!(!o.recovery().damaged());
+        o.ack(3).unwrap();
+        drop(o);
+        let o = Outbox::open(&d.0, BIG).unwrap();
+        assert_eq!(seqs(&o), vec![1]);
     }
 
     #[test]
@@ -1057,19 +1383,47 @@ mod tests {
     }
 
     #[test]
-    fn foreign_file_is_not_clobbered() {
-        let d = TempDir::new("foreign");
+    fn a_foreign_or_zeroed_log_is_moved_aside_not_clobbered() {
+        for (tag, content) in [
+            ("foreign", b"something else entirely".to_vec()),
+            ("zeros", vec![0u8; 4096]),
+        ] {
+            let d = TempDir::new(tag);
+            fs::create_dir_all(&d.0).unwrap();
+            fs::write(d.0.join(LOG_FILE), &content).unwrap();
+            let mut o = Outbox::open(&d.0, BIG).unwrap();
+            assert!(o.is_empty(), "{tag}");
+            let aside = o.recovery().moved_aside.clone().expect("moved aside");
+            assert!(o.recovery().damaged());
+            assert_eq!(fs::read(&aside).unwrap(), content, "{tag}: kept intact");
+            assert!(aside
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("outbox.log.damaged-"));
+            // The new log works and survives a reopen.
+            o.push("t", b"x", 1, false).unwrap();
+            drop(o);
+            let o = Outbox::open(&d.0, BIG).unwrap();
+            assert_eq!(seqs(&o), vec![1]);
+            assert!(o.recovery().moved_aside.is_none());
+        }
+    }
+
+    #[test]
+    fn a_log_cut_inside_its_header_is_started_afresh_and_said() {
+        let d = TempDir::new("torn-magic");
         fs::create_dir_all(&d.0).unwrap();
-        fs::write(d.0.join(LOG_FILE), b"something else entirely").unwrap();
-        assert!(Outbox::open(&d.0, BIG).is_err());
-        assert_eq!(
-            fs::read(d.0.join(LOG_FILE)).unwrap(),
-            b"something else entirely"
-        );
-        // A torn creation (a prefix of the magic) is just an empty outbox.
         fs::write(d.0.join(LOG_FILE), &MAGIC[..3]).unwrap();
         let o = Outbox::open(&d.0, BIG).unwrap();
         assert!(o.is_empty());
+        assert_eq!(o.recovery().truncated_header_bytes, 3);
+        assert!(o.recovery().damaged());
+        drop(o);
+        // An empty log is a normal first start, not damage.
+        fs::write(d.0.join(LOG_FILE), b"").unwrap();
+        let o = Outbox::open(&d.0, BIG).unwrap();
+        assert_eq!(o.recovery(), &Recovery::default());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | `<base>/event/<group>` | event JSON               | 1   | no       |
 //! | `<base>/<group>/state` | `ON` / `OFF`             | 1   | yes      |
 //! | `<base>/top`           | top labels + dBFS JSON   | 0   | no       |
+//! | `<base>/problem`       | `{"state": "ON"/"OFF", "reason"}` | 1 | yes |
 
 use std::fmt;
 
@@ -136,6 +137,12 @@ impl Topics {
     pub fn top(&self) -> String {
         format!("{}/top", self.base)
     }
+
+    /// Whether the node has a problem it cannot fix itself (a full disk):
+    /// `<base>/problem` (JSON `{"state": "ON"|"OFF", "reason": …}`, retained).
+    pub fn problem(&self) -> String {
+        format!("{}/problem", self.base)
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +162,7 @@ mod tests {
             "hearken/kitchen-pi/smoke_alarm/state"
         );
         assert_eq!(t.top(), "hearken/kitchen-pi/top");
+        assert_eq!(t.problem(), "hearken/kitchen-pi/problem");
     }
 
     #[test]
