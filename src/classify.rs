@@ -84,6 +84,10 @@ pub struct FileReport {
     /// Set when the file was damaged but audio before the damage was classified.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// Samples (per channel) that were NaN, infinite or absurdly large and were
+    /// replaced — silenced, or clamped to ±[`crate::audio::SAMPLE_LIMIT`] — before
+    /// analysis; 0 for a sound file.
+    pub replaced_samples: u64,
 }
 
 /// The JSON for a file that failed.
@@ -220,6 +224,7 @@ pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Resu
         predictions: top_k(&scorer.clip_scores(), labels, opts.top_k, filter),
         windows: reports,
         warning: dec.truncation().map(str::to_string),
+        replaced_samples: dec.replaced_samples(),
     })
 }
 
@@ -230,6 +235,14 @@ pub fn render_text(r: &FileReport) -> String {
     let _ = writeln!(s, "{}  ({:.2} s, {})", r.file, r.duration_s, r.model);
     if let Some(w) = &r.warning {
         let _ = writeln!(s, "  warning: {w}");
+    }
+    if r.replaced_samples > 0 {
+        let _ = writeln!(
+            s,
+            "  note: {} samples were NaN, infinite or out of range and were replaced \
+             (silenced or clamped); the rest was classified",
+            r.replaced_samples
+        );
     }
     let fmt = |p: &[Prediction]| {
         p.iter()

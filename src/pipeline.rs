@@ -70,6 +70,9 @@ pub struct Status {
     pub gated: bool,
     /// Samples dropped because the capture ring was full.
     pub overruns: u64,
+    /// Samples replaced so far because they were NaN, infinite or absurdly large
+    /// (damaged audio; see [`SourceStats::replaced`]).
+    pub replaced_samples: u64,
     /// CPU use of the whole process since the last status, % of one core.
     pub cpu_percent: f64,
     /// Model calls made so far.
@@ -103,7 +106,8 @@ pub enum Message {
 /// Totals after the pipeline ends.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
-    /// Audio processed, seconds.
+    /// Audio processed, seconds: what the source delivered, not counting the
+    /// padding a model's frontend adds to a short clip.
     pub audio_s: f64,
     /// Model calls made.
     pub model_calls: u64,
@@ -111,8 +115,50 @@ pub struct Summary {
     pub gated_calls: u64,
     /// Samples dropped at capture.
     pub overruns: u64,
+    /// Samples replaced because they were NaN, infinite or absurdly large.
+    pub replaced_samples: u64,
     /// Events started.
     pub events: u64,
+}
+
+/// When to warn about replaced (non-finite or absurd) samples: as soon as the count
+/// first grows, then at most once per interval while it keeps growing, and once at
+/// the end of the stream if it grew since the last warning — so a device that
+/// sends garbage all the time cannot flood the log.
+#[derive(Debug, Clone)]
+pub struct ReplacedWarnings {
+    interval: Duration,
+    logged: u64,
+    last: Option<Instant>,
+}
+
+impl ReplacedWarnings {
+    /// Warnings at most every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        ReplacedWarnings {
+            interval,
+            logged: 0,
+            last: None,
+        }
+    }
+
+    /// The count to warn about now, if any, given the running total `count` at time
+    /// `now`; `at_end` for the last call of the stream.
+    pub fn check(&mut self, count: u64, now: Instant, at_end: bool) -> Option<u64> {
+        if count <= self.logged {
+            return None;
+        }
+        let due = at_end
+            || self
+                .last
+                .is_none_or(|t| now.duration_since(t) >= self.interval);
+        if !due {
+            return None;
+        }
+        self.logged = count;
+        self.last = Some(now);
+        Some(count)
+    }
 }
 
 /// Counters shared between the threads and the caller (a watchdog can read them).
@@ -241,6 +287,8 @@ impl Pipeline {
         let fe_params = model.manifest().frontend.clone();
         let dsp_stats = stats.clone();
         let dsp_progress = progress.clone();
+        let dsp_source = source.to_string();
+        let warn_interval = Duration::from_secs_f64(status_interval_s.max(1.0));
         let dsp = std::thread::Builder::new()
             .name("hearken-dsp".into())
             .spawn(move || -> Result<()> {
@@ -249,6 +297,21 @@ impl Pipeline {
                 let mut meter = LevelMeter::new(fe_params.hop_length);
                 let mut buf = vec![0.0f32; 4096];
                 let mut resampled = Vec::new();
+                let mut warnings = ReplacedWarnings::new(warn_interval);
+                // The source counts damaged samples (from its callback or reader);
+                // this thread, which may log, reports them.
+                let warn_replaced = |warnings: &mut ReplacedWarnings, at_end: bool| {
+                    let count = dsp_stats.replaced.load(Ordering::Relaxed);
+                    if let Some(n) = warnings.check(count, Instant::now(), at_end) {
+                        tracing::warn!(
+                            source = dsp_source.as_str(),
+                            replaced_samples = n,
+                            "{dsp_source}: {n} NaN, infinite or out-of-range samples replaced \
+                             so far: the audio is damaged; they were silenced or clamped and \
+                             the rest is analysed"
+                        );
+                    }
+                };
                 loop {
                     let n = cons.pop_slice(&mut buf);
                     if n == 0 {
@@ -261,6 +324,7 @@ impl Pipeline {
                     dsp_progress
                         .dsp_samples
                         .fetch_add(n as u64, Ordering::Relaxed);
+                    warn_replaced(&mut warnings, false);
                     resampled.clear();
                     rs.push(&buf[..n], &mut resampled);
                     let block = analyse(&mut fe, &mut meter, &resampled, false);
@@ -273,6 +337,7 @@ impl Pipeline {
                         }
                     }
                 }
+                warn_replaced(&mut warnings, true);
                 resampled.clear();
                 rs.finish(&mut resampled);
                 let block = analyse(&mut fe, &mut meter, &resampled, true);
@@ -396,7 +461,7 @@ impl Pipeline {
                             &detector,
                             last_window.as_ref(),
                             labels,
-                            inf_stats.overruns.load(Ordering::Relaxed),
+                            &inf_stats,
                             100.0 * (cpu - last_cpu) / wall.max(1e-6),
                         );
                         last_cpu = cpu;
@@ -419,7 +484,11 @@ impl Pipeline {
                 };
                 detector.finish(end_s, wall, &mut events);
                 send_events(&mut events, &mut summary);
-                summary.audio_s = end_s;
+                // The real audio, not `end_s`: a short clip is padded by the
+                // frontend to the model's minimum length (10 s for mn04).
+                summary.audio_s =
+                    inf_progress.dsp_samples.load(Ordering::Relaxed) as f64 / rate as f64;
+                summary.replaced_samples = inf_stats.replaced.load(Ordering::Relaxed);
                 summary.model_calls = scorer.model_calls();
                 summary.gated_calls = scorer.gated_calls();
                 summary.overruns = inf_stats.overruns.load(Ordering::Relaxed);
@@ -515,7 +584,7 @@ fn make_status(
     detector: &Detector,
     last: Option<&crate::scoring::WindowScore>,
     labels: &crate::model::Labels,
-    overruns: u64,
+    stats: &SourceStats,
     cpu_percent: f64,
 ) -> Status {
     let (dbfs, top, gated) = match last {
@@ -528,7 +597,8 @@ fn make_status(
         dbfs,
         top,
         gated,
-        overruns,
+        overruns: stats.overruns.load(Ordering::Relaxed),
+        replaced_samples: stats.replaced.load(Ordering::Relaxed),
         cpu_percent,
         model_calls: scorer.model_calls(),
         gated_calls: scorer.gated_calls(),
@@ -541,5 +611,28 @@ fn make_status(
                 active: a,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaced_sample_warnings_are_prompt_then_rate_limited() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = ReplacedWarnings::new(Duration::from_secs(10));
+        assert_eq!(w.check(0, s(0), false), None, "nothing replaced");
+        assert_eq!(w.check(2, s(10), false), Some(2), "the first one at once");
+        assert_eq!(w.check(2, s(20_000), false), None, "no growth, no warning");
+        assert_eq!(w.check(5, s(5_000), false), None, "too soon after the last");
+        assert_eq!(w.check(7, s(10_010), false), Some(7));
+        assert_eq!(
+            w.check(9, s(10_020), true),
+            Some(9),
+            "the end reports the rest"
+        );
+        assert_eq!(w.check(9, s(10_030), true), None);
     }
 }

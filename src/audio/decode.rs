@@ -10,7 +10,7 @@ use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-use super::mix_to_mono;
+use super::{mix_to_mono, sanitize};
 
 /// Lowest and highest sample rates hearken accepts from a file.
 pub const RATE_RANGE: std::ops::RangeInclusive<u32> = 4000..=384_000;
@@ -80,6 +80,7 @@ pub struct FileDecoder {
     info: AudioInfo,
     interleaved: Vec<f32>,
     frames_read: u64,
+    replaced: u64,
     truncated: Option<String>,
     done: bool,
 }
@@ -154,6 +155,7 @@ impl FileDecoder {
             },
             interleaved: Vec::new(),
             frames_read: 0,
+            replaced: 0,
             truncated: None,
             done: false,
         })
@@ -169,13 +171,21 @@ impl FileDecoder {
         self.frames_read
     }
 
+    /// Samples (counted per channel, before mixing) replaced so far because they were
+    /// NaN, infinite or absurdly large (see [`super::sanitize_sample`]): what a damaged
+    /// float file holds. The rest of the audio is delivered as usual.
+    pub fn replaced_samples(&self) -> u64 {
+        self.replaced
+    }
+
     /// Set when the stream ended early (a truncated file): what happened. The audio
     /// before that point was still delivered.
     pub fn truncation(&self) -> Option<&str> {
         self.truncated.as_deref()
     }
 
-    /// Appends the next packet's audio, mixed to mono, to `out`. Returns `Ok(false)`
+    /// Appends the next packet's audio, mixed to mono, to `out`: every sample finite
+    /// and within ±[`super::SAMPLE_LIMIT`]. Returns `Ok(false)`
     /// at the end of the stream.
     pub fn next_chunk(&mut self, out: &mut Vec<f32>) -> Result<bool, DecodeError> {
         while !self.done {
@@ -211,6 +221,7 @@ impl FileDecoder {
                     }
                     self.interleaved.clear();
                     buf.copy_to_vec_interleaved(&mut self.interleaved);
+                    self.replaced += sanitize(&mut self.interleaved) as u64;
                     mix_to_mono(&self.interleaved, ch, out);
                     self.frames_read += frames as u64;
                     return Ok(true);

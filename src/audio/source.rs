@@ -28,6 +28,11 @@
 //! The cpal audio callback never allocates, locks, logs or blocks: it mixes to mono
 //! into a scratch buffer allocated before the stream starts, pushes into the ring and
 //! counts what did not fit in [`SourceStats::overruns`].
+//!
+//! Every source hands the ring only finite samples within ±[`super::SAMPLE_LIMIT`]:
+//! NaN and ±Inf become silence and absurd values are clamped, counted in
+//! [`SourceStats::replaced`] (the callback with one atomic add; the pipeline reports
+//! the count from its own threads).
 
 use std::fmt;
 use std::io::Read;
@@ -45,7 +50,7 @@ use ringbuf::traits::{Producer, Split};
 use ringbuf::{HeapProd, HeapRb};
 
 use super::decode::RATE_RANGE;
-use super::FileDecoder;
+use super::{sanitize, sanitize_sample, FileDecoder};
 
 /// The consumer half of the capture ring: mono `f32` at the source's sample rate.
 ///
@@ -169,6 +174,10 @@ pub struct SourceStats {
     pub overruns: AtomicU64,
     /// Samples pushed into the ring.
     pub samples: AtomicU64,
+    /// Samples that arrived NaN, infinite or absurdly large and were replaced (with
+    /// silence, or clamped: [`crate::audio::sanitize_sample`]) before the ring; counted
+    /// per channel, before mixing. Nothing downstream ever sees such a sample.
+    pub replaced: AtomicU64,
     /// The end of the file/stdin was reached and everything was pushed.
     pub finished: AtomicBool,
     /// Milliseconds since the UNIX epoch of the last callback/push (for a watchdog).
@@ -197,6 +206,12 @@ impl SourceStats {
 
     fn touch_waiting(&self) {
         self.reconnect_ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn note_replaced(&self, replaced: usize) {
+        if replaced > 0 {
+            self.replaced.fetch_add(replaced as u64, Ordering::Relaxed);
+        }
     }
 
     fn count(&self, pushed: usize, dropped: usize) {
@@ -614,6 +629,10 @@ fn file_feeder(
                     eof = true;
                 }
             }
+            // The decoder has already replaced them; publish its running total.
+            stats
+                .replaced
+                .store(decoder.replaced_samples(), Ordering::Relaxed);
         }
         let n = piece.min(pending.len() - pos);
         if n == 0 {
@@ -691,6 +710,9 @@ fn pcm_feeder<R: Read>(
         let used = s16le_to_mono(&buf[..have], channels, &mut mono);
         buf.copy_within(used..have, 0);
         have -= used;
+        // s16le is finite and within ±1 by construction; kept so that every source
+        // upholds the same guarantee, whatever its format.
+        stats.note_replaced(sanitize(&mut mono));
         if !push_all(&mut prod, &mono, stats, control) {
             return;
         }
@@ -717,19 +739,26 @@ impl Capture {
     {
         let ch = self.channels;
         let scale = 1.0 / ch as f32;
-        let (mut pushed, mut dropped) = (0usize, 0usize);
+        let (mut pushed, mut dropped, mut replaced) = (0usize, 0usize, 0usize);
+        // Each sample is made safe (NaN/Inf → 0, absurd values clamped) as it is
+        // converted, before mixing, so one bad channel cannot spoil the others.
+        let mut safe = |x: T| {
+            let (v, bad) = sanitize_sample(<f32 as FromSample<T>>::from_sample_(x));
+            replaced += bad as usize;
+            v
+        };
         for piece in data.chunks(self.scratch.len() * ch) {
             let frames = piece.len() / ch;
             let out = &mut self.scratch[..frames];
             if ch == 1 {
                 for (o, &x) in out.iter_mut().zip(piece) {
-                    *o = <f32 as FromSample<T>>::from_sample_(x);
+                    *o = safe(x);
                 }
             } else {
                 for (o, frame) in out.iter_mut().zip(piece.chunks_exact(ch)) {
                     let mut sum = 0.0f32;
                     for &x in frame {
-                        sum += <f32 as FromSample<T>>::from_sample_(x);
+                        sum += safe(x);
                     }
                     *o = sum * scale;
                 }
@@ -738,6 +767,7 @@ impl Capture {
             pushed += n;
             dropped += frames - n;
         }
+        self.stats.note_replaced(replaced);
         self.stats.count(pushed, dropped);
     }
 }
@@ -1630,6 +1660,73 @@ mod tests {
         stats.note_stream_error(cpal::ErrorKind::DeviceNotAvailable);
         assert!(stats.stream_error.load(Ordering::Relaxed));
         assert_eq!(stats.xruns.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn capture_callback_replaces_non_finite_samples_in_place() {
+        let (prod, mut cons) = HeapRb::<f32>::new(16).split();
+        let stats = Arc::new(SourceStats::default());
+        let mut cap = Capture {
+            prod,
+            scratch: vec![0.0; 2].into_boxed_slice(),
+            channels: 2,
+            stats: stats.clone(),
+        };
+        // f32 stereo: a NaN beside a good sample, ±Inf, a huge value.
+        cap.process::<f32>(&[
+            0.5,
+            f32::NAN,
+            0.25,
+            0.25,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -0.5,
+        ]);
+        let mut out = [0.0f32; 8];
+        assert_eq!(cons.pop_slice(&mut out), 4);
+        assert_eq!(
+            &out[..4],
+            &[0.25, 0.25, 0.0, (crate::audio::SAMPLE_LIMIT - 0.5) / 2.0]
+        );
+        assert_eq!(stats.replaced.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.samples.load(Ordering::Relaxed), 4);
+        // Good audio adds nothing.
+        cap.process::<f32>(&[0.1, -0.1]);
+        assert_eq!(stats.replaced.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn file_source_replaces_and_counts_non_finite_samples() {
+        let path = temp_wav("nan");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8000,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..4000 {
+            let (l, r) = match i {
+                100 => (f32::NAN, 0.5),
+                2000 => (f32::INFINITY, f32::NEG_INFINITY),
+                _ => (0.25, 0.25),
+            };
+            w.write_sample(l).unwrap();
+            w.write_sample(r).unwrap();
+        }
+        w.finalize().unwrap();
+        let opts = SourceOptions {
+            ring_seconds: 0.1,
+            realtime: false,
+        };
+        let (source, cons) = Source::start(&SourceSpec::File(path.clone()), &opts).unwrap();
+        let got = drain(cons, source.stats.clone()).join().unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(got.len(), 4000);
+        assert_eq!(source.stats.replaced.load(Ordering::Relaxed), 3);
+        assert_eq!((got[100], got[2000], got[0]), (0.25, 0.0, 0.25));
+        assert!(got.iter().all(|v| v.is_finite()));
     }
 
     #[test]
