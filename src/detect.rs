@@ -224,6 +224,32 @@ pub struct Detector {
     top_labels: usize,
 }
 
+/// The labels an event reports: the group's own best class first (its evidence:
+/// "Gunshot, gunfire 0.41" before an unrelated "Firecracker 0.26" that happens to
+/// score higher), then the window's other top labels, `k` in all. A group none of
+/// whose labels the model knows gets the plain top `k`.
+pub fn evidence_first(
+    scores: &[f32],
+    labels: &Labels,
+    k: usize,
+    group_labels: &[String],
+) -> Vec<Prediction> {
+    let own: Vec<usize> = group_labels.iter().filter_map(|l| labels.find(l)).collect();
+    let mut out = top_k(scores, labels, 1.min(k), Some(&own));
+    for p in top_k(scores, labels, k + 1, None) {
+        if out.len() >= k {
+            break;
+        }
+        if !out
+            .iter()
+            .any(|o| o.label_id == p.label_id && o.label == p.label)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// `t` as RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -327,10 +353,11 @@ impl Detector {
                 Pooling::Mean => hop.scores_mean,
                 Pooling::Max => hop.scores_max,
             };
+            let event_labels = || evidence_first(pool(), labels, k, &g.cfg.labels);
             if let Some(a) = g.active.as_mut() {
                 if score > a.peak_score {
                     a.peak_score = score;
-                    a.labels = top_k(pool(), labels, k, None);
+                    a.labels = event_labels();
                     a.dbfs = hop.dbfs;
                 }
                 let too_long = hop.end_s - a.start_s >= g.cfg.tuning.max_event_s;
@@ -369,7 +396,7 @@ impl Detector {
                     started_at: rfc3339(started_wall),
                     ended_at: None,
                     peak_score: score,
-                    labels: top_k(pool(), labels, k, None),
+                    labels: event_labels(),
                     dbfs: hop.dbfs,
                     node: ident.node.clone(),
                     room: ident.room.clone(),
@@ -460,6 +487,31 @@ mod tests {
 
     fn labels() -> Labels {
         Labels::from_names(&["Speech", "Glass"])
+    }
+
+    #[test]
+    fn an_event_reports_its_own_evidence_first() {
+        let l = Labels::from_names(&["Firecracker", "Gunshot, gunfire", "Silence", "Speech"]);
+        let s = [0.26, 0.12, 0.2, 0.01];
+        let names =
+            |v: Vec<Prediction>| -> Vec<String> { v.into_iter().map(|p| p.label).collect() };
+        let g = vec!["Gunshot, gunfire".to_string(), "Explosion".to_string()];
+        assert_eq!(
+            names(evidence_first(&s, &l, 3, &g)),
+            vec!["Gunshot, gunfire", "Firecracker", "Silence"]
+        );
+        // Already on top: no duplicate.
+        let g = vec!["Firecracker".to_string()];
+        assert_eq!(
+            names(evidence_first(&s, &l, 3, &g)),
+            vec!["Firecracker", "Silence", "Gunshot, gunfire"]
+        );
+        // Labels the model lacks: the plain top k.
+        assert_eq!(
+            names(evidence_first(&s, &l, 2, &["Bark".to_string()])),
+            vec!["Firecracker", "Silence"]
+        );
+        assert!(evidence_first(&s, &l, 0, &g).is_empty());
     }
 
     /// Runs the detector over per-hop glass scores (hop 1 s, window 10 s ending at

@@ -362,6 +362,7 @@ impl Pipeline {
                 let hop_s = scorer.plan().hop_frames as f64 * scorer.plan().frame_hop_s;
                 let interval = Duration::from_secs_f64(status_interval_s.max(0.1));
                 let mut last_status = Instant::now();
+                let mut first_status_due = true;
                 let mut last_cpu = crate::bench::cpu_seconds();
                 let t0_wall = SystemTime::now();
                 let mut last_window = None;
@@ -453,7 +454,11 @@ impl Pipeline {
                     if !send_events(&mut events, &mut summary) {
                         break;
                     }
-                    if last_status.elapsed() >= interval {
+                    // The first report goes out with the first window, so that the
+                    // top-sound and loudness sensors are not unknown for a whole interval.
+                    let first = first_status_due && last_window.is_some();
+                    if first || last_status.elapsed() >= interval {
+                        first_status_due = false;
                         let cpu = crate::bench::cpu_seconds();
                         let wall = last_status.elapsed().as_secs_f64();
                         let status = make_status(

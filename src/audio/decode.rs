@@ -1,6 +1,8 @@
 //! Streaming WAV/FLAC decoding to mono f32, with errors that name the file.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
@@ -88,7 +90,7 @@ pub struct FileDecoder {
 impl FileDecoder {
     /// Opens `path`, probing the content (not the extension) for WAV or FLAC.
     pub fn open(path: &Path) -> Result<Self, DecodeError> {
-        let file = File::open(path).map_err(|source| DecodeError::Open {
+        let mut file = File::open(path).map_err(|source| DecodeError::Open {
             path: path.to_path_buf(),
             source,
         })?;
@@ -98,19 +100,31 @@ impl FileDecoder {
                 path: path.to_path_buf(),
             });
         }
+        let unsupported = |detail: String| DecodeError::Unsupported {
+            path: path.to_path_buf(),
+            detail,
+        };
+        check_wav_header(&mut file).map_err(unsupported)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|source| DecodeError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mss = MediaSourceStream::new(Box::new(file), Default::default());
         let fmt_err = |detail: String| DecodeError::Format {
             path: path.to_path_buf(),
             detail,
         };
-        let format = symphonia::default::get_probe()
-            .probe(
+        let probed = catch_unwind(AssertUnwindSafe(|| {
+            symphonia::default::get_probe().probe(
                 &Hint::new(),
                 mss,
                 FormatOptions::default(),
                 MetadataOptions::default(),
             )
-            .map_err(|e| fmt_err(e.to_string()))?;
+        }))
+        .map_err(|_| fmt_err(READER_PANIC.into()))?;
+        let format = probed.map_err(|e| fmt_err(e.to_string()))?;
         let track = format
             .default_track(TrackType::Audio)
             .ok_or_else(|| fmt_err("no audio track".into()))?;
@@ -121,10 +135,6 @@ impl FileDecoder {
             .and_then(|c| c.audio())
             .ok_or_else(|| fmt_err("no audio codec parameters".into()))?
             .clone();
-        let unsupported = |detail: String| DecodeError::Unsupported {
-            path: path.to_path_buf(),
-            detail,
-        };
         let sample_rate = params
             .sample_rate
             .ok_or_else(|| unsupported("the header gives no sample rate".into()))?;
@@ -140,9 +150,12 @@ impl FileDecoder {
             return Err(unsupported("the header gives no channels".into()));
         }
         let frames = track.num_frames;
-        let decoder = symphonia::default::get_codecs()
-            .make_audio_decoder(&params, &AudioDecoderOptions::default())
-            .map_err(|e| unsupported(format!("unsupported codec: {e}")))?;
+        let decoder = catch_unwind(AssertUnwindSafe(|| {
+            symphonia::default::get_codecs()
+                .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        }))
+        .map_err(|_| fmt_err(READER_PANIC.into()))?
+        .map_err(|e| unsupported(format!("unsupported codec: {e}")))?;
         Ok(FileDecoder {
             path: path.to_path_buf(),
             format,
@@ -189,7 +202,10 @@ impl FileDecoder {
     /// at the end of the stream.
     pub fn next_chunk(&mut self, out: &mut Vec<f32>) -> Result<bool, DecodeError> {
         while !self.done {
-            let packet = match self.format.next_packet() {
+            let Ok(next) = catch_unwind(AssertUnwindSafe(|| self.format.next_packet())) else {
+                return self.reader_panicked();
+            };
+            let packet = match next {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     self.done = true;
@@ -212,7 +228,16 @@ impl FileDecoder {
             if packet.track_id != self.track_id {
                 continue;
             }
-            match self.decoder.decode(&packet) {
+            let (decoder, packet) = (&mut self.decoder, &packet);
+            // Moving the borrow in (not reborrowing it) lets the buffer outlive the call.
+            let decode = move || {
+                let d = decoder;
+                d.decode(packet)
+            };
+            let Ok(decoded) = catch_unwind(AssertUnwindSafe(decode)) else {
+                return self.reader_panicked();
+            };
+            match decoded {
                 Ok(buf) => {
                     let ch = buf.spec().channels().count().max(1);
                     let frames = buf.frames();
@@ -242,6 +267,19 @@ impl FileDecoder {
         Ok(false)
     }
 
+    /// The WAV/FLAC reader panicked on malformed data (a bug of the reader, caught so
+    /// bad input cannot kill the process): the stream ends there, as if truncated
+    /// when audio came before, else as an error. The reader is not used again.
+    fn reader_panicked(&mut self) -> Result<bool, DecodeError> {
+        self.done = true;
+        if self.frames_read > 0 {
+            self.note_truncation(READER_PANIC);
+            Ok(false)
+        } else {
+            Err(self.decode_error(READER_PANIC.into()))
+        }
+    }
+
     fn note_truncation(&mut self, what: &str) {
         if self.truncated.is_none() {
             self.truncated = Some(format!(
@@ -259,5 +297,149 @@ impl FileDecoder {
             seconds: self.frames_read as f64 / self.info.sample_rate as f64,
             detail,
         }
+    }
+}
+
+/// What a file gets when the WAV/FLAC reader panicked on it.
+const READER_PANIC: &str = "the data is malformed in a way the WAV/FLAC reader cannot handle";
+
+/// Most channels a WAV file may declare: the WAV reader maps at most 28 channel
+/// positions, and larger counts overflow its header arithmetic.
+pub const MAX_WAV_CHANNELS: u16 = 28;
+
+/// Chunks of a RIFF file walked before giving up looking for `fmt `.
+const MAX_RIFF_CHUNKS: usize = 1024;
+
+/// Rejects WAV headers that the WAV reader (symphonia 0.6) cannot survive: its
+/// header arithmetic overflows — a panic in debug builds, nonsense otherwise — for
+/// more than [`MAX_WAV_CHANNELS`] channels, or for a WAVE_FORMAT_EXTENSIBLE channel
+/// mask with fewer bits than channels and bit 31 set. Anything else, WAV or not, is
+/// left to the reader. Reads the chunk headers only, seeking past chunk bodies.
+pub fn check_wav_header<R: Read + Seek>(r: &mut R) -> Result<(), String> {
+    let mut head = [0u8; 12];
+    if r.read_exact(&mut head).is_err()
+        || !matches!(&head[..4], b"RIFF" | b"RF64")
+        || &head[8..] != b"WAVE"
+    {
+        return Ok(());
+    }
+    for _ in 0..MAX_RIFF_CHUNKS {
+        let mut ch = [0u8; 8];
+        if r.read_exact(&mut ch).is_err() {
+            break;
+        }
+        let size = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]) as u64;
+        let mut body_read = 0u64;
+        match &ch[..4] {
+            b"fmt " => {
+                let mut body = Vec::with_capacity(40);
+                let n = r
+                    .by_ref()
+                    .take(size.min(40))
+                    .read_to_end(&mut body)
+                    .map_err(|e| format!("cannot read the WAV header: {e}"))?;
+                body_read = n as u64;
+                check_wav_fmt(&body)?;
+            }
+            // The audio follows; the reader stops walking chunks here.
+            b"data" => break,
+            _ => {}
+        }
+        let skip = size + (size & 1) - body_read;
+        if r.seek(SeekFrom::Current(skip as i64)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The checks of [`check_wav_header`] on one `fmt ` chunk body.
+fn check_wav_fmt(body: &[u8]) -> Result<(), String> {
+    if body.len() < 16 {
+        return Ok(());
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+    let (tag, channels) = (u16_at(0), u16_at(2));
+    if channels > MAX_WAV_CHANNELS {
+        return Err(format!(
+            "the WAV header declares {channels} channels; hearken reads WAV files of 1 to \
+             {MAX_WAV_CHANNELS} channels"
+        ));
+    }
+    if tag == 0xFFFE && body.len() >= 24 {
+        let mask = u32::from_le_bytes([body[20], body[21], body[22], body[23]]);
+        if mask.count_ones() < channels as u32 && mask & 0x8000_0000 != 0 {
+            return Err(format!(
+                "the WAV channel mask 0x{mask:08x} does not describe its {channels} channels"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A RIFF/WAVE header: a `LIST` chunk, then `fmt ` (tag, channels, 16-bit,
+    /// extensible with `mask` when given), then an empty `data` chunk.
+    fn header(tag: u16, channels: u16, mask: Option<u32>) -> Vec<u8> {
+        let mut fmt = Vec::new();
+        fmt.extend(tag.to_le_bytes());
+        fmt.extend(channels.to_le_bytes());
+        fmt.extend(8000u32.to_le_bytes());
+        fmt.extend((16000 * channels as u32).to_le_bytes());
+        fmt.extend(channels.wrapping_mul(2).to_le_bytes());
+        fmt.extend(16u16.to_le_bytes());
+        if let Some(m) = mask {
+            fmt.extend(22u16.to_le_bytes());
+            fmt.extend(16u16.to_le_bytes());
+            fmt.extend(m.to_le_bytes());
+            fmt.extend([
+                1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71,
+            ]);
+        }
+        let mut b = b"RIFF\0\0\0\0WAVELIST\x03\0\0\0abc\0fmt ".to_vec();
+        b.extend((fmt.len() as u32).to_le_bytes());
+        b.extend(fmt);
+        b.extend(b"data\0\0\0\0");
+        b
+    }
+
+    fn check(b: &[u8]) -> Result<(), String> {
+        check_wav_header(&mut Cursor::new(b))
+    }
+
+    #[test]
+    fn wav_headers_the_reader_cannot_survive_are_rejected() {
+        assert_eq!(check(&header(1, 2, None)), Ok(()));
+        assert_eq!(check(&header(1, MAX_WAV_CHANNELS, None)), Ok(()));
+        let e = check(&header(1, 65535, None)).unwrap_err();
+        assert!(e.contains("65535 channels") && e.contains("1 to 28"), "{e}");
+        assert!(check(&header(0xFFFE, 40, Some(0))).is_err());
+        // An extensible mask with bit 31 and too few bits overflows the reader's
+        // mask repair; with enough bits it is repaired by dropping bits, fine.
+        let e = check(&header(0xFFFE, 2, Some(0x8000_0000))).unwrap_err();
+        assert!(e.contains("0x80000000") && e.contains("2 channels"), "{e}");
+        assert_eq!(check(&header(0xFFFE, 2, Some(0x8000_0003))), Ok(()));
+        assert_eq!(check(&header(0xFFFE, 6, Some(0x3f))), Ok(()));
+    }
+
+    #[test]
+    fn other_files_are_left_to_the_reader() {
+        assert_eq!(check(b""), Ok(()));
+        assert_eq!(check(b"fLaC\0\0\0\x22"), Ok(()));
+        assert_eq!(check(b"RIFF\0\0\0\0WAVE"), Ok(()));
+        // A fmt chunk cut short, a chunk size past the end, a 4 GB data chunk.
+        let h = header(1, 65535, None);
+        assert_eq!(check(&h[..40]), Ok(()));
+        let mut lie = h.clone();
+        lie[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(check(&lie), Ok(()), "the fmt chunk is never reached");
+        let mut big = header(1, 1, None);
+        let n = big.len();
+        big[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(check(&big), Ok(()));
     }
 }

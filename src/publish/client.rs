@@ -6,8 +6,12 @@
 //! never zero times; QoS 0 has no acknowledgement, so a message is removed once
 //! written to the connection). Outbox messages go out one at a time, oldest first.
 //! On connect the thread publishes availability (`online`, retained; the Last Will
-//! says `offline`) and the Home Assistant discovery configs, and announces them
-//! again when Home Assistant comes online. It also subscribes to this node's
+//! says `offline`), the Home Assistant discovery configs, the true state of every
+//! group, the problem state and the latest diagnostic report, before anything from
+//! the outbox, and announces them again when Home Assistant comes online. Group
+//! states are not queued (they are a current value); event messages are. At start
+//! it closes, with an `end` marked `interrupted`, every event a dead process left
+//! open ([`super::open_events`]). It also subscribes to this node's
 //! retained discovery configs and clears those of groups no longer configured, so
 //! Home Assistant removes their entities.
 //!
