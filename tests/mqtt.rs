@@ -675,6 +675,9 @@ fn kill_9_during_an_event_leaves_no_alarm_on_after_a_restart() {
     // gunshots.wav in real time: a gunshot event starts after about a second and
     // lasts to the end of the file, 10 s later.
     let first = sub_n(port, "hearken/testnode/event/gunshot", 1, 40);
+    // With the default 10 s status interval, the first diagnostic report still
+    // comes with the first window: the sensors are not Unknown for 10 s.
+    let top = sub_n(port, "hearken/testnode/top", 1, 6);
     let mut child = hearken("gunshots.wav", port, &state, false)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -683,6 +686,9 @@ fn kill_9_during_an_event_leaves_no_alarm_on_after_a_restart() {
     let out = first.wait_with_output().unwrap();
     let start: Value = serde_json::from_slice(&out.stdout).expect("a start within 40 s");
     assert_eq!(start["state"], "start");
+    let top = top.wait_with_output().unwrap();
+    let top: Value = serde_json::from_slice(&top.stdout).expect("a top report within 6 s");
+    assert!(top["dbfs"].is_number(), "{top}");
     // A moment for the broker's PUBACK to be recorded (else the start is, rightly,
     // sent again after the restart: QoS 1 is at least once).
     std::thread::sleep(Duration::from_millis(800));

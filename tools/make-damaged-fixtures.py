@@ -195,6 +195,9 @@ def main():
     b = bytearray(wav(pack(sine(100, 8000, 2), 16, PCM), PCM, 2, 8000, 16, extensible=True))
     b[40:44] = struct.pack("<I", 0x80000000)  # channel mask: bit 31 only, for 2 channels
     write("damaged-extensible-mask-bit31.wav", bytes(b))
+    # The probe finds a RIFF header after junk; so must the header check.
+    write("damaged-junk-then-riff-20000ch.wav", b"ata \x00\x00\x00\x00" + bytes(range(24))
+          + wav(pack(sine(8, 8000, 1), 32, PCM), PCM, 20000, 8000, 32, block_align=4))
     write("damaged-20000-channels-s32.wav", wav(pack(sine(8, 8000, 1), 32, PCM), PCM, 20000, 8000, 32,
                                                  block_align=4))
 

@@ -300,8 +300,10 @@ impl FileDecoder {
     }
 }
 
-/// What a file gets when the WAV/FLAC reader panicked on it.
-const READER_PANIC: &str = "the data is malformed in a way the WAV/FLAC reader cannot handle";
+/// The error detail of a file on which the WAV/FLAC reader panicked (caught, so bad
+/// input cannot kill the process; [`check_wav_header`] keeps the known cases from
+/// getting that far).
+pub const READER_PANIC: &str = "the data is malformed in a way the WAV/FLAC reader cannot handle";
 
 /// Most channels a WAV file may declare: the WAV reader maps at most 28 channel
 /// positions, and larger counts overflow its header arithmetic.
@@ -310,19 +312,53 @@ pub const MAX_WAV_CHANNELS: u16 = 28;
 /// Chunks of a RIFF file walked before giving up looking for `fmt `.
 const MAX_RIFF_CHUNKS: usize = 1024;
 
+/// How far into a file the probe looks for a format marker (symphonia's default).
+const PROBE_DEPTH: u64 = 1 << 20;
+
 /// Rejects WAV headers that the WAV reader (symphonia 0.6) cannot survive: its
 /// header arithmetic overflows — a panic in debug builds, nonsense otherwise — for
 /// more than [`MAX_WAV_CHANNELS`] channels, or for a WAVE_FORMAT_EXTENSIBLE channel
 /// mask with fewer bits than channels and bit 31 set. Anything else, WAV or not, is
-/// left to the reader. Reads the chunk headers only, seeking past chunk bodies.
+/// left to the reader.
+///
+/// The probe finds a RIFF header anywhere in the first MB (after junk, say), so when
+/// the file starts with neither a RIFF header nor a FLAC marker, every RIFF header
+/// there is checked. Reads chunk headers only, seeking past chunk bodies.
 pub fn check_wav_header<R: Read + Seek>(r: &mut R) -> Result<(), String> {
-    let mut head = [0u8; 12];
-    if r.read_exact(&mut head).is_err()
-        || !matches!(&head[..4], b"RIFF" | b"RF64")
-        || &head[8..] != b"WAVE"
-    {
+    let riff_at = |b: &[u8], p: usize| {
+        b.len() >= p + 12
+            && matches!(&b[p..p + 4], b"RIFF" | b"RF64")
+            && &b[p + 8..p + 12] == b"WAVE"
+    };
+    let mut head = Vec::with_capacity(12);
+    r.by_ref()
+        .take(12)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if riff_at(&head, 0) {
+        return check_riff_chunks(r);
+    }
+    if head.starts_with(b"fLaC") {
         return Ok(());
     }
+    r.seek(SeekFrom::Start(0))
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut window = Vec::new();
+    r.by_ref()
+        .take(PROBE_DEPTH)
+        .read_to_end(&mut window)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    for p in (0..window.len()).filter(|&p| riff_at(&window, p)) {
+        r.seek(SeekFrom::Start(p as u64 + 12))
+            .map_err(|e| format!("cannot read the file: {e}"))?;
+        check_riff_chunks(r)?;
+    }
+    Ok(())
+}
+
+/// Walks the chunks of a RIFF/WAVE file from just after its 12-byte header,
+/// checking each `fmt ` chunk, up to the `data` chunk.
+fn check_riff_chunks<R: Read + Seek>(r: &mut R) -> Result<(), String> {
     for _ in 0..MAX_RIFF_CHUNKS {
         let mut ch = [0u8; 8];
         if r.read_exact(&mut ch).is_err() {
@@ -437,6 +473,14 @@ mod tests {
         let mut lie = h.clone();
         lie[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(check(&lie), Ok(()), "the fmt chunk is never reached");
+        // Junk in front: the probe finds the RIFF header further in, and so does the
+        // check (found by fuzzing).
+        let mut junk = b"ata \0\0\0\0garbage garbage ".to_vec();
+        junk.extend(header(1, 20000, None));
+        assert!(check(&junk).unwrap_err().contains("20000 channels"));
+        let mut junk = vec![0u8; 3000];
+        junk.extend(header(1, 2, None));
+        assert_eq!(check(&junk), Ok(()));
         let mut big = header(1, 1, None);
         let n = big.len();
         big[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
