@@ -511,7 +511,7 @@ impl Config {
     /// [`Config::from_str_all`]).
     pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             vec![ConfigError {
                 origin: origin.clone(),
                 line: None,
@@ -519,6 +519,7 @@ impl Config {
                 message: format!("cannot read config file: {e}"),
             }]
         })?;
+        let text = String::from_utf8(bytes).map_err(|e| vec![not_utf8(&origin, &e)])?;
         parse(&text, &origin)
     }
 
@@ -782,7 +783,10 @@ fn parse(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
             .replace("unknown field", "unknown key")
             .replace("expected f32", "expected a number")
             .replace("expected f64", "expected a number")
-            .replace("expected usize", "expected a whole number >= 0");
+            .replace("expected usize", "expected a whole number >= 0")
+            .replace("expected u64", "expected a whole number >= 0")
+            .replace("expected u16", "expected a whole number from 0 to 65535")
+            .replace("expected u8", "expected a whole number from 0 to 255");
         vec![at(offset, key, message)]
     })?;
 
@@ -1239,6 +1243,27 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// The error for a file that is not UTF-8 text (TOML must be): where the first bad
+/// byte is, so it can be found and fixed.
+fn not_utf8(origin: &str, e: &std::string::FromUtf8Error) -> ConfigError {
+    let bytes = e.as_bytes();
+    let bad = e.utf8_error().valid_up_to();
+    let line_start = bytes[..bad]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    ConfigError {
+        origin: origin.to_string(),
+        line: Some(bytes[..bad].iter().filter(|&&b| b == b'\n').count() + 1),
+        key: None,
+        message: format!(
+            "not UTF-8 text: byte 0x{:02x} at column {} is invalid; save the file as UTF-8",
+            bytes[bad],
+            bad - line_start + 1
+        ),
+    }
+}
+
 /// Messages are one line (TOML parser messages can have several).
 fn one_line(s: &str) -> String {
     s.lines()
@@ -1485,6 +1510,41 @@ mod tests {
                     .starts_with(&format!("{k} ="))),
                 "example lacks {k}"
             );
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_line_and_column() {
+        let path = std::env::temp_dir().join(format!("hearken-utf8-{}.toml", std::process::id()));
+        std::fs::write(&path, b"[node]\nroom = \"K\xfcche\"\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2: not UTF-8 text: byte 0xfc at column 10 is invalid; save the file as UTF-8",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn integer_type_errors_say_which_numbers_fit() {
+        for (text, want) in [
+            (
+                "[mqtt]\nport = 70000\n",
+                "expected a whole number from 0 to 65535",
+            ),
+            (
+                "[mqtt]\nqos = \"1\"\n",
+                "expected a whole number from 0 to 255",
+            ),
+            ("[mqtt]\nkeepalive_s = -5\n", "expected a whole number >= 0"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.line, Some(2), "{e}");
+            assert!(e.message.contains(want), "{text}: {e}");
         }
     }
 
