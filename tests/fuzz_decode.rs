@@ -14,6 +14,7 @@ mod fuzz;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hearken::audio::decode::READER_PANIC;
 use hearken::audio::{FileDecoder, StreamResampler, SAMPLE_LIMIT};
@@ -73,6 +74,10 @@ fn reset_alloc() -> isize {
     LARGEST.with(|m| m.set(0));
     live
 }
+
+/// The most any one input made the decoder hold (peak bytes) and allocate at once.
+static MAX_PEAK: AtomicUsize = AtomicUsize::new(0);
+static MAX_BLOCK: AtomicUsize = AtomicUsize::new(0);
 
 /// Most memory one small input may make the decoder and resampler hold: the
 /// largest legitimate needs are a 65535-frame FLAC block of 8 channels (2 MB) and a
@@ -184,6 +189,8 @@ fn check_input(dir: &Path, worker: usize, bytes: &[u8]) -> Result<bool, String> 
     let r = decode(&path);
     let peak = (PEAK.with(Cell::get) - base).max(0) as usize;
     let largest = LARGEST.with(Cell::get);
+    MAX_PEAK.fetch_max(peak, Ordering::Relaxed);
+    MAX_BLOCK.fetch_max(largest, Ordering::Relaxed);
     if largest > ALLOC_LIMIT || peak > ALLOC_LIMIT {
         return Err(format!(
             "allocated too much for a {}-byte file: largest block {largest} B, peak {peak} B",
@@ -273,6 +280,12 @@ fn mutated_audio_files_never_panic_hang_or_allocate_absurdly() {
     };
     let report = fuzz::run("decode", iters, 2, make, |w, b| check_input(&dir, w, b));
     std::fs::remove_dir_all(&dir).ok();
+    eprintln!(
+        "decode: the most one input held: {:.1} MB peak, {:.1} MB in one block (limit {} MB)",
+        MAX_PEAK.load(Ordering::Relaxed) as f64 / 1e6,
+        MAX_BLOCK.load(Ordering::Relaxed) as f64 / 1e6,
+        ALLOC_LIMIT >> 20
+    );
     fuzz::assert_clean("decode", &report);
     // Mutation must keep a good share decodable, or it tests only the probe.
     assert!(
@@ -280,4 +293,15 @@ fn mutated_audio_files_never_panic_hang_or_allocate_absurdly() {
         "{}",
         report.line("decode")
     );
+}
+
+#[test]
+fn the_allocation_counter_sees_what_this_thread_allocates() {
+    // The bound above is only worth something if the counter sees a big block.
+    let base = reset_alloc();
+    let v = vec![1u8; ALLOC_LIMIT + 1];
+    assert!(LARGEST.with(Cell::get) > ALLOC_LIMIT);
+    assert!((PEAK.with(Cell::get) - base) as usize > ALLOC_LIMIT);
+    drop(v);
+    assert!(LIVE.with(Cell::get) - base < 1 << 10);
 }
