@@ -579,12 +579,15 @@ fn run(
                 Err(_) => closing = Some(Instant::now()),
             },
             recv(net) -> msg => match msg {
-                Ok(Net::Connected) => {
+                Ok(n @ (Net::Connected | Net::HaOnline)) => {
                     if let Some(c) = conn.as_mut() {
-                        c.connected = true;
-                        backoff = Duration::from_millis(500);
-                        say("connected".into(), &mut last_state);
-                        let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
+                        let fresh = matches!(n, Net::Connected);
+                        if fresh {
+                            c.connected = true;
+                            backoff = Duration::from_millis(500);
+                            say("connected".into(), &mut last_state);
+                            let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
+                        }
                         let problem = problem_now(&outbox, &journal_problem);
                         announce(c, &s, &topics, &Announce {
                             listening,
@@ -593,21 +596,11 @@ fn run(
                             top: last_top.as_ref(),
                         });
                         said_problem = Some(problem);
-                        // Retained configs of this node arrive next: those no longer
-                        // announced are cleared (Net::Config).
-                        let _ = c.client.try_subscribe(config_filter(&s.discovery_prefix, &s.node_id), QoS::AtLeastOnce);
-                    }
-                }
-                Ok(Net::HaOnline) => {
-                    if let Some(c) = conn.as_mut() {
-                        let problem = problem_now(&outbox, &journal_problem);
-                        announce(c, &s, &topics, &Announce {
-                            listening,
-                            journal: &journal,
-                            problem: problem.as_deref(),
-                            top: last_top.as_ref(),
-                        });
-                        said_problem = Some(problem);
+                        if fresh {
+                            // Retained configs of this node arrive next: those no
+                            // longer announced are cleared (Net::Config).
+                            let _ = c.client.try_subscribe(config_filter(&s.discovery_prefix, &s.node_id), QoS::AtLeastOnce);
+                        }
                     }
                 }
                 Ok(Net::Config(topic)) => {
