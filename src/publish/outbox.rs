@@ -437,6 +437,16 @@ impl Outbox {
                 return false;
             }
         }
+        // Space for the log's reserve is the test that the disk has room again
+        // (also when every held message was delivered meanwhile and nothing is left
+        // to write).
+        if let Err(e) = self.preallocate() {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                let why = format!("{}: {e}", self.path.display());
+                self.set_problem(why);
+                return false;
+            }
+        }
         let held: Vec<usize> = (0..self.entries.len())
             .filter(|&i| self.entries[i].at.is_none())
             .collect();
@@ -598,8 +608,14 @@ impl Outbox {
         if self.file_len + RESERVE_BYTES / 2 < self.reserved_to {
             return;
         }
+        let _ = self.preallocate();
+    }
+
+    /// Allocates [`RESERVE_BYTES`] past the end of the log (`fallocate` with
+    /// `FALLOC_FL_KEEP_SIZE`: the log's length and contents stay as they are).
+    fn preallocate(&mut self) -> io::Result<()> {
         let Some(file) = self.file.as_ref() else {
-            return;
+            return Ok(());
         };
         #[cfg(target_os = "linux")]
         {
@@ -615,12 +631,14 @@ impl Outbox {
                     len as libc::off_t,
                 )
             };
-            if rc == 0 {
-                self.reserved_to = at + len;
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
             }
+            self.reserved_to = at + len;
         }
         #[cfg(not(target_os = "linux"))]
         let _ = file;
+        Ok(())
     }
 
     /// Writes `buf` at the end of the log and fsyncs it; returns where it starts. On
