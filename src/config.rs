@@ -523,6 +523,28 @@ impl Config {
         parse(&text, &origin)
     }
 
+    /// Checks every value again, as loading does after merging the file: for a
+    /// configuration changed since it was loaded (the command line's `--source`,
+    /// `--model`, `--node-id`). Errors name the key but have no origin or line:
+    /// attribute them with [`ConfigError::on_command_line`] or
+    /// [`ConfigError::in_file`].
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let doc = DeTable::new();
+        let mut ck = Checker {
+            doc: &doc,
+            issues: Vec::new(),
+        };
+        ck.check(self);
+        if ck.issues.is_empty() {
+            return Ok(());
+        }
+        Err(ck
+            .issues
+            .into_iter()
+            .map(|(segs, message)| ConfigError::for_key(&render_key(&segs), &message))
+            .collect())
+    }
+
     /// Switches to model `name` (a `--model` override): built-in groups whose
     /// thresholds the file does not set take that model's defaults.
     pub fn set_model(&mut self, name: &str) {
@@ -646,6 +668,26 @@ impl ConfigError {
             s.push_str(part);
         }
         s
+    }
+
+    /// An error about the dotted `key` (spelt as in [`ConfigError::key`]) found after
+    /// loading: no origin and no line until [`ConfigError::in_file`] or
+    /// [`ConfigError::on_command_line`] says where the value came from.
+    pub fn for_key(key: &str, message: &str) -> ConfigError {
+        ConfigError {
+            origin: String::new(),
+            line: None,
+            key: Some(key.to_string()),
+            message: one_line(message),
+        }
+    }
+
+    /// Attributes an error to the command-line option `flag` (`--source`) that set
+    /// its value: `command line (--source): audio.source: ...`.
+    pub fn on_command_line(mut self, flag: &str) -> ConfigError {
+        self.origin = format!("command line ({flag})");
+        self.line = None;
+        self
     }
 
     /// Attributes an error found after loading (e.g. by [`Config::check_labels`]) to the
@@ -857,6 +899,9 @@ impl Checker<'_, '_> {
         false
     }
 
+    /// Merges the file's tables over the defaults and the built-in groups, then checks
+    /// every value (see [`Checker::check`]). Problems that only the file's own tables
+    /// can have (a bad group name, a new group without labels) are found here.
     fn build(&mut self, file: FileConfig) -> Config {
         let FileConfig {
             mut node,
@@ -866,138 +911,9 @@ impl Checker<'_, '_> {
             mqtt,
         } = file;
 
-        // [mqtt]
-        if mqtt.port == 0 {
-            self.fail(&["mqtt", "port"], "must be in [1, 65535], got 0".into());
-        }
-        self.range(&["mqtt", "keepalive_s"], mqtt.keepalive_s, 5, false, 3600);
-        self.range(
-            &["mqtt", "outbox_max_mib"],
-            mqtt.outbox_max_mib,
-            1,
-            false,
-            4096,
-        );
-        self.range(&["mqtt", "qos"], mqtt.qos, 0, false, 2);
-        if mqtt.embedded_broker {
-            if !mqtt.host.is_empty() {
-                let key = self.blame(&["mqtt", "host"], &["mqtt", "embedded_broker"]);
-                self.fail(
-                    key,
-                    "host and embedded_broker = true both set: publish either to a broker of \
-                     your own (host) or to the embedded one"
-                        .into(),
-                );
-            }
-            if mqtt
-                .embedded_listen
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-            {
-                self.fail(
-                    &["mqtt", "embedded_listen"],
-                    format!(
-                        "must be an IP address and port such as \"{DEFAULT_EMBEDDED_LISTEN}\", got {:?}",
-                        mqtt.embedded_listen
-                    ),
-                );
-            }
-            if mqtt.tls {
-                self.fail(
-                    &["mqtt", "tls"],
-                    "the embedded broker speaks plain MQTT on its listen address; turn tls off"
-                        .into(),
-                );
-            }
-        }
-        if mqtt.client_cert_file.is_empty() != mqtt.client_key_file.is_empty() {
-            let key = if mqtt.client_cert_file.is_empty() {
-                &["mqtt", "client_cert_file"]
-            } else {
-                &["mqtt", "client_key_file"]
-            };
-            self.fail(
-                key,
-                "client_cert_file and client_key_file go together: set both or neither".into(),
-            );
-        }
-        for (k, v) in [
-            ("ca_file", &mqtt.ca_file),
-            ("client_cert_file", &mqtt.client_cert_file),
-            ("client_key_file", &mqtt.client_key_file),
-        ] {
-            if !v.is_empty() && !mqtt.tls {
-                self.fail(
-                    &["mqtt", k],
-                    "is set but tls = false; set tls = true to use it".into(),
-                );
-            }
-        }
-        for (k, v) in [
-            ("base_topic", &mqtt.base_topic),
-            ("discovery_prefix", &mqtt.discovery_prefix),
-        ] {
-            if v.is_empty() || v.contains(['+', '#']) || v.split('/').any(str::is_empty) {
-                self.fail(
-                    &["mqtt", k],
-                    format!("must be a topic prefix without + or # or empty levels, got {v:?}"),
-                );
-            }
-        }
-
-        // [node]
         if node.id.is_empty() {
             node.id = default_node_id();
-        } else if !valid_node_id(&node.id) {
-            self.fail(
-                &["node", "id"],
-                format!(
-                    "must be 1 to 64 characters from A-Z a-z 0-9 _ -, got {:?}",
-                    node.id
-                ),
-            );
         }
-
-        // [audio]
-        if let Err(m) = check_source(&audio.source) {
-            self.fail(&["audio", "source"], m);
-        }
-        self.range(
-            &["audio", "ring_seconds"],
-            audio.ring_seconds,
-            0.5,
-            false,
-            60.0,
-        );
-        self.range(&["audio", "gate_dbfs"], audio.gate_dbfs, -120.0, false, 0.0);
-
-        // [model]
-        if model.name.trim().is_empty() {
-            self.fail(&["model", "name"], "must not be empty".to_string());
-        }
-        let window_ok = self.range(&["model", "window_s"], model.window_s, 0.96, false, 60.0);
-        if self.range(&["model", "hop_s"], model.hop_s, 0.1, false, 60.0)
-            && window_ok
-            && model.hop_s > model.window_s
-        {
-            let key = self.blame(&["model", "hop_s"], &["model", "window_s"]);
-            self.fail(
-                key,
-                format!(
-                    "hop_s ({}) must not exceed window_s ({})",
-                    model.hop_s, model.window_s
-                ),
-            );
-        }
-
-        // [detection]
-        self.range(
-            &["detection", "status_interval_s"],
-            detection.status_interval_s,
-            1.0,
-            false,
-            3600.0,
-        );
         let mut groups = DetectionConfig::default().groups;
         let mut file_tuned = std::collections::BTreeSet::new();
         for b in BUILTIN_GROUPS {
@@ -1046,11 +962,8 @@ impl Checker<'_, '_> {
                 }
             }
         }
-        for (name, g) in &groups {
-            self.group(name, g);
-        }
 
-        Config {
+        let cfg = Config {
             node,
             audio,
             model,
@@ -1061,6 +974,177 @@ impl Checker<'_, '_> {
                 file_tuned,
             },
             mqtt,
+        };
+        self.check(&cfg);
+        cfg
+    }
+
+    /// Checks every value of a merged configuration: ranges, combinations, and the
+    /// text of the values used as paths, topics, ids and addresses. The same checks
+    /// run on a configuration the command line changed ([`Config::validate`]).
+    fn check(&mut self, cfg: &Config) {
+        let Config {
+            node,
+            audio,
+            model,
+            detection,
+            mqtt,
+        } = cfg;
+
+        // Text used as a path, a name to look up, a topic or an id: no control
+        // characters (a NUL cannot even be passed to the operating system).
+        for (key, v) in [
+            (&["audio", "source"][..], &audio.source),
+            (&["model", "name"], &model.name),
+            (&["detection", "detectors"], &detection.detectors),
+            (&["mqtt", "username"], &mqtt.username),
+            (&["mqtt", "client_id"], &mqtt.client_id),
+            (&["mqtt", "state_dir"], &mqtt.state_dir),
+            (&["mqtt", "ca_file"], &mqtt.ca_file),
+            (&["mqtt", "client_cert_file"], &mqtt.client_cert_file),
+            (&["mqtt", "client_key_file"], &mqtt.client_key_file),
+        ] {
+            if let Err(m) = check_text(v) {
+                self.fail(key, m);
+            }
+        }
+
+        // [mqtt]
+        if let Err(m) = check_host(&mqtt.host) {
+            self.fail(&["mqtt", "host"], m);
+        }
+        if mqtt.port == 0 {
+            self.fail(&["mqtt", "port"], "must be in [1, 65535], got 0".into());
+        }
+        self.range(&["mqtt", "keepalive_s"], mqtt.keepalive_s, 5, false, 3600);
+        self.range(
+            &["mqtt", "outbox_max_mib"],
+            mqtt.outbox_max_mib,
+            1,
+            false,
+            4096,
+        );
+        self.range(&["mqtt", "qos"], mqtt.qos, 0, false, 2);
+        // Checked even while the embedded broker is off: `--embedded-broker` turns
+        // it on from the command line.
+        if mqtt
+            .embedded_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            self.fail(
+                &["mqtt", "embedded_listen"],
+                format!(
+                    "must be an IP address and port such as \"{DEFAULT_EMBEDDED_LISTEN}\", got {:?}",
+                    mqtt.embedded_listen
+                ),
+            );
+        }
+        if mqtt.embedded_broker {
+            if !mqtt.host.is_empty() {
+                let key = self.blame(&["mqtt", "host"], &["mqtt", "embedded_broker"]);
+                self.fail(
+                    key,
+                    "host and embedded_broker = true both set: publish either to a broker of \
+                     your own (host) or to the embedded one"
+                        .into(),
+                );
+            }
+            if mqtt.tls {
+                self.fail(
+                    &["mqtt", "tls"],
+                    "the embedded broker speaks plain MQTT on its listen address; turn tls off"
+                        .into(),
+                );
+            }
+        }
+        if mqtt.client_cert_file.is_empty() != mqtt.client_key_file.is_empty() {
+            let key = if mqtt.client_cert_file.is_empty() {
+                &["mqtt", "client_cert_file"]
+            } else {
+                &["mqtt", "client_key_file"]
+            };
+            self.fail(
+                key,
+                "client_cert_file and client_key_file go together: set both or neither".into(),
+            );
+        }
+        for (k, v) in [
+            ("ca_file", &mqtt.ca_file),
+            ("client_cert_file", &mqtt.client_cert_file),
+            ("client_key_file", &mqtt.client_key_file),
+        ] {
+            if !v.is_empty() && !mqtt.tls {
+                self.fail(
+                    &["mqtt", k],
+                    "is set but tls = false; set tls = true to use it".into(),
+                );
+            }
+        }
+        for (k, v) in [
+            ("base_topic", &mqtt.base_topic),
+            ("discovery_prefix", &mqtt.discovery_prefix),
+        ] {
+            if let Err(m) = check_topic_prefix(v) {
+                self.fail(&["mqtt", k], m);
+            }
+        }
+
+        // [node]
+        if !valid_node_id(&node.id) {
+            self.fail(
+                &["node", "id"],
+                format!(
+                    "must be 1 to 64 characters from A-Z a-z 0-9 _ -, got {:?}",
+                    node.id
+                ),
+            );
+        }
+
+        // [audio]
+        if check_text(&audio.source).is_ok() {
+            if let Err(m) = check_source(&audio.source) {
+                self.fail(&["audio", "source"], m);
+            }
+        }
+        self.range(
+            &["audio", "ring_seconds"],
+            audio.ring_seconds,
+            0.5,
+            false,
+            60.0,
+        );
+        self.range(&["audio", "gate_dbfs"], audio.gate_dbfs, -120.0, false, 0.0);
+
+        // [model]
+        if model.name.trim().is_empty() {
+            self.fail(&["model", "name"], "must not be empty".to_string());
+        }
+        let window_ok = self.range(&["model", "window_s"], model.window_s, 0.96, false, 60.0);
+        if self.range(&["model", "hop_s"], model.hop_s, 0.1, false, 60.0)
+            && window_ok
+            && model.hop_s > model.window_s
+        {
+            let key = self.blame(&["model", "hop_s"], &["model", "window_s"]);
+            self.fail(
+                key,
+                format!(
+                    "hop_s ({}) must not exceed window_s ({})",
+                    model.hop_s, model.window_s
+                ),
+            );
+        }
+
+        // [detection]
+        self.range(
+            &["detection", "status_interval_s"],
+            detection.status_interval_s,
+            1.0,
+            false,
+            3600.0,
+        );
+        for (name, g) in &detection.groups {
+            self.group(name, g);
         }
     }
 
@@ -1124,6 +1208,54 @@ impl Checker<'_, '_> {
             );
         }
     }
+}
+
+/// Checks text that is used as a path, a name to look up, a topic or an id: it must
+/// hold no control characters (`\0` cannot even be passed to the operating system,
+/// and MQTT forbids it in topics, client ids and user names).
+pub fn check_text(v: &str) -> Result<(), String> {
+    if v.chars().any(char::is_control) {
+        return Err(format!("must not contain control characters, got {v:?}"));
+    }
+    Ok(())
+}
+
+/// Checks a broker host (`[mqtt] host`, or the host of `--mqtt`): empty (no broker),
+/// a host name, or an IP address (IPv6 with or without brackets). A port or a login
+/// written into it would be misread, so `:` outside an IPv6 address, `@`, `/` and
+/// white space are refused.
+pub fn check_host(v: &str) -> Result<(), String> {
+    check_text(v)?;
+    let ipv6 = || {
+        v.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+    };
+    let odd = v.contains(['@', '/', '?', '#']) || v.chars().any(char::is_whitespace);
+    if odd || (v.contains(':') && !ipv6()) {
+        return Err(format!(
+            "must be a host name or an IP address (the port goes in port, the login in \
+             username and password), got {v:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an MQTT topic prefix (`base_topic`, `discovery_prefix`): levels that are not
+/// empty, without the wildcards `+` and `#` and without control characters.
+fn check_topic_prefix(v: &str) -> Result<(), String> {
+    if v.is_empty()
+        || v.contains(['+', '#'])
+        || v.split('/').any(str::is_empty)
+        || check_text(v).is_err()
+    {
+        return Err(format!(
+            "must be a topic prefix without + or #, empty levels or control characters, \
+             got {v:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Validates the syntax of `audio.source`.
@@ -1391,6 +1523,41 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_is_not_utf8_names_the_line_and_column() {
+        let path = std::env::temp_dir().join(format!("hearken-utf8-{}.toml", std::process::id()));
+        std::fs::write(&path, b"[node]\nroom = \"K\xfcche\"\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2: not UTF-8 text: byte 0xfc at column 10 is invalid; save the file as UTF-8",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn integer_type_errors_say_which_numbers_fit() {
+        for (text, want) in [
+            (
+                "[mqtt]\nport = 70000\n",
+                "expected a whole number from 0 to 65535",
+            ),
+            (
+                "[mqtt]\nqos = \"1\"\n",
+                "expected a whole number from 0 to 255",
+            ),
+            ("[mqtt]\nkeepalive_s = -5\n", "expected a whole number >= 0"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.line, Some(2), "{e}");
+            assert!(e.message.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn empty_file_is_defaults() {
         let c = Config::from_str("", "t.toml").unwrap();
         assert_eq!(c, Config::default());
@@ -1514,41 +1681,6 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_utf8_names_the_line_and_column() {
-        let path = std::env::temp_dir().join(format!("hearken-utf8-{}.toml", std::process::id()));
-        std::fs::write(&path, b"[node]\nroom = \"K\xfcche\"\n").unwrap();
-        let e = Config::load(&path).unwrap_err();
-        std::fs::remove_file(&path).ok();
-        assert_eq!(e.line, Some(2), "{e}");
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{}:2: not UTF-8 text: byte 0xfc at column 10 is invalid; save the file as UTF-8",
-                path.display()
-            )
-        );
-    }
-
-    #[test]
-    fn integer_type_errors_say_which_numbers_fit() {
-        for (text, want) in [
-            (
-                "[mqtt]\nport = 70000\n",
-                "expected a whole number from 0 to 65535",
-            ),
-            (
-                "[mqtt]\nqos = \"1\"\n",
-                "expected a whole number from 0 to 255",
-            ),
-            ("[mqtt]\nkeepalive_s = -5\n", "expected a whole number >= 0"),
-        ] {
-            let e = err(text);
-            assert_eq!(e.line, Some(2), "{e}");
-            assert!(e.message.contains(want), "{text}: {e}");
-        }
-    }
-
-    #[test]
     fn mqtt_settings_are_checked() {
         assert_err("[mqtt]\nport = 0\n", "mqtt.port", 2);
         assert_err("[mqtt]\n\nkeepalive_s = 1\n", "mqtt.keepalive_s", 3);
@@ -1576,6 +1708,104 @@ mod tests {
         let c = Config::from_str("[mqtt]\nhost = \"broker.lan\"\nport = 8883\n", "t.toml").unwrap();
         assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("broker.lan", 8883));
         assert_eq!(c.mqtt.base_topic, "hearken");
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_text_is_a_path_topic_or_id() {
+        for (table, key) in [
+            ("audio", "source"),
+            ("model", "name"),
+            ("detection", "detectors"),
+            ("mqtt", "host"),
+            ("mqtt", "username"),
+            ("mqtt", "client_id"),
+            ("mqtt", "base_topic"),
+            ("mqtt", "discovery_prefix"),
+            ("mqtt", "state_dir"),
+        ] {
+            for bad in ["\\u0000", "a\\u0000b", "x\\ny", "tab\\there", "\\u007f"] {
+                let e = assert_err(
+                    &format!("[{table}]\n\n{key} = \"{bad}\"\n"),
+                    &format!("{table}.{key}"),
+                    3,
+                );
+                assert!(e.message.contains("control characters"), "{e}");
+            }
+        }
+        // The TLS files too (with tls on, so that is not what is blamed).
+        for key in ["ca_file", "client_cert_file", "client_key_file"] {
+            let mut text = "[mqtt]\ntls = true\n".to_string();
+            for k in ["ca_file", "client_cert_file", "client_key_file"] {
+                let v = if k == key { "a\\u0000" } else { "f.pem" };
+                text.push_str(&format!("{k} = \"{v}\"\n"));
+            }
+            let e = err(&text);
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("mqtt.{key}").as_str()),
+                "{e}"
+            );
+            assert!(e.message.contains("control characters"), "{e}");
+        }
+        // Free text is not a path: the room may hold anything printable or not.
+        Config::from_str("[node]\nroom = \"Kitchen\\tnorth\"\n", "t").unwrap();
+    }
+
+    #[test]
+    fn a_broker_host_is_a_name_or_an_address() {
+        for bad in [
+            "broker.lan:1884",
+            "user@broker",
+            "broker/x",
+            "a b",
+            " broker",
+        ] {
+            assert_err(&format!("[mqtt]\nhost = \"{bad}\"\n"), "mqtt.host", 2);
+        }
+        for good in ["broker.lan", "192.168.1.5", "::1", "[fe80::1]", "localhost"] {
+            let c = Config::from_str(&format!("[mqtt]\nhost = \"{good}\"\n"), "t").unwrap();
+            assert_eq!(c.mqtt.host, good);
+        }
+        assert!(check_host("").is_ok(), "empty: no broker");
+    }
+
+    #[test]
+    fn embedded_listen_is_checked_even_with_the_embedded_broker_off() {
+        // `--embedded-broker` can turn it on from the command line.
+        assert_err(
+            "[mqtt]\nembedded_listen = \"localhost\"\n",
+            "mqtt.embedded_listen",
+            2,
+        );
+    }
+
+    #[test]
+    fn validate_checks_values_set_after_loading() {
+        let mut c = Config::from_str("", "t").unwrap();
+        c.validate().unwrap();
+        c.node.id = "a b".into();
+        c.audio.source = "file:".into();
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_deref().unwrap()).collect();
+        assert_eq!(keys, ["node.id", "audio.source"], "{errs:?}");
+        assert!(errs.iter().all(|e| e.origin.is_empty() && e.line.is_none()));
+        let e = errs[0].clone().on_command_line("--node-id");
+        assert!(
+            e.to_string()
+                .starts_with("command line (--node-id): node.id: must be"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_error_for_a_key_is_located_in_the_file() {
+        let text = "[model]\nname = \"x\"\n\nwindow_s = 5\n";
+        let e = ConfigError::for_key("model.window_s", "trained on 2 s\nwindows")
+            .in_file("h.toml", text);
+        assert_eq!(
+            e.to_string(),
+            "h.toml:4: model.window_s: trained on 2 s; windows"
+        );
     }
 
     #[test]

@@ -633,6 +633,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// MQTT options from the command line.
+#[derive(Default)]
 struct Mqtt {
     url: Option<String>,
     embedded_broker: bool,
@@ -747,19 +748,98 @@ fn mqtt_settings(
 
 /// Command-line settings that stay on top of the configuration file, at start and on
 /// every reload.
+#[derive(Default)]
 struct Overrides {
     source: Option<String>,
     model: Option<String>,
     node_id: Option<String>,
 }
 
-/// The configuration in force: the file (or the defaults) with the command line on top.
-fn effective_config(
+/// Where the values of the configuration in force came from, so that an error found
+/// after loading points at them: the line of the key in the file, or the
+/// command-line option that set it.
+struct Provenance {
+    /// The file as shown in messages, and its text (to find a key's line).
+    file: Option<(String, String)>,
+    /// Dotted keys set on the command line, with the option that set them.
+    cli: Vec<(&'static str, &'static str)>,
+}
+
+impl Provenance {
+    fn new(file: Option<&std::path::Path>, o: &Overrides, flags: &Mqtt) -> Provenance {
+        let file = file.map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            (p.display().to_string(), text)
+        });
+        let mut cli = Vec::new();
+        let mut set = |on: bool, keys: &[&'static str], flag: &'static str| {
+            if on {
+                cli.extend(keys.iter().map(|k| (*k, flag)));
+            }
+        };
+        set(o.source.is_some(), &["audio.source"], "--source");
+        set(o.model.is_some(), &["model.name"], "--model");
+        set(o.node_id.is_some(), &["node.id"], "--node-id");
+        set(
+            flags.url.is_some(),
+            &[
+                "mqtt.host",
+                "mqtt.port",
+                "mqtt.username",
+                "mqtt.password",
+                "mqtt.tls",
+            ],
+            "--mqtt",
+        );
+        set(
+            flags.embedded_broker,
+            &["mqtt.embedded_broker"],
+            "--embedded-broker",
+        );
+        set(
+            flags.state_dir.is_some(),
+            &["mqtt.state_dir"],
+            "--state-dir",
+        );
+        Provenance { file, cli }
+    }
+
+    /// `e` attributed to where its key's value came from.
+    fn locate(&self, e: hearken::config::ConfigError) -> hearken::config::ConfigError {
+        let flag = e
+            .key
+            .as_deref()
+            .and_then(|k| self.cli.iter().find(|(key, _)| *key == k));
+        match (flag, &self.file) {
+            (Some((_, flag)), _) => e.on_command_line(flag),
+            (None, Some((name, text))) => e.in_file(name, text),
+            (None, None) => e,
+        }
+    }
+
+    /// An error about `key`, attributed to where its value came from.
+    fn error(&self, key: &str, message: &str) -> hearken::config::ConfigError {
+        self.locate(hearken::config::ConfigError::for_key(key, message))
+    }
+
+    /// An error about no single key, attributed to the file if there is one.
+    fn general(&self, message: &str) -> hearken::config::ConfigError {
+        let mut e = hearken::config::ConfigError::for_key("", message);
+        e.key = None;
+        self.locate(e)
+    }
+}
+
+/// The configuration in force: the file (or the defaults) with the command line on
+/// top, every value checked, with where each came from. Errors name the file, line
+/// and key, or the command-line option.
+fn load_config(
     file: Option<&std::path::Path>,
     o: &Overrides,
-) -> Result<hearken::config::Config, hearken::config::ConfigError> {
+    flags: &Mqtt,
+) -> Result<(hearken::config::Config, Provenance), Vec<hearken::config::ConfigError>> {
     let mut cfg = match file {
-        Some(p) => hearken::config::Config::load(p)?,
+        Some(p) => hearken::config::Config::load_all(p)?,
         None => hearken::config::Config::default(),
     };
     if let Some(s) = &o.source {
@@ -771,38 +851,285 @@ fn effective_config(
     if let Some(id) = &o.node_id {
         cfg.node.id = id.clone();
     }
-    Ok(cfg)
+    let prov = Provenance::new(file, o, flags);
+    cfg.validate()
+        .map_err(|errs| errs.into_iter().map(|e| prov.locate(e)).collect::<Vec<_>>())?;
+    Ok((cfg, prov))
 }
 
-/// Checks `cfg` against the running model and builds its detector; errors name the file
-/// (and line) the configuration came from.
+/// The configuration in force (see [`load_config`]); the first error if several.
+fn effective_config(
+    file: Option<&std::path::Path>,
+    o: &Overrides,
+) -> Result<hearken::config::Config, hearken::config::ConfigError> {
+    load_config(file, o, &Mqtt::default())
+        .map(|(cfg, _)| cfg)
+        .map_err(|mut errs| errs.remove(0))
+}
+
+/// Everything `hearken run` sets up before it opens the audio source and the broker,
+/// checked: what [`prepare`] returns.
+struct Prepared {
+    /// The configuration in force (with the trained detectors' window adopted).
+    cfg: hearken::config::Config,
+    /// The audio source.
+    source: hearken::audio::source::SourceSpec,
+    /// The model, loaded.
+    model: std::sync::Arc<Model>,
+    /// The window and hop taken from the model's trained detectors, if any.
+    adopted: Option<(f64, f64)>,
+    /// The detector of the enabled groups.
+    detector: hearken::detect::Detector,
+    /// The trained detectors it uses.
+    trained: Vec<hearken::train::LinearDetector>,
+    /// Where the embedded broker listens, if it runs.
+    broker: Option<std::net::SocketAddr>,
+    /// The publisher's settings, if hearken publishes.
+    mqtt: Option<hearken::publish::client::MqttSettings>,
+}
+
+/// The whole start-up validation of `hearken run`, shared with `hearken
+/// check-config` so that the two refuse exactly the same configurations: the file
+/// and the command line, the source spec, the model, the labels, the trained
+/// detectors and their window, the detector, the embedded broker's address and the
+/// publisher's settings (topics, node and client id, TLS files, state directory).
+/// It opens no device, binds no port, connects to nothing and writes nothing. Every
+/// error names the file, line and key, or the command-line option; independent
+/// problems are all reported.
+fn prepare(
+    file: Option<&std::path::Path>,
+    o: &Overrides,
+    flags: &Mqtt,
+) -> Result<Prepared, Vec<hearken::config::ConfigError>> {
+    let (mut cfg, prov) = load_config(file, o, flags)?;
+    let mut errors = Vec::new();
+    let source = match cfg
+        .audio
+        .source
+        .parse::<hearken::audio::source::SourceSpec>()
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(prov.error("audio.source", &e.to_string()));
+            None
+        }
+    };
+    let model = match Model::open(&cfg.model.name) {
+        Ok(m) => Some(std::sync::Arc::new(m)),
+        Err(e) => {
+            let message = format!("cannot open model {:?}: {e:#}", cfg.model.name);
+            errors.push(prov.error("model.name", &message));
+            None
+        }
+    };
+    let scoring = model.as_ref().map(|m| prepare_scoring(&mut cfg, m, &prov));
+    let broker = embedded_broker_addr(&cfg, flags)
+        .map_err(|e| errors.push(prov.error("mqtt.embedded_listen", &format!("{e:#}"))))
+        .ok()
+        .flatten();
+    let model_name = model.as_ref().map_or(cfg.model.name.as_str(), |m| m.name());
+    let mqtt = match mqtt_settings(&cfg, flags, model_name) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(prov.error("mqtt.host", &format!("{e:#}")));
+            None
+        }
+    };
+    if let Some(s) = &mqtt {
+        let explicit_dir = flags.state_dir.is_some() || !cfg.mqtt.state_dir.is_empty();
+        errors.extend(check_publisher(s, explicit_dir, &prov));
+    }
+    let scoring = match scoring {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            errors.push(e);
+            None
+        }
+        None => None,
+    };
+    match (source, model, scoring) {
+        (Some(source), Some(model), Some((adopted, detector, trained))) if errors.is_empty() => {
+            Ok(Prepared {
+                cfg,
+                source,
+                model,
+                adopted,
+                detector,
+                trained,
+                broker,
+                mqtt,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// What the model decides: the window the trained detectors bring (adopted into
+/// `cfg`), the window plan, and the detector with its trained detectors.
+#[allow(clippy::type_complexity)]
+fn prepare_scoring(
+    cfg: &mut hearken::config::Config,
+    model: &Model,
+    prov: &Provenance,
+) -> Result<
+    (
+        Option<(f64, f64)>,
+        hearken::detect::Detector,
+        Vec<hearken::train::LinearDetector>,
+    ),
+    hearken::config::ConfigError,
+> {
+    let adopted = hearken::train::adopt_window(cfg, model)
+        .map_err(|e| prov.error("detection.detectors", &format!("{e:#}")))?;
+    hearken::scoring::WindowPlan::from_manifest(
+        model.manifest(),
+        Some(cfg.model.window_s),
+        Some(cfg.model.hop_s),
+    )
+    .map_err(|e| prov.error("model.window_s", &format!("model {}: {e}", model.name())))?;
+    let (detector, trained) = build_detector(cfg, model, prov)?;
+    Ok((adopted, detector, trained))
+}
+
+/// Checks `cfg` against the running model and builds its detector, with the trained
+/// detectors it uses; errors name the file (and line) or option the value came from.
 fn build_detector(
     cfg: &hearken::config::Config,
     model: &Model,
-    file: Option<&std::path::Path>,
-) -> Result<hearken::detect::Detector> {
+    prov: &Provenance,
+) -> Result<
+    (
+        hearken::detect::Detector,
+        Vec<hearken::train::LinearDetector>,
+    ),
+    hearken::config::ConfigError,
+> {
     use hearken::detect::{Detector, Identity};
-    if let Err(e) = cfg.check_labels(model.labels()) {
-        let e = match file {
-            Some(f) => {
-                let text = std::fs::read_to_string(f).unwrap_or_default();
-                e.in_file(&f.display().to_string(), &text)
-            }
-            None => e,
-        };
-        return Err(e.into());
-    }
+    cfg.check_labels(model.labels())
+        .map_err(|e| prov.locate(e))?;
     let ident = Identity {
         node: cfg.node.id.clone(),
         room: cfg.node.room.clone(),
         model: model.name().to_string(),
     };
-    let trained = hearken::train::configured(cfg, model)?;
-    for d in &trained {
-        tracing::info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
+    let trained = hearken::train::configured(cfg, model).map_err(|e| {
+        // The folder and its files are read whatever the groups; with none enabled
+        // only the match of windows is left out. So if that still fails, the folder
+        // is to blame, else the window.
+        let mut folder_only = cfg.clone();
+        folder_only
+            .detection
+            .groups
+            .values_mut()
+            .for_each(|g| g.enabled = false);
+        let key = if hearken::train::configured(&folder_only, model).is_err() {
+            "detection.detectors"
+        } else {
+            "model.window_s"
+        };
+        prov.error(key, &format!("{e:#}"))
+    })?;
+    let detector = Detector::with_trained(cfg.enabled_groups(), model.labels(), ident, &trained)
+        .map_err(|e| prov.general(&e))?;
+    Ok((detector, trained))
+}
+
+/// What the publisher checks when it starts, checked without starting it: the
+/// broker host, the topics (base topic and node id), the TLS files, and, when one is
+/// configured, that the state directory can hold the outbox.
+fn check_publisher(
+    s: &hearken::publish::client::MqttSettings,
+    explicit_state_dir: bool,
+    prov: &Provenance,
+) -> Vec<hearken::config::ConfigError> {
+    use hearken::publish::topics::{TopicError, Topics};
+    let mut errors = Vec::new();
+    if let Err(m) = hearken::config::check_host(&s.host) {
+        errors.push(prov.error("mqtt.host", &m));
     }
-    Detector::with_trained(cfg.enabled_groups(), model.labels(), ident, &trained)
-        .map_err(anyhow::Error::msg)
+    if let Err(e) = Topics::new(&s.prefix, &s.node_id) {
+        let key = match e {
+            TopicError::BadNodeId(_) => "node.id",
+            TopicError::BadPrefix(_) => "mqtt.base_topic",
+        };
+        errors.push(prov.error(key, &e.to_string()));
+    }
+    if let Some(t) = &s.tls {
+        errors.extend(check_tls(t, prov));
+    }
+    if explicit_state_dir {
+        if let Err(m) = check_outbox_dir(&s.state_dir.join("outbox")) {
+            errors.push(prov.error("mqtt.state_dir", &format!("cannot hold the outbox: {m}")));
+        }
+    }
+    errors
+}
+
+/// Builds the TLS client configuration the publisher will use, blaming the key of
+/// the file at fault.
+fn check_tls(
+    t: &hearken::publish::tls::TlsFiles,
+    prov: &Provenance,
+) -> Option<hearken::config::ConfigError> {
+    use hearken::publish::tls::{client_config, TlsFiles};
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let roots = TlsFiles {
+        ca_file: t.ca_file.clone(),
+        client_auth: None,
+    };
+    if let Err(e) = client_config(&roots) {
+        let key = if t.ca_file.is_some() {
+            "mqtt.ca_file"
+        } else {
+            "mqtt.tls"
+        };
+        return Some(prov.error(key, &format!("{e:#}")));
+    }
+    let (_, key_file) = t.client_auth.as_ref()?;
+    let e = client_config(t).err()?;
+    let key = if PrivateKeyDer::from_pem_file(key_file).is_ok() {
+        "mqtt.client_cert_file"
+    } else {
+        "mqtt.client_key_file"
+    };
+    Some(prov.error(key, &format!("{e:#}")))
+}
+
+/// Whether the outbox can live at `dir`, as far as can be told without creating
+/// anything: an existing directory this user may write in, or a path whose nearest
+/// existing ancestor is one (the publisher creates the rest).
+fn check_outbox_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => return Err(format!("{} is not a directory", p.display())),
+            // Not there, or under something that is not a directory: look further up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(up) if !up.as_os_str().is_empty() => p = up,
+                    // A relative path under the working directory.
+                    _ => return Ok(()),
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        }
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| format!("{:?} holds a NUL byte", p.display()))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; access(2) only
+    // reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("{} is not writable by this user: {e}", p.display()));
+    }
+    Ok(())
 }
 
 /// Whether two publisher configurations differ.
@@ -842,7 +1169,11 @@ impl Running {
             hearken::train::adopt_window(&mut new, &self.model)?;
             let restart = hearken::service::restart_keys(&self.cfg, &new);
             hearken::service::keep_running_values(&self.cfg, &mut new);
-            let detector = build_detector(&new, &self.model, Some(&file))?;
+            let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
+            let (detector, trained) = build_detector(&new, &self.model, &prov)?;
+            for d in &trained {
+                info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
+            }
             let mqtt = mqtt_settings(&new, &self.mqtt_flags, self.model.name())?;
             Ok((new, restart, detector, mqtt))
         })();
@@ -922,7 +1253,6 @@ fn run_daemon(
     print_events: bool,
     mqtt: Mqtt,
 ) -> Result<ExitCode> {
-    use hearken::audio::source::SourceSpec;
     use hearken::pipeline::{Message, Pipeline, PipelineSettings};
     use hearken::service::{self, Health, Notifier, StallCheck};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -945,22 +1275,36 @@ fn run_daemon(
         model,
         node_id: mqtt.node_id.clone(),
     };
-    let mut cfg = effective_config(config.as_deref(), &overrides)?;
-    let spec: SourceSpec = cfg
-        .audio
-        .source
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--source / audio.source: {e}"))?;
-    let model = Arc::new(Model::open(&cfg.model.name)?);
+    // Everything check-config checks, and only then devices and brokers.
+    let Prepared {
+        cfg,
+        source: spec,
+        model,
+        adopted,
+        detector,
+        trained,
+        broker,
+        mqtt: mqtt_now,
+    } = match prepare(config.as_deref(), &overrides, &mqtt) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("hearken: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     debug!(model = %model.name(), "model {} loaded", model.name());
-    if let Some((w, h)) = hearken::train::adopt_window(&mut cfg, &model)? {
+    if let Some((w, h)) = adopted {
         info!(
             "{}'s trained detectors use {w} s windows every {h} s",
             model.name()
         );
     }
-    let detector = build_detector(&cfg, &model, config.as_deref())?;
-    let _broker = match embedded_broker_addr(&cfg, &mqtt)? {
+    for d in &trained {
+        info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
+    }
+    let _broker = match broker {
         Some(addr) => {
             let login = (!cfg.mqtt.username.is_empty())
                 .then_some((cfg.mqtt.username.as_str(), cfg.mqtt.password.as_str()));
@@ -976,7 +1320,6 @@ fn run_daemon(
         }
         None => None,
     };
-    let mqtt_now = mqtt_settings(&cfg, &mqtt, model.name())?;
     let publisher = mqtt_now
         .clone()
         .map(hearken::publish::client::Publisher::start)
@@ -1232,13 +1575,13 @@ fn run_daemon(
 }
 
 /// `hearken check-config FILE`: every error on its own line (stderr) and failure, or
-/// a one-line summary and success.
+/// a one-line summary and success. It runs [`prepare`], the start-up validation of
+/// `hearken run` (without command-line options), so it refuses exactly the files
+/// `run` refuses.
 fn check_config(file: &std::path::Path) -> ExitCode {
-    use hearken::config::Config;
-
     let shown = file.display();
-    let cfg = match Config::load_all(file) {
-        Ok(c) => c,
+    let p = match prepare(Some(file), &Overrides::default(), &Mqtt::default()) {
+        Ok(p) => p,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
@@ -1246,28 +1589,26 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let model = match Model::open(&cfg.model.name) {
-        Ok(model) => {
-            if let Err(e) = cfg.check_labels(model.labels()) {
-                let text = std::fs::read_to_string(file).unwrap_or_default();
-                eprintln!("{}", e.in_file(&shown.to_string(), &text));
-                return ExitCode::FAILURE;
-            }
-            format!("model {}, labels checked", model.name())
-        }
-        Err(e) => {
-            println!(
-                "{shown}: note: labels not checked: cannot open model {:?}: {e:#}",
-                cfg.model.name
-            );
-            format!("model {}, labels not checked", cfg.model.name)
-        }
-    };
-    let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
+    let enabled = p.detector.group_names();
     let groups = match enabled.len() {
         0 => "no groups enabled".to_string(),
         n => format!("{n} groups enabled: {}", enabled.join(", ")),
     };
-    println!("{shown}: ok ({groups}; {model})");
+    let mut model = format!("model {}, labels checked", p.model.name());
+    if !p.trained.is_empty() {
+        let names: Vec<&str> = p.trained.iter().map(|d| d.group.as_str()).collect();
+        model.push_str(&format!(
+            "; trained detectors: {} ({} s windows every {} s)",
+            names.join(", "),
+            p.cfg.model.window_s,
+            p.cfg.model.hop_s
+        ));
+    }
+    let publish = match (&p.mqtt, p.broker) {
+        (_, Some(addr)) => format!("; publishing to the embedded broker on {addr}"),
+        (Some(s), None) => format!("; publishing to {}", s.endpoint()),
+        (None, None) => String::new(),
+    };
+    println!("{shown}: ok ({groups}; {model}{publish})");
     ExitCode::SUCCESS
 }
