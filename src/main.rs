@@ -743,6 +743,15 @@ fn mqtt_settings(
         .map(|(n, g)| (n.clone(), g.safety))
         .collect();
     s.model = model.to_string();
+    s.room = cfg.node.room.clone();
+    // Three missed reports (or a minute) before Home Assistant calls the level stale.
+    s.top_expire_s = (3.0
+        * cfg
+            .detection
+            .status_interval_s
+            .max(hearken::publish::DEFAULT_TOP_INTERVAL_S))
+    .ceil()
+    .max(60.0) as u64;
     Ok(Some(s))
 }
 
@@ -1227,7 +1236,7 @@ fn swap_publisher(
         *settings = None;
         return;
     };
-    match Publisher::start(s.clone()) {
+    match Publisher::take_over(s.clone()) {
         Ok(p) => {
             info!(host = %s.host, port = s.port, "MQTT publisher started for {}:{}", s.host, s.port);
             *current = Some(p);
@@ -1236,7 +1245,7 @@ fn swap_publisher(
         Err(e) => {
             error!("cannot start the MQTT publisher with the new settings: {e:#}; keeping the previous ones");
             if let Some(old) = settings.clone() {
-                match Publisher::start(old) {
+                match Publisher::take_over(old) {
                     Ok(p) => *current = Some(p),
                     Err(e) => error!("cannot restart the MQTT publisher: {e:#}"),
                 }
