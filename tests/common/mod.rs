@@ -51,24 +51,33 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// A model search directory for the CLI: the committed manifests with the ONNX and
 /// labels files of `shared/models` linked beside them. Returns its path.
 pub fn models_dir() -> PathBuf {
-    let root = std::env::temp_dir().join(format!("hearken-models-{}", std::process::id()));
-    for name in ["efficientat-mn04", "yamnet"] {
-        let d = root.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models")
-            .join(name)
-            .join("model.toml");
-        std::fs::copy(&manifest, d.join("model.toml")).unwrap();
-        for f in ["model.onnx", "labels.csv"] {
-            let link = d.join(f);
-            if !link.exists() {
-                let _ =
-                    std::os::unix::fs::symlink(shared().join("models").join(name).join(f), &link);
+    // Built once per test process: tests run in parallel threads, and copying a
+    // manifest over itself while another test's hearken reads it gives that one an
+    // empty file.
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("hearken-models-{}", std::process::id()));
+        for name in ["efficientat-mn04", "yamnet"] {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(name)
+                .join("model.toml");
+            std::fs::copy(&manifest, d.join("model.toml")).unwrap();
+            for f in ["model.onnx", "labels.csv"] {
+                let link = d.join(f);
+                if !link.exists() {
+                    let _ = std::os::unix::fs::symlink(
+                        shared().join("models").join(name).join(f),
+                        &link,
+                    );
+                }
             }
         }
-    }
-    root
+        root
+    })
+    .clone()
 }
 
 /// A labelled folder (labels.csv + the clips folder linked) holding the first `n`
