@@ -1633,16 +1633,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn capture_callback_mixes_converts_and_counts_overruns() {
-        let (prod, mut cons) = HeapRb::<f32>::new(6).split();
+    /// A stereo capture callback feeding a ring of `ring` samples.
+    fn stereo_capture(ring: usize) -> (Capture, SourceConsumer, Arc<SourceStats>) {
+        let (prod, cons) = HeapRb::<f32>::new(ring).split();
         let stats = Arc::new(SourceStats::default());
-        let mut cap = Capture {
+        let cap = Capture {
             prod,
             scratch: vec![0.0; 2].into_boxed_slice(),
             channels: 2,
             stats: stats.clone(),
         };
+        (cap, cons, stats)
+    }
+
+    #[test]
+    fn capture_callback_mixes_converts_and_counts_overruns() {
+        let (mut cap, mut cons, stats) = stereo_capture(6);
         // i16 stereo, 4 frames processed in pieces of 2 frames.
         cap.process::<i16>(&[16384, 16384, -16384, 0, 0, 0, 32767, -32768]);
         let mut out = [0.0f32; 8];
@@ -1664,14 +1670,7 @@ mod tests {
 
     #[test]
     fn capture_callback_replaces_non_finite_samples_in_place() {
-        let (prod, mut cons) = HeapRb::<f32>::new(16).split();
-        let stats = Arc::new(SourceStats::default());
-        let mut cap = Capture {
-            prod,
-            scratch: vec![0.0; 2].into_boxed_slice(),
-            channels: 2,
-            stats: stats.clone(),
-        };
+        let (mut cap, mut cons, stats) = stereo_capture(16);
         // f32 stereo: a NaN beside a good sample, ±Inf, a huge value.
         cap.process::<f32>(&[
             0.5,
