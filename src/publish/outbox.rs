@@ -189,6 +189,8 @@ pub struct Outbox {
     file_len: u64,
     /// End of the space preallocated for the log (0 when none is).
     reserved_to: u64,
+    /// No compaction is tried before the log is this long (after one failed).
+    next_compact_at: u64,
     entries: VecDeque<Slot>,
     /// Sum of `framed_len` over `entries`.
     live_bytes: u64,
@@ -306,6 +308,7 @@ impl Outbox {
             file: None,
             file_len: 0,
             reserved_to: 0,
+            next_compact_at: 0,
             entries: state.entries,
             live_bytes,
             max_bytes,
@@ -582,6 +585,7 @@ impl Outbox {
         self.file = Some(file);
         self.file_len = len;
         self.reserved_to = 0;
+        self.next_compact_at = 0;
         self.reserve();
         if self.problem.take().is_some() {
             tracing::info!(
@@ -595,8 +599,13 @@ impl Outbox {
     /// Compacts if the log is large and mostly dead; a failure is logged, not
     /// returned (the old log is still complete and in use).
     fn maybe_compact(&mut self) {
-        if self.file_len > COMPACT_MIN_BYTES && self.file_len > 2 * self.live_bytes {
+        if self.file_len > COMPACT_MIN_BYTES
+            && self.file_len > 2 * self.live_bytes
+            && self.file_len >= self.next_compact_at
+        {
             if let Err(e) = self.compact() {
+                // A full disk would fail every ack's attempt: wait for the log to grow.
+                self.next_compact_at = self.file_len + COMPACT_MIN_BYTES / 2;
                 tracing::warn!(path = %self.path.display(), "outbox: compaction failed: {e:#}");
             }
         }
@@ -1265,6 +1274,34 @@ mod tests {
         assert_eq!(seqs(&o), vec![3, 4]);
         assert!(!o.recovery().damaged());
         assert_eq!(o.push("t", b"x", 1, false).unwrap(), 5);
+    }
+
+    #[test]
+    fn writes_the_disk_refuses_are_held_in_memory_then_written() {
+        let d = TempDir::new("held");
+        let mut o = Outbox::open(&d.0, BIG).unwrap();
+        o.push("t", b"on disk", 1, false).unwrap();
+        let len = o.log_bytes();
+        // A handle that cannot write stands in for a full disk.
+        o.file = Some(File::open(d.0.join(LOG_FILE)).unwrap());
+        assert_eq!(o.push("t", b"held 1", 1, false).unwrap(), 2);
+        assert_eq!(o.push("t", b"held 2", 1, false).unwrap(), 3);
+        assert!(o.problem().is_some());
+        assert_eq!(o.held_in_memory(), 2);
+        assert_eq!(seqs(&o), vec![1, 2, 3], "held messages are still delivered");
+        assert_eq!(log_len(&d), len);
+        o.ack(2).unwrap(); // delivered from memory: nothing to write
+        assert!(!o.retry(), "still refused");
+        assert!(o.problem().is_some());
+        // Space returns.
+        o.reopen(len).unwrap();
+        assert!(o.retry());
+        assert!(o.problem().is_none());
+        assert_eq!(o.held_in_memory(), 0);
+        drop(o);
+        let o = Outbox::open(&d.0, BIG).unwrap();
+        assert_eq!(seqs(&o), vec![1, 3]);
+        assert_eq!(payloads(&o)[1], b"held 2".to_vec());
     }
 
     #[test]
