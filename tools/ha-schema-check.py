@@ -19,7 +19,10 @@ It also fails a message on:
   * warnings HA logs while validating (e.g. cv.deprecated keys);
   * no `unique_id`; no `device` with non-empty `identifiers`, or a device without
     `name`; no availability (`availability_topic` or `availability`);
-  * a `unique_id` or topic used by more than one message in the file.
+  * a `unique_id` or topic used by more than one message in the file;
+  * an `event` entity whose value_template, rendered by HA's template engine, does not
+    turn a start message into one of its event_types, or does not render an end
+    message empty (HA ignores an empty payload, so an event triggers once).
 
 Exit status: 0 if every message passes, 1 if any fails, 2 on usage/setup errors.
 
@@ -261,6 +264,55 @@ def check_message(
     return topic, errors, expanded
 
 
+def event_template_errors(label: str, config: dict[str, Any]) -> list[str]:
+    """Renders an `event` entity's value_template with Home Assistant's own template
+    engine on a hearken start and end message: the start must give a JSON object
+    whose event_type is one of event_types; the end must render empty, which HA's
+    MQTT event platform ignores (so one event fires one trigger)."""
+    import asyncio
+    import tempfile
+
+    from homeassistant.core import HomeAssistant
+    from homeassistant.helpers.template import Template
+
+    tpl = config.get("value_template")
+    if not isinstance(tpl, str):
+        return []
+    types = config.get("event_types") or []
+    errors: list[str] = []
+
+    async def render() -> None:
+        hass = HomeAssistant(tempfile.mkdtemp(prefix="hearken-ha-"))
+        t = Template(tpl, hass)
+        for state in ("start", "end"):
+            payload = json.dumps(
+                {
+                    "id": "0b6f3c9e-3f4e-4bd2-9a55-8f0f4d1c9a61",
+                    "state": state,
+                    "room": "kitchen",
+                    "peak_score": 0.9,
+                    "dbfs": -20.0,
+                    "labels": [{"label_id": "/m/039jq", "label": "Glass", "probability": 0.9}],
+                }
+            )
+            out = t.async_render_with_possible_json_value(payload, "")
+            if state == "end":
+                if str(out).strip():
+                    errors.append(f"{label}: the end message renders {out!r}; HA would fire it as an event")
+                continue
+            try:
+                obj = json.loads(out)
+            except ValueError:
+                errors.append(f"{label}: the start message renders {out!r}, not JSON")
+                continue
+            if obj.get("event_type") not in types:
+                errors.append(f"{label}: event_type {obj.get('event_type')!r} is not in {types}")
+        await hass.async_stop(force=True)
+
+    asyncio.run(render())
+    return errors
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("file", help="JSON array of {topic, payload} discovery messages")
@@ -292,6 +344,8 @@ def main() -> int:
                 errors.append(f"unique_id {uid!r} also used by {seen_ids[uid]}")
             else:
                 seen_ids[uid] = label
+        if expanded and "/event/" in label:
+            errors.extend(event_template_errors(label, expanded))
         if errors:
             failed += 1
             print(f"FAIL {label}")
