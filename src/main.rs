@@ -189,6 +189,10 @@ enum Command {
         /// given here is used whole.
         #[arg(long)]
         data: Vec<PathBuf>,
+        /// Labelled folders used whole on top of the `--data` ones (or the defaults),
+        /// e.g. $HEARKEN_SHARED/train-candidates, to measure what a source adds.
+        #[arg(long)]
+        also: Vec<PathBuf>,
         /// Configuration file (groups and their timing); without it, the defaults.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -485,6 +489,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Train {
             data,
+            also,
             config,
             model,
             groups,
@@ -544,16 +549,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     bail!("--groups: no group {g:?} in the configuration");
                 }
             }
-            let sources = if data.is_empty() {
+            let whole = |dir| learn::Source {
+                dir,
+                split: Split::All,
+            };
+            let mut sources = if data.is_empty() {
                 learn::default_sources(&hearken::shared_dir())
             } else {
-                data.into_iter()
-                    .map(|dir| learn::Source {
-                        dir,
-                        split: Split::All,
-                    })
-                    .collect()
+                data.into_iter().map(whole).collect()
             };
+            sources.extend(also.into_iter().map(whole));
             let out = out.unwrap_or_else(|| model.dir().join("detectors"));
             let opts = learn::TrainOptions {
                 sources,
