@@ -40,6 +40,8 @@ pub struct Hop<'a> {
     /// The model's embedding pooled over the window (all zeros when the gate
     /// skipped it; empty when the caller has none).
     pub embedding: &'a [f32],
+    /// A fine-tuned network's group probabilities (empty without one).
+    pub heads: &'a [f32],
     /// Wall-clock time of the window end.
     pub wall: SystemTime,
 }
@@ -62,6 +64,8 @@ pub struct OwnedHop {
     pub dbfs: f32,
     /// Pooled embedding.
     pub embedding: Vec<f32>,
+    /// A fine-tuned network's group probabilities (empty without one).
+    pub heads: Vec<f32>,
 }
 
 impl OwnedHop {
@@ -75,6 +79,7 @@ impl OwnedHop {
             scores_max: hop.scores_max.to_vec(),
             dbfs: hop.dbfs,
             embedding: hop.embedding.to_vec(),
+            heads: hop.heads.to_vec(),
         }
     }
 
@@ -88,6 +93,7 @@ impl OwnedHop {
             scores_max: &self.scores_max,
             dbfs: self.dbfs,
             embedding: &self.embedding,
+            heads: &self.heads,
             wall,
         }
     }
@@ -541,6 +547,7 @@ mod tests {
                 scores_max: &scores,
                 dbfs: -20.0,
                 embedding: &[],
+                heads: &[],
                 wall: t0 + std::time::Duration::from_secs_f64(end),
             };
             d.step(&hop, &l, &mut out);

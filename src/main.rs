@@ -275,6 +275,21 @@ enum Command {
         /// How many times a mined hard negative counts.
         #[arg(long, default_value_t = 4)]
         hard_weight: usize,
+        /// `heads`: small detectors on the model's embedding and scores; `net`:
+        /// fine-tune the network itself on the mixtures, one output per group
+        /// (needs Python with torch: Debian's python3-torch).
+        #[arg(long, default_value = "heads", value_parser = ["heads", "net"])]
+        method: String,
+        /// With --method net: passes over the training windows.
+        #[arg(long, default_value_t = 6)]
+        epochs: usize,
+        /// With --method net: training windows drawn per pass.
+        #[arg(long, default_value_t = 3000)]
+        net_windows: usize,
+        /// With --method net: the first of mn04's blocks (0-16) that is trained;
+        /// the ones below stay as shipped.
+        #[arg(long, default_value_t = 10)]
+        train_from: usize,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -510,9 +525,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gate_keep,
             hard_share,
             hard_weight,
+            method,
+            epochs,
+            net_windows,
+            train_from,
             json,
         } => {
-            use hearken::eval::{dataset::Split, learn, mix::MixSpec};
+            use hearken::eval::{dataset::Split, learn, mix::MixSpec, net};
             let mut cfg = effective_config(
                 config.as_deref(),
                 &Overrides {
@@ -597,6 +616,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gate_keep,
                 hard_share,
                 hard_weight,
+                net: match method.as_str() {
+                    "net" => {
+                        if !(1..=16).contains(&train_from) || epochs == 0 || net_windows == 0 {
+                            bail!("--train-from must be 1 to 16, --epochs and --net-windows above 0");
+                        }
+                        Some(net::NetOptions {
+                            python: net::default_python(),
+                            script: net::default_script()?,
+                            epochs,
+                            windows: net_windows,
+                            train_from,
+                            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                        })
+                    }
+                    _ => None,
+                },
             };
             let summary = learn::train(model, &cfg, &opts)?;
             let _ = std::fs::remove_dir_all(&opts.work_dir);
@@ -961,6 +996,18 @@ fn prepare(
         }
         None => None,
     };
+    // Detectors that read a fine-tuned network bring it: the daemon runs it in
+    // place of the model's own network.
+    let model = match (model, &scoring) {
+        (Some(m), Some((_, _, trained))) => match hearken::train::model_for(&m, trained) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                errors.push(prov.error("detection.detectors", &format!("{e:#}")));
+                None
+            }
+        },
+        (m, _) => m,
+    };
     match (source, model, scoring) {
         (Some(source), Some(model), Some((adopted, detector, trained))) if errors.is_empty() => {
             Ok(Prepared {
@@ -1185,6 +1232,20 @@ impl Running {
             hearken::service::keep_running_values(&self.cfg, &mut new);
             let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
             let (detector, trained) = build_detector(&new, &self.model, &prov)?;
+            let wanted = trained.iter().find_map(|d| d.net.as_ref());
+            let running = self.model.net().map(|(_, sha)| sha);
+            if wanted.map(|n| n.sha256.to_ascii_lowercase()).as_deref() != running {
+                bail!(
+                    "the detectors now read {}, the running daemon {}; restart to apply",
+                    wanted.map_or("no fine-tuned network".to_string(), |n| format!(
+                        "the fine-tuned network {}",
+                        n.path.display()
+                    )),
+                    self.model
+                        .net()
+                        .map_or("none".to_string(), |(p, _)| p.display().to_string())
+                );
+            }
             for d in &trained {
                 info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
             }

@@ -395,6 +395,7 @@ impl Pipeline {
                         scores_max: &ws.scores_max,
                         dbfs: ws.dbfs,
                         embedding: &ws.embedding,
+                        heads: &ws.heads,
                         wall,
                     };
                     if let Some(tap) = &hop_tap {

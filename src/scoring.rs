@@ -116,6 +116,9 @@ pub struct WindowScore {
     pub scores_mean: Vec<f32>,
     /// Pooled embedding.
     pub embedding: Vec<f32>,
+    /// A fine-tuned network's group probabilities, max-pooled (empty without one,
+    /// or when the loudness gate skipped the window).
+    pub heads: Vec<f32>,
     /// Units pooled into this window.
     pub units: usize,
     /// Units skipped by the loudness gate.
@@ -288,6 +291,7 @@ impl Scorer {
             let out = Output {
                 scores: vec![0.0; self.plan.classes],
                 embedding: vec![0.0; self.plan.embedding_dim],
+                heads: Vec::new(),
             };
             self.clip.add(&out.scores);
             return Ok(Unit {
@@ -378,45 +382,58 @@ impl Scorer {
         let peak_dbfs = lv.iter().copied().fold(LEVEL_SILENCE, f32::max);
         let mean_pow = lv.iter().map(|&d| 10f64.powf(d as f64 / 10.0)).sum::<f64>() / len as f64;
         let dbfs = (10.0 * mean_pow.max(1e-12).log10()).max(LEVEL_SILENCE as f64) as f32;
-        let (scores, scores_max, scores_mean, embedding, units, gated_units) = match self.plan.patch
-        {
-            None => {
-                let u = self.run_unit(start, len, run)?;
-                let s = u.out.scores;
-                (
-                    s.clone(),
-                    s.clone(),
-                    s,
-                    u.out.embedding,
-                    1,
-                    u.gated as usize,
-                )
-            }
-            Some((p, _)) => {
-                let end = start + len as u64;
-                let mut sp = Pool::new(Pooling::Mean);
-                let mut mp = Pool::new(Pooling::Max);
-                let mut ep = Pool::new(Pooling::Mean);
-                let mut gated = 0;
-                for u in &self.units {
-                    if u.start >= start && u.start + p as u64 <= end {
-                        sp.add(&u.out.scores);
-                        mp.add(&u.out.scores);
-                        ep.add(&u.out.embedding);
-                        gated += u.gated as usize;
+        let (scores, scores_max, scores_mean, embedding, heads, units, gated_units) =
+            match self.plan.patch {
+                None => {
+                    let u = self.run_unit(start, len, run)?;
+                    let s = u.out.scores;
+                    (
+                        s.clone(),
+                        s.clone(),
+                        s,
+                        u.out.embedding,
+                        u.out.heads,
+                        1,
+                        u.gated as usize,
+                    )
+                }
+                Some((p, _)) => {
+                    let end = start + len as u64;
+                    let mut sp = Pool::new(Pooling::Mean);
+                    let mut mp = Pool::new(Pooling::Max);
+                    let mut ep = Pool::new(Pooling::Mean);
+                    let mut hp = Pool::new(Pooling::Max);
+                    let mut gated = 0;
+                    for u in &self.units {
+                        if u.start >= start && u.start + p as u64 <= end {
+                            sp.add(&u.out.scores);
+                            mp.add(&u.out.scores);
+                            ep.add(&u.out.embedding);
+                            if !u.out.heads.is_empty() {
+                                hp.add(&u.out.heads);
+                            }
+                            gated += u.gated as usize;
+                        }
                     }
+                    if sp.count() == 0 {
+                        return Ok(None);
+                    }
+                    let (mean, max) = (sp.result(), mp.result());
+                    let scores = match self.plan.window_pooling {
+                        Pooling::Mean => mean.clone(),
+                        Pooling::Max => max.clone(),
+                    };
+                    (
+                        scores,
+                        max,
+                        mean,
+                        ep.result(),
+                        hp.result(),
+                        sp.count(),
+                        gated,
+                    )
                 }
-                if sp.count() == 0 {
-                    return Ok(None);
-                }
-                let (mean, max) = (sp.result(), mp.result());
-                let scores = match self.plan.window_pooling {
-                    Pooling::Mean => mean.clone(),
-                    Pooling::Max => max.clone(),
-                };
-                (scores, max, mean, ep.result(), sp.count(), gated)
-            }
-        };
+            };
         let fh = self.plan.frame_hop_s;
         let real_start = start.saturating_sub(self.prefill);
         let real_end = (start + len as u64).saturating_sub(self.prefill);
@@ -429,6 +446,7 @@ impl Scorer {
             scores_max,
             scores_mean,
             embedding,
+            heads,
             units,
             gated_units,
             dbfs,
@@ -487,6 +505,7 @@ mod tests {
             Ok(Output {
                 scores: vec![m],
                 embedding: vec![m, 1.0],
+                heads: Vec::new(),
             })
         }
     }

@@ -31,6 +31,9 @@ pub enum Features {
     Scores,
     /// The embedding, then the class log-odds.
     EmbeddingScores,
+    /// The log-odds of a fine-tuned network's group outputs (see [`NetRef`]); its
+    /// weights pick the group's own output.
+    Net,
 }
 
 impl Features {
@@ -47,15 +50,17 @@ impl Features {
             Features::Embedding => "embedding",
             Features::Scores => "scores",
             Features::EmbeddingScores => "embedding_scores",
+            Features::Net => "net",
         }
     }
 
-    /// Length of the feature vector.
-    pub fn dim(self, embedding_dim: usize, classes: usize) -> usize {
+    /// Length of the feature vector, for a model with `heads` group outputs.
+    pub fn dim(self, embedding_dim: usize, classes: usize, heads: usize) -> usize {
         match self {
             Features::Embedding => embedding_dim,
             Features::Scores => classes,
             Features::EmbeddingScores => embedding_dim + classes,
+            Features::Net => heads,
         }
     }
 
@@ -68,14 +73,21 @@ impl Features {
         if gated {
             return false;
         }
-        if self != Features::Scores {
-            out.extend_from_slice(hop.embedding);
-        }
-        if self != Features::Embedding {
-            out.extend(hop.scores_max.iter().map(|&p| {
-                let p = p.clamp(1e-6, 1.0 - 1e-6);
-                (p / (1.0 - p)).ln()
-            }));
+        let log_odds = |p: &f32| {
+            let p = p.clamp(1e-6, 1.0 - 1e-6);
+            (p / (1.0 - p)).ln()
+        };
+        match self {
+            Features::Net => {
+                out.extend(hop.heads.iter().map(log_odds));
+                return !out.is_empty();
+            }
+            Features::Embedding => out.extend_from_slice(hop.embedding),
+            Features::Scores => out.extend(hop.scores_max.iter().map(log_odds)),
+            Features::EmbeddingScores => {
+                out.extend_from_slice(hop.embedding);
+                out.extend(hop.scores_max.iter().map(log_odds));
+            }
         }
         true
     }
@@ -121,6 +133,21 @@ impl Gate {
     }
 }
 
+/// The fine-tuned network a detector reads ([`Features::Net`]): a file beside the
+/// detector files, which the daemon then runs in place of the model's own network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetRef {
+    /// File name, in the detectors folder.
+    pub file: String,
+    /// Its sha256: a network retrained without its detectors is refused.
+    pub sha256: String,
+    /// Its group outputs, in order.
+    pub groups: Vec<String>,
+    /// Where it was found (set when the detector is loaded).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
 /// One group's trained detector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearDetector {
@@ -136,6 +163,9 @@ pub struct LinearDetector {
     /// Number of class scores (0 when it reads none).
     #[serde(default)]
     pub classes: usize,
+    /// The fine-tuned network whose outputs it reads (with [`Features::Net`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetRef>,
     /// Window length it was trained on, seconds (0: not recorded).
     #[serde(default)]
     pub window_s: f64,
@@ -197,6 +227,7 @@ impl LinearDetector {
             embedding_dim: dim,
             features: Features::Embedding,
             classes: 0,
+            net: None,
             window_s: 0.0,
             hop_s: 0.0,
             mean: vec![0.0; dim],
@@ -216,7 +247,8 @@ impl LinearDetector {
 
     /// Length of its feature vector.
     pub fn input_dim(&self) -> usize {
-        self.features.dim(self.embedding_dim, self.classes)
+        let heads = self.net.as_ref().map_or(0, |n| n.groups.len());
+        self.features.dim(self.embedding_dim, self.classes, heads)
     }
 
     /// The detector's score in [0, 1] for a feature vector; 0 for an empty one (a
@@ -252,6 +284,26 @@ impl LinearDetector {
 
     /// Checks sizes and values; errors name `origin`.
     pub fn validate(&self, origin: &str) -> Result<()> {
+        match (&self.net, self.features) {
+            (None, Features::Net) => bail!("{origin}: features = \"net\" needs a `net`"),
+            (Some(_), f) if f != Features::Net => {
+                bail!("{origin}: a `net` goes with features = \"net\" only")
+            }
+            (Some(n), _) => {
+                let plain = !n.file.is_empty()
+                    && !n.file.contains(['/', '\\', '\0'])
+                    && n.file != ".."
+                    && n.file != ".";
+                if !plain
+                    || n.sha256.len() != 64
+                    || !n.sha256.chars().all(|c| c.is_ascii_hexdigit())
+                    || n.groups.is_empty()
+                {
+                    bail!("{origin}: `net` needs a file name in the detectors folder, its 64-digit sha256 and its groups");
+                }
+            }
+            (None, _) => {}
+        }
         let d = self.input_dim();
         let out_dim = match &self.hidden {
             None => d,
@@ -403,8 +455,25 @@ pub fn load_dir(
         .collect();
     paths.sort();
     let mut out = Vec::new();
+    let mut net: Option<NetRef> = None;
     for p in paths {
-        let d = LinearDetector::load(&p)?;
+        let mut d = LinearDetector::load(&p)?;
+        if let Some(n) = &mut d.net {
+            n.path = dir.join(&n.file);
+            match &net {
+                Some(first) if (&first.file, &first.sha256, &first.groups) != (&n.file, &n.sha256, &n.groups) => bail!(
+                    "detector {} reads the network {} ({}), another detector in {} reads {} ({}); one folder holds one fine-tuned network: retrain them together",
+                    p.display(),
+                    n.file,
+                    n.sha256,
+                    dir.display(),
+                    first.file,
+                    first.sha256
+                ),
+                Some(_) => {}
+                None => net = Some(n.clone()),
+            }
+        }
         let reads_classes = d.features != Features::Embedding || d.gate.is_some();
         let wrong_classes = reads_classes && d.classes != classes;
         if d.model != model || d.embedding_dim != embedding_dim || wrong_classes {
@@ -463,6 +532,23 @@ pub fn configured(
         }
     }
     Ok(detectors)
+}
+
+/// The model the daemon runs for `detectors`: `model` itself, or, when they read
+/// a fine-tuned network, `model` with that network in place of its own (checked
+/// against the sha256 they recorded).
+pub fn model_for(
+    model: &std::sync::Arc<crate::model::Model>,
+    detectors: &[LinearDetector],
+) -> Result<std::sync::Arc<crate::model::Model>> {
+    match detectors.iter().find_map(|d| d.net.as_ref()) {
+        None => Ok(model.clone()),
+        Some(n) => Ok(std::sync::Arc::new(model.with_net(
+            &n.path,
+            &n.sha256,
+            n.groups.len(),
+        )?)),
+    }
 }
 
 /// Window and hop `hearken train` uses unless told otherwise: short windows keep a
@@ -836,6 +922,7 @@ mod tests {
             scores_max: scores,
             dbfs: -20.0,
             embedding,
+            heads: &[],
             wall: std::time::SystemTime::UNIX_EPOCH,
         }
     }
@@ -853,7 +940,7 @@ mod tests {
             "{out:?}"
         );
         assert!(Features::EmbeddingScores.extract(&h, &mut out));
-        assert_eq!(out.len(), Features::EmbeddingScores.dim(2, 3));
+        assert_eq!(out.len(), Features::EmbeddingScores.dim(2, 3, 0));
         assert!(!Features::Scores.extract(&hop(&[0.0, 0.0], &[0.0; 3]), &mut out));
         assert!(out.is_empty());
     }
@@ -889,6 +976,64 @@ mod tests {
         assert_eq!(serde_json::from_str::<LinearDetector>(&text).unwrap(), d);
         d.gate.as_mut().unwrap().classes = vec![3];
         assert!(d.validate("t").is_err());
+    }
+
+    fn net_det(groups: &[&str], pick: usize) -> LinearDetector {
+        let n = groups.len();
+        let mut d = det((0..n).map(|i| (i == pick) as u8 as f32).collect(), 0.0);
+        d.features = Features::Net;
+        d.embedding_dim = 2;
+        d.net = Some(NetRef {
+            file: "net.onnx".into(),
+            sha256: "ab".repeat(32),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            path: PathBuf::new(),
+        });
+        d
+    }
+
+    #[test]
+    fn a_net_detector_scores_its_groups_own_output() {
+        let d = net_det(&["glass", "gunshot", "siren"], 1);
+        d.validate("t").unwrap();
+        let mut s = LinearScorer::new(d.clone());
+        let mut h = hop(&[1.0, 2.0], &[0.1, 0.1]);
+        h.heads = &[0.2, 0.97, 0.5];
+        assert!((s.score(&h) - 0.97).abs() < 1e-4);
+        // A window without the network's outputs (the shipped network, or one the
+        // loudness gate skipped) scores nothing.
+        h.heads = &[];
+        assert_eq!(s.score(&h), 0.0);
+        // The file round-trips it, without the path it was found at.
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("path"), "{text}");
+        assert_eq!(serde_json::from_str::<LinearDetector>(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn a_net_reference_must_name_a_plain_file_with_its_hash() {
+        let ok = net_det(&["glass", "gunshot"], 0);
+        ok.validate("t").unwrap();
+        let bad = |f: &dyn Fn(&mut LinearDetector)| {
+            let mut d = ok.clone();
+            f(&mut d);
+            d.validate("t").unwrap_err().to_string()
+        };
+        let net = |d: &mut LinearDetector| d.net.as_mut().unwrap().clone();
+        for file in ["../net.onnx", "", "a/b.onnx", ".."] {
+            let e = bad(&|d| d.net.as_mut().unwrap().file = file.into());
+            assert!(e.contains("file name"), "{file}: {e}");
+        }
+        assert!(bad(&|d| d.net.as_mut().unwrap().sha256 = "12".into()).contains("sha256"));
+        assert!(bad(&|d| d.net = None).contains("needs a `net`"));
+        assert!(bad(&|d| {
+            let n = net(d);
+            d.features = Features::Embedding;
+            d.net = Some(n);
+        })
+        .contains("features = \"net\" only"));
+        // Weights for another number of outputs than the network has.
+        assert!(bad(&|d| d.net.as_mut().unwrap().groups.push("siren".into())).contains("weights"));
     }
 
     #[test]
@@ -940,6 +1085,31 @@ mod tests {
         low.save(&dir.join("glass.json")).unwrap();
         assert_eq!(load_dir(&dir, "m", 2, 3).unwrap()[0].sure, Some(0.9));
         assert!(load_dir(&dir.join("none"), "m", 2, 3).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_folder_holds_one_fine_tuned_network() {
+        let dir = std::env::temp_dir().join(format!("hearken-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let groups = ["glass", "gunshot"];
+        let glass = net_det(&groups, 0);
+        let mut gunshot = net_det(&groups, 1);
+        gunshot.group = "gunshot".into();
+        glass.save(&dir.join("glass.json")).unwrap();
+        gunshot.save(&dir.join("gunshot.json")).unwrap();
+        let loaded = load_dir(&dir, "m", 2, 0).unwrap();
+        // Found beside the detector files.
+        for d in &loaded {
+            assert_eq!(d.net.as_ref().unwrap().path, dir.join("net.onnx"));
+        }
+        gunshot.net.as_mut().unwrap().sha256 = "cd".repeat(32);
+        gunshot.save(&dir.join("gunshot.json")).unwrap();
+        let e = format!("{:#}", load_dir(&dir, "m", 2, 0).unwrap_err());
+        assert!(
+            e.contains("gunshot.json") && e.contains("retrain them together"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use serde::Serialize;
 
@@ -27,12 +27,14 @@ use super::dataset::{fnv1a, Split};
 use super::hopcache;
 use super::metrics::{median_sorted, score, Matching, TruthEvent};
 use super::mix::{self, MixSpec, Signal};
+use super::net::{self, NetOptions};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
 use crate::detect::{Detector, GroupScorer, Hop, Identity, OwnedHop};
 use crate::model::Model;
 use crate::train::{
     fit_logistic, fit_mlp, standardisation, window_label, Features, Gate, Hidden, LinearDetector,
+    NetRef,
 };
 
 /// A labelled source of clips.
@@ -90,14 +92,20 @@ pub struct TrainOptions {
     pub work_dir: PathBuf,
     /// Where scored mixtures are kept between runs (see [`super::hopcache`]); a
     /// mixture whose clips, backgrounds, mixing and model settings are unchanged is
-    /// read back instead of run through the model again.
+    /// read back instead of run through the model again. Fine-tuned networks are
+    /// kept there too.
     pub cache_dir: Option<PathBuf>,
+    /// Fine-tune the network end to end instead of fitting heads on its
+    /// embeddings ([`super::net`]); `features`, `l2s`, `hidden_units` and hard
+    /// negatives are then unused.
+    pub net: Option<NetOptions>,
 }
 
 impl TrainOptions {
-    /// Whether hard-negative mining is on.
+    /// Whether hard-negative mining is on (for heads; a fine-tuned network has
+    /// none to refit).
     fn mines(&self) -> bool {
-        self.hard_share > 0.0 && self.hard_weight > 1
+        self.hard_share > 0.0 && self.hard_weight > 1 && self.net.is_none()
     }
 }
 
@@ -305,8 +313,9 @@ fn mixture_key(
     backgrounds: &[&Signal],
 ) -> u64 {
     let mut text = format!(
-        "{} {:?} {} {} {} {:?} {fold}",
+        "{} {:?} {:?} {} {} {} {:?} {fold}",
         model.name(),
+        model.net().map(|(_, sha)| sha),
         model.manifest(),
         cfg.model.window_s,
         cfg.model.hop_s,
@@ -364,6 +373,12 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
     let all: Vec<&Signal> = events.iter().chain(&backgrounds).collect();
     let fold_of = deal_folds(&all, opts.folds, opts.backgrounds_by_kind);
     std::fs::create_dir_all(&opts.work_dir)?;
+    // Each fold is scored by the model that never heard it: the shipped network
+    // (its heads are fitted later), or a network fine-tuned without that fold.
+    let (fold_models, shipped_net) = match &opts.net {
+        None => (vec![model.clone(); opts.folds], None),
+        Some(n) => fine_tune(&model, cfg, opts, n, &events, &backgrounds, &fold_of)?,
+    };
     let matching = Matching::default();
     let mut batches = Vec::new();
     for fold in 0..opts.folds {
@@ -388,8 +403,9 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 seed: opts.mix.seed.wrapping_add(1 + i as u64),
                 ..opts.mix.clone()
             };
+            let fold_model = &fold_models[fold];
             let cache = opts.cache_dir.as_ref().map(|d| {
-                let key = mixture_key(&model, cfg, &spec, fold, chunk, &bg);
+                let key = mixture_key(fold_model, cfg, &spec, fold, chunk, &bg);
                 d.join(format!("{}-{i}-{key:016x}.hops", model.name()))
             });
             if let Some((header, hops)) = cache.as_deref().and_then(hopcache::load) {
@@ -412,7 +428,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             let detector =
                 Detector::from_config(std::iter::empty(), model.labels(), ident(cfg, &model))
                     .map_err(anyhow::Error::msg)?;
-            let (_, hops) = run_pipeline(&model, cfg, &wav, detector)?;
+            let (_, hops) = run_pipeline(fold_model, cfg, &wav, detector)?;
             let _ = std::fs::remove_file(&wav);
             tracing::info!(
                 mixture = i,
@@ -447,7 +463,11 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         .enumerate()
         .flat_map(|(b, batch)| (0..batch.hops.len()).map(move |i| (b, i)))
         .collect();
-    let mut kinds = opts.features.clone();
+    let mut kinds = if opts.net.is_some() {
+        Vec::new()
+    } else {
+        opts.features.clone()
+    };
     kinds.dedup();
     let mut matrices = Vec::new();
     for &kind in &kinds {
@@ -502,6 +522,27 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         };
         let mut candidates = Vec::new();
         let mut tried: Vec<(usize, Candidate, Vec<Vec<f32>>)> = Vec::new();
+        if let Some(n) = &shipped_net {
+            // The fine-tuned networks' own output for the group, out of fold.
+            let gi = n
+                .groups
+                .iter()
+                .position(|x| x == g)
+                .expect("trained for every group");
+            let scores: Vec<Vec<f32>> = batches
+                .iter()
+                .map(|b| {
+                    b.hops
+                        .iter()
+                        .map(|h| h.heads.get(gi).copied().unwrap_or(0.0))
+                        .collect()
+                })
+                .collect();
+            let c = Candidate::new(Features::Net.name(), 0.0, 0, choose(&scores));
+            c.log(g);
+            candidates.push(c.clone());
+            tried.push((usize::MAX, c, scores));
+        }
         let grid = opts.hidden_units.iter().flat_map(|&u| {
             (0..all.len()).flat_map(move |k| opts.l2s.iter().map(move |&l2| (u, k, l2)))
         });
@@ -589,19 +630,47 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 candidates.push(chosen.clone());
             }
         }
-        let fm = all[k];
-        let (zs, ys) = fm.labelled(&labels, |_| true);
-        let positives = ys.iter().filter(|&&y| y).count();
-        let (hidden, weights, bias) = fit(
-            &zs,
-            &ys,
-            FitSpec {
-                l2: chosen.l2,
-                units: chosen.hidden,
-                mine: chosen.hard_negatives,
-            },
-            opts,
-        );
+        let count = |want: bool| labels.iter().filter(|&&y| y == Some(want)).count();
+        let (mut positives, mut negatives) = (count(true), count(false));
+        let (kind, mean, scale, hidden, weights, bias) = match &shipped_net {
+            // Weights that pick the group's own output: its score is that output.
+            Some(n) => {
+                let one_hot = n.groups.iter().map(|x| (x == g) as u8 as f32).collect();
+                let d = n.groups.len();
+                (
+                    Features::Net,
+                    vec![0.0; d],
+                    vec![1.0; d],
+                    None,
+                    one_hot,
+                    0.0,
+                )
+            }
+            None => {
+                let fm = all[k];
+                let (zs, ys) = fm.labelled(&labels, |_| true);
+                positives = ys.iter().filter(|&&y| y).count();
+                negatives = ys.len() - positives;
+                let (hidden, weights, bias) = fit(
+                    &zs,
+                    &ys,
+                    FitSpec {
+                        l2: chosen.l2,
+                        units: chosen.hidden,
+                        mine: chosen.hard_negatives,
+                    },
+                    opts,
+                );
+                (
+                    fm.kind,
+                    fm.mean.clone(),
+                    fm.scale.clone(),
+                    hidden,
+                    weights,
+                    bias,
+                )
+            }
+        };
         let clips = events
             .iter()
             .filter(|e| e.group.as_deref() == Some(g))
@@ -610,12 +679,13 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             group: g.clone(),
             model: model.name().to_string(),
             embedding_dim: model.manifest().io.embedding_dim,
-            features: fm.kind,
+            features: kind,
             classes: model.labels().len(),
+            net: shipped_net.clone(),
             window_s: cfg.model.window_s,
             hop_s: cfg.model.hop_s,
-            mean: fm.mean.clone(),
-            scale: fm.scale.clone(),
+            mean,
+            scale,
             weights,
             bias,
             hidden,
@@ -635,7 +705,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "repeats": opts.repeats,
                 "clips": clips,
                 "positive_windows": positives,
-                "negative_windows": ys.len() - positives,
+                "negative_windows": negatives,
+                "net": opts.net,
                 "l2": chosen.l2,
                 "hidden_units": chosen.hidden,
                 "candidate": chosen.features,
@@ -659,7 +730,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             group: g.clone(),
             clips,
             positives,
-            negatives: ys.len() - positives,
+            negatives,
             off: det.off,
             chosen,
             candidates,
@@ -667,6 +738,84 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+/// Fine-tunes one network per fold, with that fold left out, and one on every fold,
+/// which is copied into `opts.out` as `net.onnx`. Returns the fold models (the
+/// model with each fold's network in place) and the shipped network's reference.
+/// With `opts.cache_dir`, a network trained on the same clips by the same recipe
+/// is read back from there instead of trained again.
+#[allow(clippy::type_complexity)]
+fn fine_tune(
+    model: &Arc<Model>,
+    cfg: &Config,
+    opts: &TrainOptions,
+    n: &NetOptions,
+    events: &[Signal],
+    backgrounds: &[Signal],
+    fold_of: &HashMap<String, usize>,
+) -> Result<(Vec<Arc<Model>>, Option<NetRef>)> {
+    let data = opts.work_dir.join("net-data");
+    let data_key = net::export(&data, opts.mix.rate, events, backgrounds, fold_of)?;
+    let recipe = net::recipe_key(n, &opts.groups, opts.mix.seed, cfg.model.window_s);
+    let key = data_key ^ recipe.rotate_left(17) ^ fnv1a(&model.manifest().model.sha256);
+    let base = model.dir().join(&model.manifest().model.onnx);
+    let train = |exclude: Option<usize>, name: &str| -> Result<PathBuf> {
+        let cached = opts
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}-{name}-{key:016x}.onnx", model.name())));
+        if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
+            tracing::info!("{name}: read back from {}", c.display());
+            return Ok(c.clone());
+        }
+        let out = opts.work_dir.join(format!("{name}.onnx"));
+        let window_s = cfg.model.window_s;
+        net::finetune(
+            n,
+            &data,
+            &base,
+            &opts.groups,
+            exclude,
+            opts.mix.seed,
+            window_s,
+            &out,
+        )?;
+        match cached {
+            Some(c) => {
+                std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")))?;
+                std::fs::copy(&out, &c)
+                    .with_context(|| format!("cannot keep the network in {}", c.display()))?;
+                Ok(c)
+            }
+            None => Ok(out),
+        }
+    };
+    let load = |path: &Path| -> Result<Arc<Model>> {
+        let sha = crate::model::sha256_file(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Arc::new(model.with_net(path, &sha, opts.groups.len())?))
+    };
+    let mut models = Vec::new();
+    for k in 0..opts.folds {
+        models.push(load(&train(Some(k), &format!("net-fold{k}"))?)?);
+    }
+    let shipped = train(None, "net")?;
+    std::fs::create_dir_all(&opts.out)?;
+    let dest = opts.out.join("net.onnx");
+    std::fs::copy(&shipped, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    let sha = crate::model::sha256_file(&dest)?;
+    // Loaded once here as the daemon will load it.
+    model.with_net(&dest, &sha, opts.groups.len())?;
+    Ok((
+        models,
+        Some(NetRef {
+            file: "net.onnx".to_string(),
+            sha256: sha,
+            groups: opts.groups.clone(),
+            path: dest,
+        }),
+    ))
 }
 
 /// One feature kind's standardised rows (`None` for a gated window).
@@ -1221,6 +1370,7 @@ mod tests {
             scores_max: vec![],
             dbfs: -20.0,
             embedding: vec![],
+            heads: vec![],
         };
         let hop = h.as_hop(std::time::SystemTime::UNIX_EPOCH);
         assert_eq!(

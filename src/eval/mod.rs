@@ -8,6 +8,7 @@
 //! - [`hopcache`]: scored training mixtures kept on disk for the next run.
 //! - [`plot`]: the curves as SVG.
 //! - [`learn`]: `hearken train`, detectors learnt on mixtures.
+//! - [`net`]: `hearken train --method net`, mn04 fine-tuned by the PyTorch trainer.
 //! - [`run`]: building mixtures from files and running them through
 //!   [`crate::pipeline::Pipeline`], the code path of `hearken run --fast`.
 
@@ -16,5 +17,6 @@ pub mod hopcache;
 pub mod learn;
 pub mod metrics;
 pub mod mix;
+pub mod net;
 pub mod plot;
 pub mod run;

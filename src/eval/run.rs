@@ -315,6 +315,7 @@ pub fn run_pipeline(
 /// Builds the mixture, runs the pipeline on it, scores the result and sweeps the
 /// thresholds.
 pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
+    let model = crate::train::model_for(&model, &crate::train::configured(cfg, &model)?)?;
     let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
     let groups: Vec<&str> = EVAL_GROUPS
         .iter()

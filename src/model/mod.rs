@@ -31,7 +31,14 @@ pub struct Output {
     pub scores: Vec<f32>,
     /// Embedding vector.
     pub embedding: Vec<f32>,
+    /// A fine-tuned network's group probabilities, in its groups' order (empty for
+    /// the shipped network, which has none).
+    pub heads: Vec<f32>,
 }
+
+/// Name of the output through which a fine-tuned network (`hearken train --method
+/// net`) gives one probability per detection group, beside the model's own two.
+pub const HEADS_OUTPUT: &str = "groups";
 
 /// A loaded model: manifest, labels and the parsed network.
 pub struct Model {
@@ -40,6 +47,9 @@ pub struct Model {
     dir: PathBuf,
     graph: InferenceModel,
     plans: Mutex<HashMap<usize, Plan>>,
+    /// The fine-tuned network in use instead of the model's own: its file and
+    /// sha256 (none: the manifest's network).
+    net: Option<(PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Model {
@@ -158,7 +168,74 @@ impl Model {
             dir: assets.to_path_buf(),
             graph,
             plans: Mutex::new(HashMap::new()),
+            net: None,
         })
+    }
+
+    /// This model with its network replaced by a fine-tuned one (`hearken train
+    /// --method net`): the same frontend, labels and input, the model's two outputs
+    /// plus [`HEADS_OUTPUT`] with `heads` group probabilities. `sha256` is what the
+    /// detector files that name the network recorded; a file that differs is refused.
+    pub fn with_net(&self, onnx: &Path, sha256: &str, heads: usize) -> Result<Model> {
+        let name = self.name();
+        let digest = sha256_file(onnx)
+            .with_context(|| format!("cannot read the fine-tuned network {}", onnx.display()))?;
+        if !digest.eq_ignore_ascii_case(sha256) {
+            bail!(
+                "the fine-tuned network {} has sha256 {digest}, but its detectors were trained with {sha256}; retrain with `hearken train --method net`",
+                onnx.display()
+            );
+        }
+        if self.manifest.io.layout != InputLayout::BatchChannelMelsFrames {
+            bail!("model {name} takes patches; a fine-tuned network needs a window model");
+        }
+        let io = &self.manifest.io;
+        let graph = tract_onnx::onnx()
+            .model_for_path(onnx)
+            .map_err(|e| {
+                anyhow!(
+                    "cannot parse the fine-tuned network {}: {e}",
+                    onnx.display()
+                )
+            })?
+            .with_outputs_by_name([io.scores.as_str(), io.embedding.as_str(), HEADS_OUTPUT])
+            .map_err(|e| {
+                anyhow!(
+                    "the fine-tuned network {} lacks the outputs {}, {} and {HEADS_OUTPUT}: {e}",
+                    onnx.display(),
+                    io.scores,
+                    io.embedding
+                )
+            })?;
+        let m = Model {
+            manifest: self.manifest.clone(),
+            labels: self.labels.clone(),
+            dir: self.dir.clone(),
+            graph,
+            plans: Mutex::new(HashMap::new()),
+            net: Some((onnx.to_path_buf(), digest.to_ascii_lowercase())),
+        };
+        // One call now, so a network for another input or group count is refused at
+        // start-up rather than on the first window.
+        let frames = (self.manifest.frontend.sample_rate as usize * 2)
+            / self.manifest.frontend.hop_length.max(1);
+        let out = m
+            .run_window(&vec![0.0; frames * self.manifest.frontend.n_mels])
+            .with_context(|| format!("the fine-tuned network {}", onnx.display()))?;
+        if out.heads.len() != heads {
+            bail!(
+                "the fine-tuned network {} gives {} group outputs; its detectors expect {heads}",
+                onnx.display(),
+                out.heads.len()
+            );
+        }
+        Ok(m)
+    }
+
+    /// The fine-tuned network in use, if any (see [`Model::with_net`]): its file
+    /// and sha256.
+    pub fn net(&self) -> Option<(&Path, &str)> {
+        self.net.as_ref().map(|(p, h)| (p.as_path(), h.as_str()))
     }
 
     /// The manifest.
@@ -269,13 +346,18 @@ impl Model {
         let res = plan
             .run(tvec!(input.into()))
             .map_err(|e| anyhow!("model {}: inference failed: {e}", self.name()))?;
-        if res.len() != 2 {
+        let want = if self.net.is_some() { 3 } else { 2 };
+        if res.len() != want {
             bail!(
-                "model {}: expected 2 outputs, got {}",
+                "model {}: expected {want} outputs, got {}",
                 self.name(),
                 res.len()
             );
         }
+        let heads: Vec<f32> = match res.get(2) {
+            Some(h) => h.to_plain_array_view::<f32>()?.iter().copied().collect(),
+            None => Vec::new(),
+        };
         let scores = res[0].to_plain_array_view::<f32>()?;
         let emb = res[1].to_plain_array_view::<f32>()?;
         let classes = self.manifest.model.classes;
@@ -292,11 +374,16 @@ impl Model {
                 e.len()
             );
         }
+        let units = s.len() / classes;
+        if units != 1 && !heads.is_empty() {
+            bail!("model {}: group outputs need a batch of one", self.name());
+        }
         Ok(s.chunks_exact(classes)
             .zip(e.chunks_exact(edim))
             .map(|(s, e)| Output {
                 scores: s.to_vec(),
                 embedding: e.to_vec(),
+                heads: heads.clone(),
             })
             .collect())
     }
