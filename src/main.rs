@@ -1376,6 +1376,13 @@ fn run_daemon(
             model.name()
         );
     }
+    if let Some((net, _)) = model.net() {
+        info!(
+            "{} runs the fine-tuned network {} in place of its own",
+            model.name(),
+            net.display()
+        );
+    }
     for d in &trained {
         info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
     }
@@ -1670,6 +1677,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         n => format!("{n} groups enabled: {}", enabled.join(", ")),
     };
     let mut model = format!("model {}, labels checked", p.model.name());
+    if let Some((net, _)) = p.model.net() {
+        model.push_str(&format!(", fine-tuned network {}", net.display()));
+    }
     if !p.trained.is_empty() {
         let names: Vec<&str> = p.trained.iter().map(|d| d.group.as_str()).collect();
         model.push_str(&format!(

@@ -273,3 +273,124 @@ fn a_group_of_the_users_own_trains_from_clips_labelled_with_its_name() {
     assert!(out.join("dog_bark.json").is_file());
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_changed() {
+    let data = labelled_subset(
+        "net",
+        &[
+            ("gunshot", 3),
+            ("speech", 2),
+            ("keyboard_typing", 2),
+            ("door_knock", 2),
+        ],
+    );
+    let (out_a, out_b) = (data.join("net-a"), data.join("net-b"));
+    // A small seeded run: two passes over 64 windows per network.
+    let train = |out: &Path| {
+        let o = hearken(
+            &[
+                "train",
+                "--json",
+                "--method",
+                "net",
+                "--groups",
+                "gunshot",
+                "--snr",
+                "9,0",
+                "--seed",
+                "3",
+                "--epochs",
+                "2",
+                "--net-windows",
+                "64",
+            ],
+            &[Path::new("--data"), &data, Path::new("--out"), out],
+        );
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let summary = train(&out_a);
+    let g = &summary[0];
+    assert_eq!(
+        (&g["group"], &g["features"]),
+        (&"gunshot".into(), &"net".into())
+    );
+    let det: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_a.join("gunshot.json")).unwrap())
+            .unwrap();
+    assert_eq!(det["features"], "net");
+    assert_eq!(det["net"]["file"], "net.onnx");
+    assert_eq!(det["net"]["groups"], serde_json::json!(["gunshot"]));
+    assert_eq!(det["weights"], serde_json::json!([1.0]));
+    let net = out_a.join("net.onnx");
+    let sha = hearken::model::sha256_file(&net).unwrap();
+    assert_eq!(det["net"]["sha256"], sha.as_str());
+    assert_eq!(det["trained"]["net"]["epochs"], 2);
+
+    // Same seed, same network and detector, to the byte.
+    train(&out_b);
+    assert_eq!(
+        std::fs::read(&net).unwrap(),
+        std::fs::read(out_b.join("net.onnx")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out_a.join("gunshot.json")).unwrap(),
+        std::fs::read(out_b.join("gunshot.json")).unwrap()
+    );
+
+    // The daemon runs the network in place of mn04's own and scores gunshot with it.
+    let cfg = data.join("hearken.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
+            out_a.display()
+        ),
+    )
+    .unwrap();
+    let src = format!("file:{}", audio("gunshots.wav").display());
+    let run = hearken(
+        &[
+            "run",
+            "--fast",
+            "--print-events",
+            "--source",
+            &src,
+            "--config",
+        ],
+        &[&cfg],
+    );
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("runs the fine-tuned network") && err.contains("net.onnx"),
+        "{err}"
+    );
+    assert!(err.contains("gunshot: trained detector"), "{err}");
+    for line in String::from_utf8_lossy(&run.stdout).lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        assert!(e["group"].is_string() && e["id"].is_string(), "{e:#}");
+    }
+
+    // A network changed after training is refused, by check-config as by run.
+    let mut bytes = std::fs::read(&net).unwrap();
+    bytes.push(0);
+    std::fs::write(&net, bytes).unwrap();
+    for args in [
+        vec!["check-config"],
+        vec!["run", "--fast", "--source", &src, "--config"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_hearken"))
+            .env("HEARKEN_MODELS", models_dir())
+            .args(&args)
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("net.onnx") && err.contains("sha256") && err.contains("retrain"),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # PulseAudio with a null sink stands in for a microphone in the capture tests;
-# mosquitto is the broker of the MQTT tests.
-tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients openssl
+# mosquitto is the broker of the MQTT tests; PyTorch (Debian's CPU build) runs the
+# small seeded fine-tuning of `hearken train --method net`.
+tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients openssl \
+  python3-torch python3-onnx python3-numpy
 export HEARKEN_SHARED="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
 if [ ! -d "$HEARKEN_SHARED/models" ]; then
   echo "error: $HEARKEN_SHARED/models not found; set HEARKEN_SHARED to the shared assets folder" >&2
