@@ -171,6 +171,12 @@ enum Command {
         /// Seconds of background only before the first event.
         #[arg(long, default_value_t = 60.0)]
         lead: f64,
+        /// Hours of background without events added to the false-alarm count
+        /// (the held-out ordinary sounds in new orders, levels and two-sound
+        /// mixes, in 30-minute streams): one false alarm per hour cannot be
+        /// measured on the mixture's own hour.
+        #[arg(long, default_value_t = 0.0)]
+        background_h: f64,
         /// Where the mixture WAV goes (default: a temporary folder).
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -437,6 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_per_group,
             slot,
             lead,
+            background_h,
             work_dir,
             json,
             plot,
@@ -462,6 +469,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if slot.is_nan() || slot < 5.0 || lead.is_nan() || lead < 0.0 {
                 bail!("--slot must be at least 5 s and --lead not negative");
             }
+            if !(0.0..=100.0).contains(&background_h) {
+                bail!("--background-h must be 0 to 100 hours");
+            }
             let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
             cfg.check_labels(model.labels())?;
             hearken::train::adopt_window(&mut cfg, &model)?;
@@ -480,6 +490,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_per_group,
                 scales: run::default_scales(),
                 matching: Default::default(),
+                background_h,
                 work_dir: work_dir.unwrap_or_else(|| {
                     std::env::temp_dir().join(format!("hearken-eval-{}", std::process::id()))
                 }),

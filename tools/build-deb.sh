@@ -3,7 +3,7 @@
 # as the last line of output.
 #
 #   tools/build-deb.sh [--target aarch64-unknown-linux-gnu] [--profile release|dev]
-#                      [--no-build] [--fast] [--output DIR]
+#                      [--no-build] [--fast] [--output DIR] [--detectors DIR]
 #
 #   --target T     cross-compile for T (aarch64-unknown-linux-gnu: Raspberry Pi OS
 #                  64-bit); installs the cross toolchain and arm64 ALSA headers when
@@ -14,6 +14,10 @@
 #   --fast         lighter compression (a bigger .deb, built much faster; for tests)
 #   --output DIR   where to write the .deb (default target/debian;
 #                  hearken_<version>-1_amd64.deb or ..._arm64.deb)
+#   --detectors D  the trained detectors to ship (default models/efficientat-mn04/
+#                  detectors, which ./setup.sh or `hearken train` writes once, on the
+#                  build machine: a Pi owner never trains). The package refuses to
+#                  build without them.
 #
 # The package takes the models from models/*/ (tools/install-models.sh copies them
 # there from $HEARKEN_SHARED/models, default ../shared) and its metadata from
@@ -22,6 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=""
+detectors="models/efficientat-mn04/detectors"
 profile="release"
 build=1
 deb_args=()
@@ -34,7 +39,8 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --fast) deb_args+=(--fast); shift ;;
     --output|-o) deb_args+=(--output "${2:?--output needs a value}"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --detectors) detectors="${2:?--detectors needs a value}"; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-deb.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,6 +104,20 @@ esac
 
 # The models are package contents; copy them in (sha256-checked) if needed.
 tools/install-models.sh >&2
+
+# So are the trained detectors (and a fine-tuned network, if they read one): staged
+# where [package.metadata.deb] picks them up.
+if ! ls "$detectors"/*.json >/dev/null 2>&1; then
+  echo "build-deb.sh: no trained detectors in $detectors; train them once with ./setup.sh" \
+       "or 'hearken train --out $detectors' (about 15 minutes), or pass --detectors DIR" >&2
+  exit 1
+fi
+stage=target/deb-stage/detectors
+rm -rf "$stage"
+mkdir -p "$stage"
+cp "$detectors"/*.json "$stage"/
+for f in "$detectors"/*.onnx; do [ -f "$f" ] && cp "$f" "$stage"/; done
+echo "packaging the detectors in $detectors: $(cd "$stage" && echo *)" >&2
 
 target_args=()
 [ -n "$target" ] && target_args=(--target "$target")

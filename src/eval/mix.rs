@@ -269,6 +269,34 @@ pub fn build(events: &[&Signal], backgrounds: &[&Signal], spec: &MixSpec) -> Mix
     }
 }
 
+/// `seconds` of background only: the clips in an order and at levels drawn from
+/// `spec.seed`; with `layers` 2, a second bed of other draws is laid under the first
+/// 6 dB down, so two ordinary sounds are heard at once.
+pub fn background(backgrounds: &[&Signal], seconds: f64, layers: usize, spec: &MixSpec) -> Mixture {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let len = (seconds * spec.rate as f64) as usize;
+    let (mut out, mut beds) = bed(backgrounds, len, spec, &mut rng);
+    for _ in 1..layers.max(1) {
+        let (under, laid) = bed(backgrounds, len, spec, &mut rng);
+        for (o, u) in out.iter_mut().zip(under) {
+            *o += u * 0.5;
+        }
+        beds.extend(laid);
+    }
+    beds.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+    let peak = out.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    if peak > 0.99 {
+        let g = 0.99 / peak;
+        out.iter_mut().for_each(|v| *v *= g);
+    }
+    Mixture {
+        samples: out,
+        rate: spec.rate,
+        truth: Vec::new(),
+        beds,
+    }
+}
+
 /// Seconds of the mixture that no event (widened by `early_s` before its onset and
 /// `late_s` after its offset) covers: the denominator of false alarms per hour.
 pub fn background_s(m: &Mixture, early_s: f64, late_s: f64) -> f64 {
