@@ -24,6 +24,34 @@ fn hearken(args: &[&str], extra: &[&Path]) -> Output {
     out
 }
 
+/// Writes a configuration in `data` that uses the detectors in `detectors` (on their
+/// 2 s windows) and runs the daemon with it over gunshots.wav: (configuration,
+/// source, output).
+fn run_gunshots_with(data: &Path, detectors: &Path) -> (std::path::PathBuf, String, Output) {
+    let cfg = data.join("hearken.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
+            detectors.display()
+        ),
+    )
+    .unwrap();
+    let src = format!("file:{}", audio("gunshots.wav").display());
+    let run = hearken(
+        &[
+            "run",
+            "--fast",
+            "--print-events",
+            "--source",
+            &src,
+            "--config",
+        ],
+        &[&cfg],
+    );
+    (cfg, src, run)
+}
+
 #[test]
 fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let data = labelled_subset(
@@ -127,27 +155,7 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     );
 
     // The daemon loads it and scores gunshot with it.
-    let cfg = data.join("hearken.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
-            out_a.display()
-        ),
-    )
-    .unwrap();
-    let src = format!("file:{}", audio("gunshots.wav").display());
-    let run = hearken(
-        &[
-            "run",
-            "--fast",
-            "--print-events",
-            "--source",
-            &src,
-            "--config",
-        ],
-        &[&cfg],
-    );
+    let (cfg, src, run) = run_gunshots_with(&data, &out_a);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("gunshot: trained detector"), "{err}");
     let events: Vec<Value> = String::from_utf8_lossy(&run.stdout)
@@ -339,27 +347,7 @@ fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_
     );
 
     // The daemon runs the network in place of mn04's own and scores gunshot with it.
-    let cfg = data.join("hearken.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
-            out_a.display()
-        ),
-    )
-    .unwrap();
-    let src = format!("file:{}", audio("gunshots.wav").display());
-    let run = hearken(
-        &[
-            "run",
-            "--fast",
-            "--print-events",
-            "--source",
-            &src,
-            "--config",
-        ],
-        &[&cfg],
-    );
+    let (cfg, src, run) = run_gunshots_with(&data, &out_a);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
         err.contains("runs the fine-tuned network") && err.contains("net.onnx"),
