@@ -47,6 +47,9 @@ impl From<LogLevel> for tracing::level_filters::LevelFilter {
     }
 }
 
+// Parsed once at start-up and matched once: the size of its largest variant (train's
+// options) costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Classify audio files (WAV or FLAC): top AudioSet labels per clip and per window.

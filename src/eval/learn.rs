@@ -381,7 +381,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
     };
     let matching = Matching::default();
     let mut batches = Vec::new();
-    for fold in 0..opts.folds {
+    for (fold, fold_model) in fold_models.iter().enumerate() {
         let bg: Vec<&Signal> = backgrounds
             .iter()
             .filter(|s| fold_of[&s.recording] == fold)
@@ -403,7 +403,6 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 seed: opts.mix.seed.wrapping_add(1 + i as u64),
                 ..opts.mix.clone()
             };
-            let fold_model = &fold_models[fold];
             let cache = opts.cache_dir.as_ref().map(|d| {
                 let key = mixture_key(fold_model, cfg, &spec, fold, chunk, &bg);
                 d.join(format!("{}-{i}-{key:016x}.hops", model.name()))
