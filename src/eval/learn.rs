@@ -312,8 +312,9 @@ fn mixture_key(
     events: &[&Signal],
     backgrounds: &[&Signal],
 ) -> u64 {
+    // The network's outputs are heads only, beside the model's own scores.
     let mut text = format!(
-        "{} {:?} {:?} {} {} {} {:?} {fold}",
+        "{} {:?} heads-beside {:?} {} {} {} {:?} {fold}",
         model.name(),
         model.net().map(|(_, sha)| sha),
         model.manifest(),

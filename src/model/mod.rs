@@ -47,9 +47,16 @@ pub struct Model {
     dir: PathBuf,
     graph: InferenceModel,
     plans: Mutex<HashMap<usize, Plan>>,
-    /// The fine-tuned network in use instead of the model's own: its file and
-    /// sha256 (none: the manifest's network).
-    net: Option<(PathBuf, String)>,
+    /// A fine-tuned network run beside the model's own for its group outputs.
+    net: Option<Net>,
+}
+
+/// A fine-tuned network (`hearken train --method net`) and its plans.
+struct Net {
+    path: PathBuf,
+    sha256: String,
+    graph: InferenceModel,
+    plans: Mutex<HashMap<usize, Plan>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -172,10 +179,12 @@ impl Model {
         })
     }
 
-    /// This model with its network replaced by a fine-tuned one (`hearken train
-    /// --method net`): the same frontend, labels and input, the model's two outputs
-    /// plus [`HEADS_OUTPUT`] with `heads` group probabilities. `sha256` is what the
-    /// detector files that name the network recorded; a file that differs is refused.
+    /// This model with a fine-tuned network (`hearken train --method net`) run
+    /// beside its own on every window: the model's scores and embedding stay its
+    /// own (so raw groups, trained heads and evidence gates see what they always
+    /// did), and the network adds [`HEADS_OUTPUT`], `heads` group probabilities.
+    /// `sha256` is what the detector files that name the network recorded; a file
+    /// that differs is refused.
     pub fn with_net(&self, onnx: &Path, sha256: &str, heads: usize) -> Result<Model> {
         let name = self.name();
         let digest = sha256_file(onnx)
@@ -189,7 +198,6 @@ impl Model {
         if self.manifest.io.layout != InputLayout::BatchChannelMelsFrames {
             bail!("model {name} takes patches; a fine-tuned network needs a window model");
         }
-        let io = &self.manifest.io;
         let graph = tract_onnx::onnx()
             .model_for_path(onnx)
             .map_err(|e| {
@@ -198,22 +206,25 @@ impl Model {
                     onnx.display()
                 )
             })?
-            .with_outputs_by_name([io.scores.as_str(), io.embedding.as_str(), HEADS_OUTPUT])
+            .with_outputs_by_name([HEADS_OUTPUT])
             .map_err(|e| {
                 anyhow!(
-                    "the fine-tuned network {} lacks the outputs {}, {} and {HEADS_OUTPUT}: {e}",
-                    onnx.display(),
-                    io.scores,
-                    io.embedding
+                    "the fine-tuned network {} lacks the output {HEADS_OUTPUT}: {e}",
+                    onnx.display()
                 )
             })?;
         let m = Model {
             manifest: self.manifest.clone(),
             labels: self.labels.clone(),
             dir: self.dir.clone(),
-            graph,
+            graph: self.graph.clone(),
             plans: Mutex::new(HashMap::new()),
-            net: Some((onnx.to_path_buf(), digest.to_ascii_lowercase())),
+            net: Some(Net {
+                path: onnx.to_path_buf(),
+                sha256: digest.to_ascii_lowercase(),
+                graph,
+                plans: Mutex::new(HashMap::new()),
+            }),
         };
         // One call now, so a network for another input or group count is refused at
         // start-up rather than on the first window.
@@ -235,7 +246,9 @@ impl Model {
     /// The fine-tuned network in use, if any (see [`Model::with_net`]): its file
     /// and sha256.
     pub fn net(&self) -> Option<(&Path, &str)> {
-        self.net.as_ref().map(|(p, h)| (p.as_path(), h.as_str()))
+        self.net
+            .as_ref()
+            .map(|n| (n.path.as_path(), n.sha256.as_str()))
     }
 
     /// The manifest.
@@ -271,8 +284,16 @@ impl Model {
     /// The runnable plan for `n` frames (window models) or a batch of `n` patches
     /// (patch models), built on first use.
     fn plan(&self, n: usize) -> Result<Plan> {
-        let mut plans = self
-            .plans
+        self.plan_of(&self.graph, &self.plans, n)
+    }
+
+    fn plan_of(
+        &self,
+        graph: &InferenceModel,
+        plans: &Mutex<HashMap<usize, Plan>>,
+        n: usize,
+    ) -> Result<Plan> {
+        let mut plans = plans
             .lock()
             .map_err(|_| anyhow!("model plan cache poisoned"))?;
         if let Some(p) = plans.get(&n) {
@@ -284,8 +305,7 @@ impl Model {
             InputLayout::BatchFramesMels => &shape[..3],
         };
         let name = self.name().to_string();
-        let plan = self
-            .graph
+        let plan = graph
             .clone()
             .with_input_fact(0, f32::fact(dims).into())
             .and_then(|m| m.into_optimized())
@@ -342,22 +362,34 @@ impl Model {
     }
 
     fn run(&self, key: usize, input: Tensor) -> Result<Vec<Output>> {
+        let heads: Vec<f32> = match &self.net {
+            Some(net) => {
+                let plan = self.plan_of(&net.graph, &net.plans, key)?;
+                let res = plan.run(tvec!(input.clone().into())).map_err(|e| {
+                    anyhow!(
+                        "the fine-tuned network {}: inference failed: {e}",
+                        net.path.display()
+                    )
+                })?;
+                res[0]
+                    .to_plain_array_view::<f32>()?
+                    .iter()
+                    .copied()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let plan = self.plan(key)?;
         let res = plan
             .run(tvec!(input.into()))
             .map_err(|e| anyhow!("model {}: inference failed: {e}", self.name()))?;
-        let want = if self.net.is_some() { 3 } else { 2 };
-        if res.len() != want {
+        if res.len() != 2 {
             bail!(
-                "model {}: expected {want} outputs, got {}",
+                "model {}: expected 2 outputs, got {}",
                 self.name(),
                 res.len()
             );
         }
-        let heads: Vec<f32> = match res.get(2) {
-            Some(h) => h.to_plain_array_view::<f32>()?.iter().copied().collect(),
-            None => Vec::new(),
-        };
         let scores = res[0].to_plain_array_view::<f32>()?;
         let emb = res[1].to_plain_array_view::<f32>()?;
         let classes = self.manifest.model.classes;
