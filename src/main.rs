@@ -1392,7 +1392,7 @@ fn run_daemon(
     }
     if let Some((net, _)) = model.net() {
         info!(
-            "{} runs the fine-tuned network {} in place of its own",
+            "{} runs the fine-tuned network {} beside its own network",
             model.name(),
             net.display()
         );

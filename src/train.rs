@@ -535,7 +535,7 @@ pub fn configured(
 }
 
 /// The model the daemon runs for `detectors`: `model` itself, or, when they read
-/// a fine-tuned network, `model` with that network in place of its own (checked
+/// a fine-tuned network, `model` with that network run beside its own (checked
 /// against the sha256 they recorded).
 pub fn model_for(
     model: &std::sync::Arc<crate::model::Model>,
