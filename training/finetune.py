@@ -21,10 +21,10 @@ low-pass/tilt EQ for cheap microphones and distance, and a synthetic room reverb
 The network: mn04's blocks from `--train-from` up are trained (the lower ones stay as
 they are), with a small head on the 384-d embedding giving one logit per group.
 mn04's own 527 AudioSet outputs are kept by distillation: on every window the loss
-also pulls them towards what the untouched mn04 says, so the fine-tuned network still
-serves the groups it is not trained for and the evidence gate. The export is the
-daemon's model with a third output, `groups` [1, G] (sigmoid applied), batch 1 and
-frames free, as tract runs fastest.
+also pulls them towards what the untouched mn04 says, so fine-tuning does not forget
+what AudioSet taught it. The export has mn04's two outputs and a third, `groups`
+[1, G] (sigmoid applied), batch 1 and frames free, as tract runs fastest; the daemon
+runs it beside mn04 and reads `groups`.
 
 Deterministic for a seed on one machine (one thread of intra-op parallelism per core
 count given by `--threads`).

@@ -742,7 +742,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
 
 /// Fine-tunes one network per fold, with that fold left out, and one on every fold,
 /// which is copied into `opts.out` as `net.onnx`. Returns the fold models (the
-/// model with each fold's network in place) and the shipped network's reference.
+/// model with each fold's network beside it) and the shipped network's reference.
 /// With `opts.cache_dir`, a network trained on the same clips by the same recipe
 /// is read back from there instead of trained again.
 #[allow(clippy::type_complexity)]
