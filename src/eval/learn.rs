@@ -312,17 +312,20 @@ fn mixture_key(
     events: &[&Signal],
     backgrounds: &[&Signal],
 ) -> u64 {
-    // The network's outputs are heads only, beside the model's own scores.
     let mut text = format!(
-        "{} {:?} heads-beside {:?} {} {} {} {:?} {fold}",
+        "{} {:?} {} {} {} {:?} {fold}",
         model.name(),
-        model.net().map(|(_, sha)| sha),
         model.manifest(),
         cfg.model.window_s,
         cfg.model.hop_s,
         cfg.audio.gate_dbfs,
         spec
     );
+    // Only a fine-tuned network (run beside the model, adding its group outputs)
+    // is named, so the shipped model's cached mixtures keep their keys.
+    if let Some((_, sha)) = model.net() {
+        text.push_str(&format!(" net-beside {sha}"));
+    }
     for s in events.iter().chain(backgrounds) {
         text.push_str(&format!("|{} {:?} {}", s.name, s.group, s.samples.len()));
     }
