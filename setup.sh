@@ -5,8 +5,10 @@
 # listening on 127.0.0.1:1883 if there is one, else to hearken's embedded broker).
 # The first time, it also trains detectors for glass, gunshot, siren, smoke alarm and
 # scream from the labelled recordings in $HEARKEN_SHARED (default ../shared), which
-# the daemon then uses in place of raw AudioSet scores (docs/detection.md); --no-train
-# skips that. Pass --no-run to only set up.
+# the daemon then uses in place of raw AudioSet scores (docs/detection.md): small
+# heads on mn04's embedding, and mn04 fine-tuned end to end (with Debian's
+# python3-torch, installed here) for the groups where that wins; --no-train skips
+# it. Pass --no-run to only set up.
 set -euo pipefail
 cd "$(dirname "$0")"
 run=1
@@ -20,6 +22,12 @@ for arg in "$@"; do
   esac
 done
 tools/system-deps.sh
+if [ "$train" = 1 ] && [ ! -d models/efficientat-mn04/detectors ]; then
+  # The trainer that fine-tunes mn04 (PyTorch on the CPU). Where the distribution
+  # has no python3-torch, `hearken train` trains the heads alone and says so.
+  tools/system-deps.sh python3-torch python3-onnx python3-numpy ||
+    echo "python3-torch could not be installed: training heads only" >&2
+fi
 echo "building hearken (release; the first build takes several minutes)…"
 cargo build --release --locked
 tools/install-models.sh
@@ -28,7 +36,7 @@ shared="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
 detectors="models/efficientat-mn04/detectors"
 if [ "$train" = 1 ] && [ ! -d "$detectors" ]; then
   if [ -f "$shared/eval-dev/labels.csv" ] && [ -f "$shared/train-extra/labels.csv" ]; then
-    echo "training detectors from $shared (once; about 15 minutes on a 2-core PC)…"
+    echo "training detectors from $shared (once; about 45 minutes on a 2-core PC)…"
     rm -rf "$detectors.new"
     if HEARKEN_SHARED="$shared" "$bin" train --model efficientat-mn04 --out "$detectors.new"; then
       mv "$detectors.new" "$detectors"

@@ -42,6 +42,8 @@ pub struct Hop<'a> {
     pub embedding: &'a [f32],
     /// A fine-tuned network's group probabilities (empty without one).
     pub heads: &'a [f32],
+    /// That network's own AudioSet probabilities, max-pooled (empty without one).
+    pub net_scores: &'a [f32],
     /// Wall-clock time of the window end.
     pub wall: SystemTime,
 }
@@ -66,6 +68,8 @@ pub struct OwnedHop {
     pub embedding: Vec<f32>,
     /// A fine-tuned network's group probabilities (empty without one).
     pub heads: Vec<f32>,
+    /// That network's own AudioSet probabilities (empty without one).
+    pub net_scores: Vec<f32>,
 }
 
 impl OwnedHop {
@@ -80,6 +84,7 @@ impl OwnedHop {
             dbfs: hop.dbfs,
             embedding: hop.embedding.to_vec(),
             heads: hop.heads.to_vec(),
+            net_scores: hop.net_scores.to_vec(),
         }
     }
 
@@ -94,6 +99,7 @@ impl OwnedHop {
             dbfs: self.dbfs,
             embedding: &self.embedding,
             heads: &self.heads,
+            net_scores: &self.net_scores,
             wall,
         }
     }
@@ -548,6 +554,7 @@ mod tests {
                 dbfs: -20.0,
                 embedding: &[],
                 heads: &[],
+                net_scores: &[],
                 wall: t0 + std::time::Duration::from_secs_f64(end),
             };
             d.step(&hop, &l, &mut out);

@@ -286,14 +286,24 @@ enum Command {
         hard_weight: usize,
         /// `heads`: small detectors on the model's embedding and scores; `net`:
         /// fine-tune the network itself on the mixtures, one output per group
-        /// (needs Python with torch: Debian's python3-torch).
-        #[arg(long, default_value = "heads", value_parser = ["heads", "net"])]
+        /// (needs Python with torch: Debian's python3-torch); `auto`: both, and
+        /// each group keeps whichever wins the cross-validation (heads alone,
+        /// with a warning, when torch is missing).
+        #[arg(long, default_value = "auto", value_parser = ["heads", "net", "auto"])]
         method: String,
+        /// With --method auto: how much more cross-validated recall the network
+        /// needs than the best head to take a group.
+        #[arg(long, default_value_t = 0.05)]
+        net_margin: f64,
+        /// With --method net or auto: at most this many clips per group train the
+        /// network (default: all); the mixtures take --max-per-group of them.
+        #[arg(long)]
+        net_max_per_group: Option<usize>,
         /// With --method net: passes over the training windows.
         #[arg(long, default_value_t = 6)]
         epochs: usize,
         /// With --method net: training windows drawn per pass.
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, default_value_t = 2000)]
         net_windows: usize,
         /// With --method net: the first of mn04's blocks (0-16) that is trained;
         /// the ones below stay as shipped.
@@ -542,6 +552,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             method,
             epochs,
             net_windows,
+            net_margin,
+            net_max_per_group,
             train_from,
             json,
         } => {
@@ -631,18 +643,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 hard_share,
                 hard_weight,
                 net: match method.as_str() {
-                    "net" => {
+                    "net" | "auto" => {
                         if !(1..=16).contains(&train_from) || epochs == 0 || net_windows == 0 {
                             bail!("--train-from must be 1 to 16, --epochs and --net-windows above 0");
                         }
-                        Some(net::NetOptions {
-                            python: net::default_python(),
-                            script: net::default_script()?,
-                            epochs,
-                            windows: net_windows,
-                            train_from,
-                            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                        })
+                        if !net_margin.is_finite() {
+                            bail!("--net-margin must be a number");
+                        }
+                        let python = net::default_python();
+                        match net::trainer_missing(&python) {
+                            Some(why) if method == "auto" => {
+                                tracing::warn!("training heads only: the network cannot be fine-tuned here: {why}");
+                                None
+                            }
+                            Some(why) => bail!("--method net: {why}"),
+                            None => Some(net::NetOptions {
+                                python,
+                                script: net::default_script()?,
+                                epochs,
+                                windows: net_windows,
+                                train_from,
+                                threads: std::thread::available_parallelism()
+                                    .map_or(1, |n| n.get()),
+                                only: method == "net",
+                                margin: net_margin,
+                                max_per_group: net_max_per_group.unwrap_or(usize::MAX),
+                            }),
+                        }
                     }
                     _ => None,
                 },

@@ -396,6 +396,7 @@ impl Pipeline {
                         dbfs: ws.dbfs,
                         embedding: &ws.embedding,
                         heads: &ws.heads,
+                        net_scores: &ws.net_scores,
                         wall,
                     };
                     if let Some(tap) = &hop_tap {

@@ -119,6 +119,8 @@ pub struct WindowScore {
     /// A fine-tuned network's group probabilities, max-pooled (empty without one,
     /// or when the loudness gate skipped the window).
     pub heads: Vec<f32>,
+    /// That network's own AudioSet probabilities, max-pooled (empty likewise).
+    pub net_scores: Vec<f32>,
     /// Units pooled into this window.
     pub units: usize,
     /// Units skipped by the loudness gate.
@@ -292,6 +294,7 @@ impl Scorer {
                 scores: vec![0.0; self.plan.classes],
                 embedding: vec![0.0; self.plan.embedding_dim],
                 heads: Vec::new(),
+                net_scores: Vec::new(),
             };
             self.clip.add(&out.scores);
             return Ok(Unit {
@@ -382,7 +385,7 @@ impl Scorer {
         let peak_dbfs = lv.iter().copied().fold(LEVEL_SILENCE, f32::max);
         let mean_pow = lv.iter().map(|&d| 10f64.powf(d as f64 / 10.0)).sum::<f64>() / len as f64;
         let dbfs = (10.0 * mean_pow.max(1e-12).log10()).max(LEVEL_SILENCE as f64) as f32;
-        let (scores, scores_max, scores_mean, embedding, heads, units, gated_units) =
+        let (scores, scores_max, scores_mean, embedding, (heads, net_scores), units, gated_units) =
             match self.plan.patch {
                 None => {
                     let u = self.run_unit(start, len, run)?;
@@ -392,7 +395,7 @@ impl Scorer {
                         s.clone(),
                         s,
                         u.out.embedding,
-                        u.out.heads,
+                        (u.out.heads, u.out.net_scores),
                         1,
                         u.gated as usize,
                     )
@@ -403,6 +406,7 @@ impl Scorer {
                     let mut mp = Pool::new(Pooling::Max);
                     let mut ep = Pool::new(Pooling::Mean);
                     let mut hp = Pool::new(Pooling::Max);
+                    let mut np = Pool::new(Pooling::Max);
                     let mut gated = 0;
                     for u in &self.units {
                         if u.start >= start && u.start + p as u64 <= end {
@@ -411,6 +415,9 @@ impl Scorer {
                             ep.add(&u.out.embedding);
                             if !u.out.heads.is_empty() {
                                 hp.add(&u.out.heads);
+                            }
+                            if !u.out.net_scores.is_empty() {
+                                np.add(&u.out.net_scores);
                             }
                             gated += u.gated as usize;
                         }
@@ -428,7 +435,7 @@ impl Scorer {
                         max,
                         mean,
                         ep.result(),
-                        hp.result(),
+                        (hp.result(), np.result()),
                         sp.count(),
                         gated,
                     )
@@ -447,6 +454,7 @@ impl Scorer {
             scores_mean,
             embedding,
             heads,
+            net_scores,
             units,
             gated_units,
             dbfs,
@@ -506,6 +514,7 @@ mod tests {
                 scores: vec![m],
                 embedding: vec![m, 1.0],
                 heads: Vec::new(),
+                net_scores: Vec::new(),
             })
         }
     }

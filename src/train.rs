@@ -422,7 +422,13 @@ impl GroupScorer for LinearScorer {
             return 0.0;
         }
         if let Some(g) = &self.detector.gate {
-            if !g.passes(hop.scores_max) {
+            // A fine-tuned network's detector gates on that network's own AudioSet
+            // outputs (what training calibrated it with), not on the model's.
+            let evidence = match self.detector.features {
+                Features::Net => hop.net_scores,
+                _ => hop.scores_max,
+            };
+            if !g.passes(evidence) {
                 return 0.0;
             }
         }
@@ -923,6 +929,7 @@ mod tests {
             dbfs: -20.0,
             embedding,
             heads: &[],
+            net_scores: &[],
             wall: std::time::SystemTime::UNIX_EPOCH,
         }
     }
@@ -1008,6 +1015,28 @@ mod tests {
         let text = serde_json::to_string(&d).unwrap();
         assert!(!text.contains("path"), "{text}");
         assert_eq!(serde_json::from_str::<LinearDetector>(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn a_net_detector_gates_on_the_networks_own_audioset_scores() {
+        let mut d = net_det(&["glass", "gunshot"], 0);
+        d.classes = 3;
+        d.gate = Some(Gate {
+            classes: vec![1],
+            min: 0.05,
+        });
+        d.validate("t").unwrap();
+        let mut s = LinearScorer::new(d);
+        // The model itself hears nothing of class 1; the network does.
+        let mut h = hop(&[1.0, 2.0], &[0.9, 0.0, 0.0]);
+        h.heads = &[0.9, 0.1];
+        h.net_scores = &[0.0, 0.3, 0.0];
+        assert!((s.score(&h) - 0.9).abs() < 1e-4);
+        // And the other way round: the model's evidence does not open it.
+        let mut h = hop(&[1.0, 2.0], &[0.9, 0.9, 0.0]);
+        h.heads = &[0.9, 0.1];
+        h.net_scores = &[0.0, 0.01, 0.0];
+        assert_eq!(s.score(&h), 0.0);
     }
 
     #[test]

@@ -67,8 +67,8 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
     let train = |out: &Path| {
         let o = hearken(
             &[
-                "train", "--json", "--groups", "gunshot", "--snr", "9,0", "--seed", "3",
-                "--hidden", "0,4",
+                "train", "--json", "--method", "heads", "--groups", "gunshot", "--snr", "9,0",
+                "--seed", "3", "--hidden", "0,4",
             ],
             &[Path::new("--data"), &data, Path::new("--out"), out],
         );
@@ -262,6 +262,8 @@ fn a_group_of_the_users_own_trains_from_clips_labelled_with_its_name() {
         &[
             "train",
             "--json",
+            "--method",
+            "heads",
             "--groups",
             "dog_bark",
             "--snr",
@@ -294,14 +296,22 @@ fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_
         ],
     );
     let (out_a, out_b) = (data.join("net-a"), data.join("net-b"));
-    // A small seeded run: two passes over 64 windows per network.
+    // A small seeded run: two passes over 64 windows per network, with heads fitted
+    // beside it (`auto`) and the network given the group even where a head beats it
+    // by a little (a negative margin), so the network is what runs below.
     let train = |out: &Path| {
         let o = hearken(
             &[
                 "train",
                 "--json",
                 "--method",
-                "net",
+                "auto",
+                "--net-margin",
+                "-0.5",
+                "--hidden",
+                "0",
+                "--l2",
+                "0.01",
                 "--groups",
                 "gunshot",
                 "--snr",
@@ -322,6 +332,17 @@ fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_
     assert_eq!(
         (&g["group"], &g["features"]),
         (&"gunshot".into(), &"net".into())
+    );
+    // The heads were cross-validated too, on the same mixtures.
+    let kinds: Vec<&str> = g["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["features"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"net") && kinds.contains(&"embedding"),
+        "{kinds:?}"
     );
     let det: Value =
         serde_json::from_str(&std::fs::read_to_string(out_a.join("gunshot.json")).unwrap())

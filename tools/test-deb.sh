@@ -65,7 +65,7 @@ if [ -z "$deb" ]; then
       done; } > "$small/labels.csv"
     step "training a small seeded gunshot detector to package"
     tools/install-models.sh >/dev/null
-    HEARKEN_MODELS="$PWD/models" "$bin" train --groups gunshot --snr 9,0 --seed 3 --hidden 0,4 \
+    HEARKEN_MODELS="$PWD/models" "$bin" train --method heads --groups gunshot --snr 9,0 --seed 3 --hidden 0,4 \
       --data "$small" --out "$small/detectors" >"$small/train.log" 2>&1 ||
       fail "hearken train: $(tail -n 20 "$small/train.log")"
     detectors="$small/detectors"

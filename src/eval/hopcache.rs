@@ -2,10 +2,10 @@
 //! mixture, with the mixture's truth, so `hearken train --cache DIR` can try other
 //! candidates without running the model over hours of audio again.
 //!
-//! One file per mixture: the magic `HKHOPS2\n`, a JSON line with the truth and the
-//! fold, then per window `start_s`, `end_s`, `hop_s` (f64), `dbfs` (f32) and four
+//! One file per mixture: the magic `HKHOPS3\n`, a JSON line with the truth and the
+//! fold, then per window `start_s`, `end_s`, `hop_s` (f64), `dbfs` (f32) and five
 //! length-prefixed (u32) f32 vectors (mean scores, max scores, embedding, a
-//! fine-tuned network's group outputs), all
+//! fine-tuned network's group outputs and its own AudioSet scores), all
 //! little-endian. Files are written to a temporary name and renamed, so a crash
 //! never leaves a half file under the real name; a file that does not parse is
 //! treated as absent.
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::metrics::TruthEvent;
 use crate::detect::OwnedHop;
 
-const MAGIC: &[u8] = b"HKHOPS2\n";
+const MAGIC: &[u8] = b"HKHOPS3\n";
 
 /// A mixture's truth, fold and background hours (the JSON line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,13 @@ pub fn save(path: &Path, header: &Header, hops: &[OwnedHop]) -> Result<()> {
                 w.write_all(&v.to_le_bytes())?;
             }
             w.write_all(&h.dbfs.to_le_bytes())?;
-            for v in [&h.scores_mean, &h.scores_max, &h.embedding, &h.heads] {
+            for v in [
+                &h.scores_mean,
+                &h.scores_max,
+                &h.embedding,
+                &h.heads,
+                &h.net_scores,
+            ] {
                 w.write_all(&(v.len() as u32).to_le_bytes())?;
                 for x in v.iter() {
                     w.write_all(&x.to_le_bytes())?;
@@ -84,7 +90,7 @@ pub fn load(path: &Path) -> Option<(Header, Vec<OwnedHop>)> {
         let f64_ = |r: &mut BufReader<_>| read_array(r).map(f64::from_le_bytes);
         let (start_s, end_s, hop_s) = (f64_(&mut r)?, f64_(&mut r)?, f64_(&mut r)?);
         let dbfs = f32::from_le_bytes(read_array(&mut r)?);
-        let mut vecs = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut vecs = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for v in vecs.iter_mut() {
             let len = u32::from_le_bytes(read_array(&mut r)?) as usize;
             if len > 1 << 16 {
@@ -97,7 +103,7 @@ pub fn load(path: &Path) -> Option<(Header, Vec<OwnedHop>)> {
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect();
         }
-        let [scores_mean, scores_max, embedding, heads] = vecs;
+        let [scores_mean, scores_max, embedding, heads, net_scores] = vecs;
         hops.push(OwnedHop {
             start_s,
             end_s,
@@ -107,6 +113,7 @@ pub fn load(path: &Path) -> Option<(Header, Vec<OwnedHop>)> {
             dbfs,
             embedding,
             heads,
+            net_scores,
         });
     }
     // Trailing bytes mean the file is not what we wrote.
@@ -134,6 +141,7 @@ mod tests {
             dbfs: -31.5,
             embedding: vec![1.0, -2.0, 3.5],
             heads: vec![0.25],
+            net_scores: vec![0.5, 0.125],
         }
     }
 

@@ -95,9 +95,9 @@ pub struct TrainOptions {
     /// read back instead of run through the model again. Fine-tuned networks are
     /// kept there too.
     pub cache_dir: Option<PathBuf>,
-    /// Fine-tune the network end to end instead of fitting heads on its
-    /// embeddings ([`super::net`]); `features`, `l2s`, `hidden_units` and hard
-    /// negatives are then unused.
+    /// Also fine-tune the network end to end ([`super::net`]) and, per group, ship
+    /// its output where it wins; with [`NetOptions::only`] the heads (`features`,
+    /// `l2s`, `hidden_units`, hard negatives) are not tried at all.
     pub net: Option<NetOptions>,
 }
 
@@ -105,7 +105,7 @@ impl TrainOptions {
     /// Whether hard-negative mining is on (for heads; a fine-tuned network has
     /// none to refit).
     fn mines(&self) -> bool {
-        self.hard_share > 0.0 && self.hard_weight > 1 && self.net.is_none()
+        self.hard_share > 0.0 && self.hard_weight > 1 && !self.net.as_ref().is_some_and(|n| n.only)
     }
 }
 
@@ -353,17 +353,29 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
     }
     let group_refs: Vec<&str> = opts.groups.iter().map(String::as_str).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.mix.seed);
-    let (mut events, mut backgrounds) = (Vec::new(), Vec::new());
+    // The network learns from up to `net.max_per_group` clips per group; the
+    // mixtures (heads and calibration) take the first `max_per_group` of those, the
+    // very clips a run without the network takes (a shuffle cut shorter).
+    let net_max = opts.net.as_ref().map(|n| Some(n.max_per_group));
+    let (mut events, mut net_events, mut backgrounds) = (Vec::new(), Vec::new(), Vec::new());
     for s in &opts.sources {
         let (e, b) = load_clips(
             &s.dir,
             s.split,
             &group_refs,
             opts.mix.rate,
-            opts.max_per_group,
+            net_max.unwrap_or(opts.max_per_group),
             &mut rng,
         )?;
-        events.extend(e);
+        let mut kept: HashMap<Option<String>, usize> = HashMap::new();
+        for c in &e {
+            let n = kept.entry(c.group.clone()).or_default();
+            if opts.max_per_group.is_none_or(|m| *n < m) {
+                *n += 1;
+                events.push(c.clone());
+            }
+        }
+        net_events.extend(e);
         backgrounds.extend(b);
     }
     for g in &opts.groups {
@@ -371,17 +383,23 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             bail!("no event clips for group {g} in the training data");
         }
     }
+    if net_max.is_none() {
+        net_events.clear();
+    }
     if backgrounds.is_empty() {
         bail!("no background clips (labels that are not events) in the training data");
     }
-    let all: Vec<&Signal> = events.iter().chain(&backgrounds).collect();
+    let all: Vec<&Signal> = match net_max {
+        Some(_) => net_events.iter().chain(&backgrounds).collect(),
+        None => events.iter().chain(&backgrounds).collect(),
+    };
     let fold_of = deal_folds(&all, opts.folds, opts.backgrounds_by_kind);
     std::fs::create_dir_all(&opts.work_dir)?;
     // Each fold is scored by the model that never heard it: the shipped network
     // (its heads are fitted later), or a network fine-tuned without that fold.
     let (fold_models, shipped_net) = match &opts.net {
         None => (vec![model.clone(); opts.folds], None),
-        Some(n) => fine_tune(&model, cfg, opts, n, &events, &backgrounds, &fold_of)?,
+        Some(n) => fine_tune(&model, cfg, opts, n, &net_events, &backgrounds, &fold_of)?,
     };
     let matching = Matching::default();
     let mut batches = Vec::new();
@@ -466,7 +484,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         .enumerate()
         .flat_map(|(b, batch)| (0..batch.hops.len()).map(move |i| (b, i)))
         .collect();
-    let mut kinds = if opts.net.is_some() {
+    let mut kinds = if opts.net.as_ref().is_some_and(|n| n.only) {
         Vec::new()
     } else {
         opts.features.clone()
@@ -503,15 +521,24 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             .map(|m| m.masked(&group_classes(cfg, &model, g)));
         let all: Vec<&FeatureMatrix> = matrices.iter().chain(own.as_ref()).collect();
         let own_classes = group_classes(cfg, &model, g);
-        let evidence: Vec<Vec<f32>> = batches
-            .iter()
-            .map(|b| {
-                b.hops
-                    .iter()
-                    .map(|h| Gate::evidence(&own_classes, &h.scores_max))
-                    .collect()
-            })
-            .collect();
+        let evidence_of = |of: fn(&OwnedHop) -> &[f32]| -> Vec<Vec<f32>> {
+            batches
+                .iter()
+                .map(|b| {
+                    b.hops
+                        .iter()
+                        .map(|h| Gate::evidence(&own_classes, of(h)))
+                        .collect()
+                })
+                .collect()
+        };
+        // A head's gate reads the model's own AudioSet scores; the fine-tuned
+        // network's gate reads that network's.
+        let evidence = evidence_of(|h| &h.scores_max);
+        let net_evidence = match &shipped_net {
+            Some(_) => evidence_of(|h| &h.net_scores),
+            None => Vec::new(),
+        };
         let choose = |scores: &[Vec<f32>]| {
             choose_threshold(
                 &model,
@@ -525,6 +552,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         };
         let mut candidates = Vec::new();
         let mut tried: Vec<(usize, Candidate, Vec<Vec<f32>>)> = Vec::new();
+        let mut net_tried: Option<(Candidate, Vec<Vec<f32>>)> = None;
         if let Some(n) = &shipped_net {
             // The fine-tuned networks' own output for the group, out of fold.
             let gi = n
@@ -544,7 +572,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             let c = Candidate::new(Features::Net.name(), 0.0, 0, choose(&scores));
             c.log(g);
             candidates.push(c.clone());
-            tried.push((usize::MAX, c, scores));
+            net_tried = Some((c, scores));
         }
         let grid = opts.hidden_units.iter().flat_map(|&u| {
             (0..all.len()).flat_map(move |k| opts.l2s.iter().map(move |&l2| (u, k, l2)))
@@ -588,12 +616,19 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         // The evidence gate, on those: the strictest level that keeps `gate_keep`
         // of the ungated cross-validated recall (every level is tried: a stricter
         // one can recover what a laxer one lost).
+        // The network's own output is tried beside the heads (never cut above).
+        if let Some((c, s)) = net_tried {
+            tried.push((usize::MAX, c, s));
+        }
         let mut best: Option<(usize, Candidate, &[Vec<f32>])> = None;
+        let mut best_net: Option<(usize, Candidate, &[Vec<f32>])> = None;
         for (k, ungated, scores) in &tried {
+            let is_net = *k == usize::MAX;
+            let evidence = if is_net { &net_evidence } else { &evidence };
             let mut pick = ungated.clone();
             if !own_classes.is_empty() {
                 for &min in &GATE_LEVELS {
-                    let choice = choose(&gated(scores, &evidence, min));
+                    let choice = choose(&gated(scores, evidence, min));
                     let c = Candidate {
                         gate: min,
                         ..ungated.clone()
@@ -609,19 +644,36 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                     }
                 }
             }
-            if best
+            let slot = if is_net { &mut best_net } else { &mut best };
+            if slot
                 .as_ref()
                 .is_none_or(|(_, b, _)| rank(&pick, b, opts.target_fa_per_hour).is_lt())
             {
-                best = Some((*k, pick, scores));
+                *slot = Some((*k, pick, scores));
             }
         }
-        let (k, mut chosen, scores) = best.expect("at least one candidate");
+        // The network where it beats the best head by the margin, else the head.
+        let margin = opts.net.as_ref().map_or(0.0, |n| n.margin);
+        let (k, mut chosen, scores) = match (best, best_net) {
+            (Some(h), Some(n)) if !net_wins(&n.1, &h.1, margin, opts.target_fa_per_hour) => {
+                tracing::info!(
+                    group = %g,
+                    "{g}: the heads ({} at {:.2} false alarms/h) keep the group: the network's {:.2} at {:.2}/h does not beat them by {margin}",
+                    h.1.recall, h.1.fa_per_hour, n.1.recall, n.1.fa_per_hour
+                );
+                h
+            }
+            (_, Some(n)) => n,
+            (Some(h), None) => h,
+            (None, None) => unreachable!("at least one candidate"),
+        };
+        let uses_net = k == usize::MAX;
+        let evidence = if uses_net { &net_evidence } else { &evidence };
         // A slow onset rule gets a `sure` score that starts an event at once,
         // if one costs no cross-validated false alarm.
         if chosen.onset_hops > 1 {
             let scores = if chosen.gate > 0.0 {
-                gated(scores, &evidence, chosen.gate)
+                gated(scores, evidence, chosen.gate)
             } else {
                 scores.to_vec()
             };
@@ -635,46 +687,47 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         }
         let count = |want: bool| labels.iter().filter(|&&y| y == Some(want)).count();
         let (mut positives, mut negatives) = (count(true), count(false));
-        let (kind, mean, scale, hidden, weights, bias) = match &shipped_net {
-            // Weights that pick the group's own output: its score is that output.
-            Some(n) => {
-                let one_hot = n.groups.iter().map(|x| (x == g) as u8 as f32).collect();
-                let d = n.groups.len();
-                (
-                    Features::Net,
-                    vec![0.0; d],
-                    vec![1.0; d],
-                    None,
-                    one_hot,
-                    0.0,
-                )
-            }
-            None => {
-                let fm = all[k];
-                let (zs, ys) = fm.labelled(&labels, |_| true);
-                positives = ys.iter().filter(|&&y| y).count();
-                negatives = ys.len() - positives;
-                let (hidden, weights, bias) = fit(
-                    &zs,
-                    &ys,
-                    FitSpec {
-                        l2: chosen.l2,
-                        units: chosen.hidden,
-                        mine: chosen.hard_negatives,
-                    },
-                    opts,
-                );
-                (
-                    fm.kind,
-                    fm.mean.clone(),
-                    fm.scale.clone(),
-                    hidden,
-                    weights,
-                    bias,
-                )
-            }
-        };
-        let clips = events
+        let (kind, mean, scale, hidden, weights, bias) =
+            match shipped_net.as_ref().filter(|_| uses_net) {
+                // Weights that pick the group's own output: its score is that output.
+                Some(n) => {
+                    let one_hot = n.groups.iter().map(|x| (x == g) as u8 as f32).collect();
+                    let d = n.groups.len();
+                    (
+                        Features::Net,
+                        vec![0.0; d],
+                        vec![1.0; d],
+                        None,
+                        one_hot,
+                        0.0,
+                    )
+                }
+                None => {
+                    let fm = all[k];
+                    let (zs, ys) = fm.labelled(&labels, |_| true);
+                    positives = ys.iter().filter(|&&y| y).count();
+                    negatives = ys.len() - positives;
+                    let (hidden, weights, bias) = fit(
+                        &zs,
+                        &ys,
+                        FitSpec {
+                            l2: chosen.l2,
+                            units: chosen.hidden,
+                            mine: chosen.hard_negatives,
+                        },
+                        opts,
+                    );
+                    (
+                        fm.kind,
+                        fm.mean.clone(),
+                        fm.scale.clone(),
+                        hidden,
+                        weights,
+                        bias,
+                    )
+                }
+            };
+        let clips = if uses_net { &net_events } else { &events }
             .iter()
             .filter(|e| e.group.as_deref() == Some(g))
             .count();
@@ -684,7 +737,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             embedding_dim: model.manifest().io.embedding_dim,
             features: kind,
             classes: model.labels().len(),
-            net: shipped_net.clone(),
+            net: shipped_net.clone().filter(|_| uses_net),
             window_s: cfg.model.window_s,
             hop_s: cfg.model.hop_s,
             mean,
@@ -740,6 +793,16 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             file,
         });
     }
+    // No group chose the network: its file would only be loaded for nothing.
+    if let Some(n) = &shipped_net {
+        if !out
+            .iter()
+            .any(|s| s.chosen.features == Features::Net.name())
+        {
+            std::fs::remove_file(&n.path)
+                .with_context(|| format!("cannot remove {}", n.path.display()))?;
+        }
+    }
     Ok(out)
 }
 
@@ -771,6 +834,12 @@ fn fine_tune(
         if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
             tracing::info!("{name}: read back from {}", c.display());
             return Ok(c.clone());
+        }
+        if let Some(c) = &cached {
+            tracing::info!(
+                "{name}: not in the cache; training it, then keeping it as {}",
+                c.display()
+            );
         }
         let out = opts.work_dir.join(format!("{name}.onnx"));
         let window_s = cfg.model.window_s;
@@ -1011,6 +1080,18 @@ fn rank(a: &Candidate, b: &Candidate, target_fa_per_hour: f64) -> std::cmp::Orde
     }
 }
 
+/// Whether the fine-tuned network's candidate `net` should take a group from the
+/// best head `head`: it must beat the head with `margin` taken off its recall (a
+/// head is cheaper to run and, in held-out tests, generalised better whenever the
+/// cross-validated recalls were close).
+fn net_wins(net: &Candidate, head: &Candidate, margin: f64, target_fa_per_hour: f64) -> bool {
+    beats(
+        (net.recall - margin, net.fa_per_hour),
+        (head.recall, head.fa_per_hour),
+        target_fa_per_hour,
+    )
+}
+
 /// Whether `(recall, false alarms/h)` `a` beats `b`: holding the target beats not
 /// holding it; then the higher recall; then the fewer false alarms.
 fn beats(a: (f64, f64), b: (f64, f64), target_fa_per_hour: f64) -> bool {
@@ -1023,7 +1104,7 @@ fn beats(a: (f64, f64), b: (f64, f64), target_fa_per_hour: f64) -> bool {
 pub const ONSET_RULES: [(usize, usize); 3] = [(1, 1), (2, 3), (3, 4)];
 
 /// A threshold and onset rule with what they gave on the out-of-fold scores.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Choice {
     on: f32,
     onset: (usize, usize),
@@ -1270,6 +1351,24 @@ mod tests {
     }
 
     #[test]
+    fn the_network_takes_a_group_only_by_the_margin_or_by_holding_the_target() {
+        let c = |recall: f64, fa_per_hour: f64| Candidate {
+            recall,
+            fa_per_hour,
+            ..Candidate::new("x", 0.0, 0, Choice::default())
+        };
+        // Both hold the target of 1/h: the network needs 0.05 more recall.
+        assert!(net_wins(&c(0.50, 0.0), &c(0.40, 0.5), 0.05, 1.0));
+        assert!(!net_wins(&c(0.44, 0.0), &c(0.40, 0.5), 0.05, 1.0));
+        assert!(!net_wins(&c(0.41, 0.0), &c(0.41, 0.0), 0.05, 1.0));
+        // Holding the target beats missing it, whatever the recall.
+        assert!(net_wins(&c(0.10, 0.5), &c(0.60, 15.0), 0.05, 1.0));
+        assert!(!net_wins(&c(0.90, 3.0), &c(0.20, 0.0), 0.05, 1.0));
+        // A negative margin favours the network.
+        assert!(net_wins(&c(0.40, 0.0), &c(0.41, 0.0), -0.05, 1.0));
+    }
+
+    #[test]
     fn folds_keep_recordings_together_and_share_out_every_group() {
         let mut v = Vec::new();
         for i in 0..6 {
@@ -1374,6 +1473,7 @@ mod tests {
             dbfs: -20.0,
             embedding: vec![],
             heads: vec![],
+            net_scores: vec![],
         };
         let hop = h.as_hop(std::time::SystemTime::UNIX_EPOCH);
         assert_eq!(

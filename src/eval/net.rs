@@ -32,6 +32,15 @@ pub struct NetOptions {
     pub train_from: usize,
     /// Threads the trainer uses.
     pub threads: usize,
+    /// Every group from the network (`--method net`); otherwise (`auto`) heads are
+    /// fitted too and each group keeps whichever wins.
+    pub only: bool,
+    /// With `only` off: how much more cross-validated recall the network needs than
+    /// the best head to take a group.
+    pub margin: f64,
+    /// At most this many clips per group train the network (the mixtures take
+    /// [`super::learn::TrainOptions::max_per_group`] of them).
+    pub max_per_group: usize,
 }
 
 /// The interpreter `hearken train --method net` runs: `$HEARKEN_PYTHON`, else
@@ -45,6 +54,24 @@ pub fn default_python() -> PathBuf {
         return debian.to_path_buf();
     }
     PathBuf::from("python3")
+}
+
+/// Why `python` cannot run the trainer (it lacks torch, onnx or numpy, or does not
+/// run at all), or `None` when it can.
+pub fn trainer_missing(python: &Path) -> Option<String> {
+    let out = std::process::Command::new(python)
+        .args(["-c", "import torch, onnx, numpy"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "{} cannot import torch, onnx and numpy ({}); on Debian: apt-get install python3-torch python3-onnx python3-numpy",
+            python.display(),
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").trim()
+        )),
+        Err(e) => Some(format!("cannot run {}: {e}", python.display())),
+    }
 }
 
 /// Where `finetune.py` is: `$HEARKEN_TRAINING`, `./training`, the source tree this

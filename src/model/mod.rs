@@ -34,11 +34,17 @@ pub struct Output {
     /// A fine-tuned network's group probabilities, in its groups' order (empty for
     /// the shipped network, which has none).
     pub heads: Vec<f32>,
+    /// That network's own AudioSet probabilities (its `probs` output, in label
+    /// order; empty without one): what its detectors' evidence gates read.
+    pub net_scores: Vec<f32>,
 }
 
 /// Name of the output through which a fine-tuned network (`hearken train --method
 /// net`) gives one probability per detection group, beside the model's own two.
 pub const HEADS_OUTPUT: &str = "groups";
+
+/// Name of a fine-tuned network's AudioSet output (distilled to the model's own).
+pub const NET_SCORES_OUTPUT: &str = "probs";
 
 /// A loaded model: manifest, labels and the parsed network.
 pub struct Model {
@@ -206,7 +212,7 @@ impl Model {
                     onnx.display()
                 )
             })?
-            .with_outputs_by_name([HEADS_OUTPUT])
+            .with_outputs_by_name([HEADS_OUTPUT, NET_SCORES_OUTPUT])
             .map_err(|e| {
                 anyhow!(
                     "the fine-tuned network {} lacks the output {HEADS_OUTPUT}: {e}",
@@ -238,6 +244,14 @@ impl Model {
                 "the fine-tuned network {} gives {} group outputs; its detectors expect {heads}",
                 onnx.display(),
                 out.heads.len()
+            );
+        }
+        if out.net_scores.len() != self.labels.len() {
+            bail!(
+                "the fine-tuned network {} gives {} AudioSet outputs; model {name} has {} classes",
+                onnx.display(),
+                out.net_scores.len(),
+                self.labels.len()
             );
         }
         Ok(m)
@@ -362,7 +376,7 @@ impl Model {
     }
 
     fn run(&self, key: usize, input: Tensor) -> Result<Vec<Output>> {
-        let heads: Vec<f32> = match &self.net {
+        let (heads, net_scores): (Vec<f32>, Vec<f32>) = match &self.net {
             Some(net) => {
                 let plan = self.plan_of(&net.graph, &net.plans, key)?;
                 let res = plan.run(tvec!(input.clone().into())).map_err(|e| {
@@ -371,13 +385,23 @@ impl Model {
                         net.path.display()
                     )
                 })?;
-                res[0]
-                    .to_plain_array_view::<f32>()?
-                    .iter()
-                    .copied()
-                    .collect()
+                if res.len() != 2 {
+                    bail!(
+                        "the fine-tuned network {}: expected 2 outputs, got {}",
+                        net.path.display(),
+                        res.len()
+                    );
+                }
+                let flat = |i: usize| -> Result<Vec<f32>> {
+                    Ok(res[i]
+                        .to_plain_array_view::<f32>()?
+                        .iter()
+                        .copied()
+                        .collect())
+                };
+                (flat(0)?, flat(1)?)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         let plan = self.plan(key)?;
         let res = plan
@@ -416,6 +440,7 @@ impl Model {
                 scores: s.to_vec(),
                 embedding: e.to_vec(),
                 heads: heads.clone(),
+                net_scores: net_scores.clone(),
             })
             .collect())
     }
