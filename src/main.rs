@@ -288,12 +288,13 @@ enum Command {
         /// fine-tune the network itself on the mixtures, one output per group
         /// (needs Python with torch: Debian's python3-torch); `auto`: both, and
         /// each group keeps whichever wins the cross-validation (heads alone,
-        /// with a warning, when torch is missing).
-        #[arg(long, default_value = "auto", value_parser = ["heads", "net", "auto"])]
+        /// with a warning, when torch is missing); `crnn`: a small frame-level
+        /// CNN + GRU event detector on the log-mels for every group instead.
+        #[arg(long, default_value = "auto", value_parser = ["heads", "net", "auto", "crnn"])]
         method: String,
         /// With --method auto: how much more cross-validated recall the network
         /// needs than the best head to take a group.
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
         net_margin: f64,
         /// With --method net or auto: at most this many clips per group train the
         /// network (default: all); the mixtures take --max-per-group of them.
@@ -643,7 +644,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 hard_share,
                 hard_weight,
                 net: match method.as_str() {
-                    "net" | "auto" => {
+                    "net" | "auto" | "crnn" => {
                         if !(1..=16).contains(&train_from) || epochs == 0 || net_windows == 0 {
                             bail!("--train-from must be 1 to 16, --epochs and --net-windows above 0");
                         }
@@ -651,21 +652,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             bail!("--net-margin must be a number");
                         }
                         let python = net::default_python();
+                        let kind = match method.as_str() {
+                            "crnn" => net::NetKind::Crnn,
+                            _ => net::NetKind::Mn04,
+                        };
                         match net::trainer_missing(&python) {
                             Some(why) if method == "auto" => {
                                 tracing::warn!("training heads only: the network cannot be fine-tuned here: {why}");
                                 None
                             }
-                            Some(why) => bail!("--method net: {why}"),
+                            Some(why) => bail!("--method {method}: {why}"),
                             None => Some(net::NetOptions {
+                                kind,
                                 python,
-                                script: net::default_script()?,
+                                script: net::default_script(kind)?,
                                 epochs,
                                 windows: net_windows,
                                 train_from,
                                 threads: std::thread::available_parallelism()
                                     .map_or(1, |n| n.get()),
-                                only: method == "net",
+                                only: method != "auto",
                                 margin: net_margin,
                                 max_per_group: net_max_per_group.unwrap_or(usize::MAX),
                             }),

@@ -403,3 +403,65 @@ fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_frame_level_detector_trains_and_runs_in_the_daemon() {
+    let data = labelled_subset(
+        "crnn",
+        &[
+            ("gunshot", 3),
+            ("speech", 2),
+            ("keyboard_typing", 2),
+            ("door_knock", 2),
+        ],
+    );
+    let out = data.join("crnn");
+    // A small seeded run: two passes over 64 windows per network.
+    let o = hearken(
+        &[
+            "train",
+            "--json",
+            "--method",
+            "crnn",
+            "--groups",
+            "gunshot",
+            "--snr",
+            "9,0",
+            "--seed",
+            "3",
+            "--epochs",
+            "2",
+            "--net-windows",
+            "64",
+        ],
+        &[Path::new("--data"), &data, Path::new("--out"), &out],
+    );
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let g = &summary[0];
+    assert_eq!(g["features"], "net", "{g:#}");
+    // It has no AudioSet outputs of its own, so no evidence gate was tried on it.
+    assert!(
+        g["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["gate"] == 0.0),
+        "{g:#}"
+    );
+    let det: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("gunshot.json")).unwrap()).unwrap();
+    assert_eq!(det["trained"]["net"]["kind"], "crnn");
+    assert!(det.get("gate").is_none_or(|g| g.is_null()), "{det:#}");
+    let sha = hearken::model::sha256_file(&out.join("net.onnx")).unwrap();
+    assert_eq!(det["net"]["sha256"], sha.as_str());
+
+    // The daemon runs it beside mn04 and scores gunshot with its frames.
+    let (_, _, run) = run_gunshots_with(&data, &out);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("gunshot: trained detector"), "{err}");
+    for line in String::from_utf8_lossy(&run.stdout).lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        assert!(e["group"].is_string() && e["id"].is_string(), "{e:#}");
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -535,9 +535,15 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
         // A head's gate reads the model's own AudioSet scores; the fine-tuned
         // network's gate reads that network's.
         let evidence = evidence_of(|h| &h.scores_max);
+        // A network without AudioSet outputs (the frame-level detector) has no
+        // evidence of its own to gate on, and is not gated.
+        let net_has_scores = batches
+            .iter()
+            .flat_map(|b| &b.hops)
+            .any(|h| !h.net_scores.is_empty());
         let net_evidence = match &shipped_net {
-            Some(_) => evidence_of(|h| &h.net_scores),
-            None => Vec::new(),
+            Some(_) if net_has_scores => evidence_of(|h| &h.net_scores),
+            _ => Vec::new(),
         };
         let choose = |scores: &[Vec<f32>]| {
             choose_threshold(
@@ -626,7 +632,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             let is_net = *k == usize::MAX;
             let evidence = if is_net { &net_evidence } else { &evidence };
             let mut pick = ungated.clone();
-            if !own_classes.is_empty() {
+            if !own_classes.is_empty() && !(is_net && net_evidence.is_empty()) {
                 for &min in &GATE_LEVELS {
                     let choice = choose(&gated(scores, evidence, min));
                     let c = Candidate {
@@ -823,7 +829,13 @@ fn fine_tune(
 ) -> Result<(Vec<Arc<Model>>, Option<NetRef>)> {
     let data = opts.work_dir.join("net-data");
     let data_key = net::export(&data, opts.mix.rate, events, backgrounds, fold_of)?;
-    let recipe = net::recipe_key(n, &opts.groups, opts.mix.seed, cfg.model.window_s);
+    let recipe = net::recipe_key(
+        n,
+        &opts.groups,
+        opts.mix.seed,
+        cfg.model.window_s,
+        cfg.model.hop_s,
+    );
     let key = data_key ^ recipe.rotate_left(17) ^ fnv1a(&model.manifest().model.sha256);
     let base = model.dir().join(&model.manifest().model.onnx);
     let train = |exclude: Option<usize>, name: &str| -> Result<PathBuf> {
@@ -842,7 +854,6 @@ fn fine_tune(
             );
         }
         let out = opts.work_dir.join(format!("{name}.onnx"));
-        let window_s = cfg.model.window_s;
         net::finetune(
             n,
             &data,
@@ -850,7 +861,8 @@ fn fine_tune(
             &opts.groups,
             exclude,
             opts.mix.seed,
-            window_s,
+            cfg.model.window_s,
+            cfg.model.hop_s,
             &out,
         )?;
         match cached {

@@ -20,6 +20,8 @@ use super::mix::Signal;
 /// How the network is trained.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetOptions {
+    /// Which network is trained.
+    pub kind: NetKind,
     /// The Python interpreter that has torch (Debian's `python3-torch`).
     pub python: PathBuf,
     /// `finetune.py`.
@@ -41,6 +43,27 @@ pub struct NetOptions {
     /// At most this many clips per group train the network (the mixtures take
     /// [`super::learn::TrainOptions::max_per_group`] of them).
     pub max_per_group: usize,
+}
+
+/// The network `hearken train` trains beside (or instead of) the heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetKind {
+    /// mn04 itself, fine-tuned with one output per group (`finetune.py`).
+    Mn04,
+    /// A small frame-level CNN + GRU event detector on the same log-mels
+    /// (`crnn.py`).
+    Crnn,
+}
+
+impl NetKind {
+    /// The trainer script's file name.
+    pub fn script(self) -> &'static str {
+        match self {
+            NetKind::Mn04 => "finetune.py",
+            NetKind::Crnn => "crnn.py",
+        }
+    }
 }
 
 /// The interpreter `hearken train --method net` runs: `$HEARKEN_PYTHON`, else
@@ -74,9 +97,10 @@ pub fn trainer_missing(python: &Path) -> Option<String> {
     }
 }
 
-/// Where `finetune.py` is: `$HEARKEN_TRAINING`, `./training`, the source tree this
-/// binary was built from, or where the .deb installs it.
-pub fn default_script() -> Result<PathBuf> {
+/// Where the trainer for `kind` (`finetune.py`, `crnn.py`) is: `$HEARKEN_TRAINING`,
+/// `./training`, the source tree this binary was built from, or where the .deb
+/// installs it.
+pub fn default_script(kind: NetKind) -> Result<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("HEARKEN_TRAINING") {
         dirs.push(PathBuf::from(d));
@@ -85,14 +109,15 @@ pub fn default_script() -> Result<PathBuf> {
     dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("training"));
     dirs.push(PathBuf::from("/usr/share/hearken/training"));
     for d in &dirs {
-        let s = d.join("finetune.py");
+        let s = d.join(kind.script());
         if s.is_file() {
             return Ok(s);
         }
     }
     let tried: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     bail!(
-        "training/finetune.py not found (looked in {}); set HEARKEN_TRAINING to the folder holding it",
+        "training/{} not found (looked in {}); set HEARKEN_TRAINING to the folder holding it",
+        kind.script(),
         tried.join(", ")
     )
 }
@@ -170,15 +195,23 @@ pub fn finetune(
     exclude: Option<usize>,
     seed: u64,
     window_s: f64,
+    hop_s: f64,
     out: &Path,
 ) -> Result<()> {
     let mut cmd = Command::new(&opts.python);
-    cmd.arg(&opts.script)
-        .arg("--data")
-        .arg(data)
-        .arg("--base")
-        .arg(base_onnx)
-        .arg("--groups")
+    cmd.arg(&opts.script).arg("--data").arg(data);
+    match opts.kind {
+        NetKind::Mn04 => {
+            cmd.arg("--base")
+                .arg(base_onnx)
+                .arg("--train-from")
+                .arg(opts.train_from.to_string());
+        }
+        NetKind::Crnn => {
+            cmd.arg("--hop-s").arg(hop_s.to_string());
+        }
+    }
+    cmd.arg("--groups")
         .arg(groups.join(","))
         .arg("--out")
         .arg(out)
@@ -190,8 +223,6 @@ pub fn finetune(
         .arg(opts.epochs.to_string())
         .arg("--windows")
         .arg(opts.windows.to_string())
-        .arg("--train-from")
-        .arg(opts.train_from.to_string())
         .arg("--threads")
         .arg(opts.threads.to_string())
         .arg("--window-s")
@@ -224,7 +255,13 @@ pub fn finetune(
 
 /// A hash of the trainer's settings and script, so a cached network is reused only
 /// for the same recipe.
-pub fn recipe_key(opts: &NetOptions, groups: &[String], seed: u64, window_s: f64) -> u64 {
+pub fn recipe_key(
+    opts: &NetOptions,
+    groups: &[String],
+    seed: u64,
+    window_s: f64,
+    hop_s: f64,
+) -> u64 {
     let script = std::fs::read(&opts.script).unwrap_or_default();
     let mn04 = opts.script.with_file_name("mn04.py");
     let frontend = opts.script.with_file_name("frontend.py");
@@ -232,11 +269,18 @@ pub fn recipe_key(opts: &NetOptions, groups: &[String], seed: u64, window_s: f64
         "{} {} {} {} {:?} {seed} {window_s}",
         opts.epochs, opts.windows, opts.train_from, opts.threads, groups
     );
-    for f in [
+    let mut files = vec![
         script,
         std::fs::read(mn04).unwrap_or_default(),
         std::fs::read(frontend).unwrap_or_default(),
-    ] {
+    ];
+    // The frame-level detector's recipe also lives in finetune.py (its mixer) and
+    // depends on the hop it is scored by. (mn04's keys stay as they were.)
+    if opts.kind == NetKind::Crnn {
+        text.push_str(&format!(" crnn {hop_s}"));
+        files.push(std::fs::read(opts.script.with_file_name("finetune.py")).unwrap_or_default());
+    }
+    for f in files {
         text.push_str(&format!("|{:016x}", fnv1a(&String::from_utf8_lossy(&f))));
     }
     fnv1a(&text)

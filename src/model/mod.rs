@@ -204,21 +204,26 @@ impl Model {
         if self.manifest.io.layout != InputLayout::BatchChannelMelsFrames {
             bail!("model {name} takes patches; a fine-tuned network needs a window model");
         }
-        let graph = tract_onnx::onnx()
-            .model_for_path(onnx)
-            .map_err(|e| {
-                anyhow!(
-                    "cannot parse the fine-tuned network {}: {e}",
-                    onnx.display()
-                )
-            })?
+        let parsed = tract_onnx::onnx().model_for_path(onnx).map_err(|e| {
+            anyhow!(
+                "cannot parse the fine-tuned network {}: {e}",
+                onnx.display()
+            )
+        })?;
+        // mn04 fine-tuned has AudioSet outputs too; a frame-level detector
+        // (`--method crnn`) has only its group outputs.
+        let graph = match parsed
+            .clone()
             .with_outputs_by_name([HEADS_OUTPUT, NET_SCORES_OUTPUT])
-            .map_err(|e| {
+        {
+            Ok(g) => g,
+            Err(_) => parsed.with_outputs_by_name([HEADS_OUTPUT]).map_err(|e| {
                 anyhow!(
                     "the fine-tuned network {} lacks the output {HEADS_OUTPUT}: {e}",
                     onnx.display()
                 )
-            })?;
+            })?,
+        };
         let m = Model {
             manifest: self.manifest.clone(),
             labels: self.labels.clone(),
@@ -246,7 +251,7 @@ impl Model {
                 out.heads.len()
             );
         }
-        if out.net_scores.len() != self.labels.len() {
+        if !out.net_scores.is_empty() && out.net_scores.len() != self.labels.len() {
             bail!(
                 "the fine-tuned network {} gives {} AudioSet outputs; model {name} has {} classes",
                 onnx.display(),
@@ -385,13 +390,6 @@ impl Model {
                         net.path.display()
                     )
                 })?;
-                if res.len() != 2 {
-                    bail!(
-                        "the fine-tuned network {}: expected 2 outputs, got {}",
-                        net.path.display(),
-                        res.len()
-                    );
-                }
                 let flat = |i: usize| -> Result<Vec<f32>> {
                     Ok(res[i]
                         .to_plain_array_view::<f32>()?
@@ -399,7 +397,14 @@ impl Model {
                         .copied()
                         .collect())
                 };
-                (flat(0)?, flat(1)?)
+                match res.len() {
+                    1 => (flat(0)?, Vec::new()),
+                    2 => (flat(0)?, flat(1)?),
+                    n => bail!(
+                        "the fine-tuned network {}: expected 1 or 2 outputs, got {n}",
+                        net.path.display()
+                    ),
+                }
             }
             None => (Vec::new(), Vec::new()),
         };
