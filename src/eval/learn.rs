@@ -632,7 +632,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             let is_net = *k == usize::MAX;
             let evidence = if is_net { &net_evidence } else { &evidence };
             let mut pick = ungated.clone();
-            if !own_classes.is_empty() && !(is_net && net_evidence.is_empty()) {
+            let ungateable = own_classes.is_empty() || (is_net && net_evidence.is_empty());
+            if !ungateable {
                 for &min in &GATE_LEVELS {
                     let choice = choose(&gated(scores, evidence, min));
                     let c = Candidate {
