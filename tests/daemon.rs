@@ -109,6 +109,7 @@ fn ordinary_sounds_raise_no_safety_event() {
             "rain.wav",
             "birds1.wav",
             "applause.wav",
+            "car-horn.wav",
         ] {
             let (_, ev) = run_file(f, model, true);
             let safety: Vec<_> = ev.iter().filter(|e| e["safety"] == true).collect();
