@@ -10,6 +10,7 @@ pub mod dsp;
 pub mod eval;
 pub mod logging;
 pub mod model;
+pub mod privacy;
 pub mod scoring;
 pub mod service;
 pub mod train;
