@@ -26,6 +26,8 @@ pub struct ClassifyOptions {
     pub filter: Option<Vec<usize>>,
     /// Include every window's full score vector.
     pub keep_scores: bool,
+    /// Anonymise the whole file before classifying it.
+    pub anonymize: Option<crate::privacy::Anonymize>,
 }
 
 impl Default for ClassifyOptions {
@@ -37,6 +39,7 @@ impl Default for ClassifyOptions {
             start_s: 0.0,
             filter: None,
             keep_scores: false,
+            anonymize: None,
         }
     }
 }
@@ -174,10 +177,26 @@ pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Resu
             });
         }
     };
+    // Anonymising needs the whole file at once (scramble shuffles all of it).
+    let mut whole = match opts.anonymize {
+        Some(a) => {
+            let mut all = Vec::new();
+            while dec.next_chunk(&mut all)? {}
+            Some(a.apply(&all, 1, rate))
+        }
+        None => None,
+    };
     loop {
         mono.clear();
-        if !dec.next_chunk(&mut mono)? {
-            break;
+        match whole.take() {
+            Some(all) if !all.is_empty() => mono = all,
+            Some(_) => break,
+            None if opts.anonymize.is_some() => break,
+            None => {
+                if !dec.next_chunk(&mut mono)? {
+                    break;
+                }
+            }
         }
         let mut chunk = &mono[..];
         if skipped < skip_total {

@@ -78,6 +78,23 @@ enum Command {
         /// With --json, add each window's full score vector ("scores").
         #[arg(long)]
         patches: bool,
+        /// Anonymise each file before classifying it, as the SIFIS-Home routes do:
+        /// `scramble` (blocks of --block-s shuffled) or `dp_noise` (Laplace noise
+        /// --noise-snr-db below the signal, low-passed at --cutoff-hz).
+        #[arg(long, value_parser = ["scramble", "dp_noise"])]
+        anonymize: Option<String>,
+        /// Block length for --anonymize scramble, seconds (0.5 or less breaks words).
+        #[arg(long, default_value_t = 0.5)]
+        block_s: f64,
+        /// Noise level for --anonymize dp_noise, dB below each channel's RMS.
+        #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
+        noise_snr_db: f64,
+        /// Low-pass cutoff for --anonymize dp_noise, Hz.
+        #[arg(long, default_value_t = 8000.0)]
+        cutoff_hz: f64,
+        /// Seed for --anonymize.
+        #[arg(long, default_value_t = 1)]
+        anonymize_seed: u64,
         /// Audio files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -341,8 +358,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             filter,
             json,
             patches,
+            anonymize,
+            block_s,
+            noise_snr_db,
+            cutoff_hz,
+            anonymize_seed,
             files,
         } => {
+            if !(block_s.is_finite()
+                && block_s > 0.0
+                && noise_snr_db.is_finite()
+                && cutoff_hz > 0.0)
+            {
+                bail!("--block-s and --cutoff-hz must be above 0 and --noise-snr-db a number");
+            }
+            let anonymize = anonymize.map(|a| match a.as_str() {
+                "scramble" => hearken::privacy::Anonymize::Scramble {
+                    block_s,
+                    seed: anonymize_seed,
+                },
+                _ => hearken::privacy::Anonymize::DpNoise {
+                    snr_db: noise_snr_db,
+                    cutoff_hz,
+                    seed: anonymize_seed,
+                },
+            });
             let model = Model::open(&model)?;
             let filter = if filter.is_empty() {
                 None
@@ -363,6 +403,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 start_s: start,
                 filter,
                 keep_scores: patches,
+                anonymize,
             };
             let mut failed = 0;
             for f in &files {

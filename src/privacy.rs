@@ -5,7 +5,8 @@
 //!   event (a glass break, an alarm's beeps, a gunshot) is still there, but speech
 //!   longer than a block loses its word order; blocks of 0.5 s or less break words
 //!   themselves. Joints are cross-faded so the cuts add no clicks (a click is
-//!   broadband and could itself look like an impact).
+//!   broadband and could itself look like an impact) and no dips (a dip every
+//!   block is a rhythm of its own).
 //! - [`dp_noise`] adds Laplace noise, independently per channel (so stereo works),
 //!   at a level set relative to each channel's own loudness, and then low-pass
 //!   filters the result, so the filter is actually applied.
@@ -17,12 +18,59 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use realfft::RealFftPlanner;
 
+/// An anonymisation step applied to audio before it is classified.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Anonymize {
+    /// [`scramble`] with blocks of `block_s` seconds.
+    Scramble {
+        /// Block length, seconds.
+        block_s: f64,
+        /// Shuffle seed.
+        seed: u64,
+    },
+    /// [`dp_noise`] at `snr_db`, low-passed at `cutoff_hz`.
+    DpNoise {
+        /// Noise level below each channel's RMS, dB.
+        snr_db: f64,
+        /// Low-pass cutoff, Hz.
+        cutoff_hz: f64,
+        /// Noise seed.
+        seed: u64,
+    },
+}
+
+impl Anonymize {
+    /// The method's name as the SIFIS-Home routes spell it (`scramble`, `dp_noise`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Anonymize::Scramble { .. } => "scramble",
+            Anonymize::DpNoise { .. } => "dp_noise",
+        }
+    }
+
+    /// `samples` (interleaved, `channels` per frame, at `rate` Hz) anonymised.
+    pub fn apply(&self, samples: &[f32], channels: usize, rate: u32) -> Vec<f32> {
+        match *self {
+            Anonymize::Scramble { block_s, seed } => {
+                scramble(samples, channels, rate, block_s, seed)
+            }
+            Anonymize::DpNoise {
+                snr_db,
+                cutoff_hz,
+                seed,
+            } => dp_noise(samples, channels, rate, snr_db, cutoff_hz, seed),
+        }
+    }
+}
+
 /// Longest cross-fade at a block joint, seconds.
 const FADE_S: f64 = 0.005;
 
 /// `samples` (interleaved, `channels` per frame, at `rate` Hz) cut into blocks of
 /// `block_s` seconds, in a shuffled order; the last, shorter block is shuffled
 /// with the others. Every block appears exactly once, so the length is unchanged.
+/// The last few milliseconds of each block cross-fade (equal power) into the audio
+/// that led into the next block, so a joint neither clicks nor dips.
 pub fn scramble(samples: &[f32], channels: usize, rate: u32, block_s: f64, seed: u64) -> Vec<f32> {
     let channels = channels.max(1);
     let frames = samples.len() / channels;
@@ -30,21 +78,29 @@ pub fn scramble(samples: &[f32], channels: usize, rate: u32, block_s: f64, seed:
     let mut order: Vec<usize> = (0..frames.div_ceil(block)).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let fade = ((FADE_S * rate as f64) as usize).min(block / 4);
+    let frame = |f: usize, c: usize| samples[f * channels + c];
     let mut out = Vec::with_capacity(frames * channels);
-    for &b in &order {
+    for (k, &b) in order.iter().enumerate() {
         let (start, end) = (b * block, ((b + 1) * block).min(frames));
         let len = end - start;
+        // Where the next block starts in the input, and how much lead-in it has.
+        let next = order.get(k + 1).map(|&n| n * block);
         for i in 0..len {
-            // Raised-cosine ramps at both ends of the block.
-            let edge = i.min(len - 1 - i);
-            let g = if edge < fade {
-                let x = (edge as f64 + 0.5) / fade as f64;
-                (0.5 - 0.5 * (std::f64::consts::PI * x).cos()) as f32
-            } else {
-                1.0
-            };
-            let f = (start + i) * channels;
-            out.extend(samples[f..f + channels].iter().map(|&s| s * g));
+            let into = i + fade.min(len) >= len;
+            for c in 0..channels {
+                let a = frame(start + i, c);
+                let v = match next {
+                    // (The input's first block has no lead-in: it is cut into.)
+                    Some(n) if into && fade > 0 && n >= fade => {
+                        let j = i + fade.min(len) - len; // 0..fade
+                        let t = (j as f64 + 0.5) / fade as f64 * std::f64::consts::FRAC_PI_2;
+                        let lead = frame(n + j - fade, c);
+                        a * t.cos() as f32 + lead * t.sin() as f32
+                    }
+                    _ => a,
+                };
+                out.push(v);
+            }
         }
     }
     out
@@ -163,11 +219,42 @@ mod tests {
     }
 
     #[test]
-    fn scramble_fades_its_joints_and_survives_odd_input() {
+    fn scramble_destroys_the_order_of_speech_length_audio() {
+        // 30 s of a marker signal (each sample holds its own frame index) in 0.25 s
+        // blocks: the share of blocks still followed by their own successor.
+        let rate = 1000;
+        let x: Vec<f32> = (0..30 * rate).map(|i| i as f32).collect();
+        let block = 250;
+        let y = scramble(&x, 1, rate as u32, 0.25, 1);
+        let source: Vec<usize> = y
+            .chunks(block)
+            .map(|b| b[block / 2] as usize / block)
+            .collect();
+        let kept = source.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        let share = kept as f64 / (source.len() - 1) as f64;
+        assert!(
+            share < 0.05,
+            "{kept} of {} successions kept",
+            source.len() - 1
+        );
+    }
+
+    #[test]
+    fn scramble_joints_neither_dip_nor_click_and_odd_input_is_safe() {
+        // A constant signal stays constant through every joint (equal-power fade of
+        // two equal, correlated signals overshoots by at most √2).
         let x = vec![1.0f32; 4000];
         let y = scramble(&x, 1, 8000, 0.1, 1);
-        // Every joint goes down towards zero and back: no step from cut to cut.
-        assert!(y[799] < 0.05 && y[800] < 0.05 && y[400] == 1.0);
+        assert!(
+            y.iter().all(|&v| (0.99..=1.42).contains(&v)),
+            "no dip to zero"
+        );
+        // A slow sine (at most 0.01 per sample) is cut at 9 joints; only the one into
+        // the input's first block, which has no lead-in, may jump.
+        let s: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.01).sin()).collect();
+        let z = scramble(&s, 1, 8000, 0.1, 2);
+        let jumps = z.windows(2).filter(|w| (w[1] - w[0]).abs() > 0.1).count();
+        assert!(jumps <= 1, "{jumps} jumps");
         assert!(scramble(&[], 2, 8000, 0.1, 1).is_empty());
         assert_eq!(
             scramble(&[0.5; 3], 2, 8000, 0.1, 1).len(),
