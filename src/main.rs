@@ -697,16 +697,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "crnn" => net::NetKind::Crnn,
                             _ => net::NetKind::Mn04,
                         };
-                        match net::trainer_missing(&python) {
-                            Some(why) if method == "auto" => {
-                                tracing::warn!("training heads only: the network cannot be fine-tuned here: {why}");
+                        let script = match net::trainer_missing(&python) {
+                            Some(why) => Err(anyhow::anyhow!(why)),
+                            None => net::default_script(kind),
+                        };
+                        match script {
+                            Err(e) if method == "auto" => {
+                                tracing::warn!("training heads only: the network cannot be trained here: {e:#}");
                                 None
                             }
-                            Some(why) => bail!("--method {method}: {why}"),
-                            None => Some(net::NetOptions {
+                            Err(e) => bail!("--method {method}: {e:#}"),
+                            Ok(script) => Some(net::NetOptions {
                                 kind,
                                 python,
-                                script: net::default_script(kind)?,
+                                script,
                                 epochs,
                                 windows: net_windows,
                                 train_from,
