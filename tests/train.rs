@@ -24,6 +24,43 @@ fn hearken(args: &[&str], extra: &[&Path]) -> Output {
     out
 }
 
+/// A small seeded network run on gunshot: two passes over 64 windows per network.
+const SMALL_NET: &[&str] = &[
+    "--groups",
+    "gunshot",
+    "--snr",
+    "9,0",
+    "--seed",
+    "3",
+    "--epochs",
+    "2",
+    "--net-windows",
+    "64",
+];
+
+/// `hearken train --json ARGS --data DATA --out OUT`'s summary.
+fn train_json(args: &[&str], data: &Path, out: &Path) -> Value {
+    let o = hearken(
+        &[&["train", "--json"], args].concat(),
+        &[Path::new("--data"), data, Path::new("--out"), out],
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Three eval-dev clips labelled `events` and a few ordinary home sounds: a small
+/// training set for seeded runs.
+fn three_events_and_some_home(tag: &str, events: &str) -> std::path::PathBuf {
+    labelled_subset(
+        tag,
+        &[
+            (events, 3),
+            ("speech", 2),
+            ("keyboard_typing", 2),
+            ("door_knock", 2),
+        ],
+    )
+}
+
 /// Writes a configuration in `data` that uses the detectors in `detectors` (on their
 /// 2 s windows) and runs the daemon with it over gunshots.wav: (configuration,
 /// source, output).
@@ -54,25 +91,17 @@ fn run_gunshots_with(data: &Path, detectors: &Path) -> (std::path::PathBuf, Stri
 
 #[test]
 fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
-    let data = labelled_subset(
-        "train",
-        &[
-            ("gunshot", 3),
-            ("speech", 2),
-            ("keyboard_typing", 2),
-            ("door_knock", 2),
-        ],
-    );
+    let data = three_events_and_some_home("train", "gunshot");
     let (out_a, out_b) = (data.join("det-a"), data.join("det-b"));
     let train = |out: &Path| {
-        let o = hearken(
+        train_json(
             &[
-                "train", "--json", "--method", "heads", "--groups", "gunshot", "--snr", "9,0",
-                "--seed", "3", "--hidden", "0,4",
+                "--method", "heads", "--groups", "gunshot", "--snr", "9,0", "--seed", "3",
+                "--hidden", "0,4",
             ],
-            &[Path::new("--data"), &data, Path::new("--out"), out],
-        );
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+            &data,
+            out,
+        )
     };
     let summary = train(&out_a);
     let g = &summary[0];
@@ -248,20 +277,10 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
 fn a_group_of_the_users_own_trains_from_clips_labelled_with_its_name() {
     // dog_bark is an ordinary sound to the dataset's mapping; asked for by name, its
     // clips become the events of the group of that name.
-    let data = labelled_subset(
-        "own-group",
-        &[
-            ("dog_bark", 3),
-            ("speech", 2),
-            ("keyboard_typing", 2),
-            ("door_knock", 2),
-        ],
-    );
+    let data = three_events_and_some_home("own-group", "dog_bark");
     let out = data.join("det");
-    let o = hearken(
+    let summary = train_json(
         &[
-            "train",
-            "--json",
             "--method",
             "heads",
             "--groups",
@@ -275,9 +294,9 @@ fn a_group_of_the_users_own_trains_from_clips_labelled_with_its_name() {
             "--hidden",
             "0",
         ],
-        &[Path::new("--data"), &data, Path::new("--out"), &out],
+        &data,
+        &out,
     );
-    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary[0]["group"], "dog_bark");
     assert_eq!(summary[0]["clips"], 3);
     assert!(out.join("dog_bark.json").is_file());
@@ -286,46 +305,30 @@ fn a_group_of_the_users_own_trains_from_clips_labelled_with_its_name() {
 
 #[test]
 fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_changed() {
-    let data = labelled_subset(
-        "net",
-        &[
-            ("gunshot", 3),
-            ("speech", 2),
-            ("keyboard_typing", 2),
-            ("door_knock", 2),
-        ],
-    );
+    let data = three_events_and_some_home("net", "gunshot");
     let (out_a, out_b) = (data.join("net-a"), data.join("net-b"));
     // A small seeded run: two passes over 64 windows per network, with heads fitted
     // beside it (`auto`) and the network given the group even where a head beats it
     // by a little (a negative margin), so the network is what runs below.
     let train = |out: &Path| {
-        let o = hearken(
+        train_json(
             &[
-                "train",
-                "--json",
-                "--method",
-                "auto",
-                "--net-margin",
-                "-0.5",
-                "--hidden",
-                "0",
-                "--l2",
-                "0.01",
-                "--groups",
-                "gunshot",
-                "--snr",
-                "9,0",
-                "--seed",
-                "3",
-                "--epochs",
-                "2",
-                "--net-windows",
-                "64",
-            ],
-            &[Path::new("--data"), &data, Path::new("--out"), out],
-        );
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+                &[
+                    "--method",
+                    "auto",
+                    "--net-margin",
+                    "-0.5",
+                    "--hidden",
+                    "0",
+                    "--l2",
+                    "0.01",
+                ],
+                SMALL_NET,
+            ]
+            .concat(),
+            &data,
+            out,
+        )
     };
     let summary = train(&out_a);
     let g = &summary[0];
@@ -406,37 +409,10 @@ fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_
 
 #[test]
 fn a_frame_level_detector_trains_and_runs_in_the_daemon() {
-    let data = labelled_subset(
-        "crnn",
-        &[
-            ("gunshot", 3),
-            ("speech", 2),
-            ("keyboard_typing", 2),
-            ("door_knock", 2),
-        ],
-    );
+    let data = three_events_and_some_home("crnn", "gunshot");
     let out = data.join("crnn");
     // A small seeded run: two passes over 64 windows per network.
-    let o = hearken(
-        &[
-            "train",
-            "--json",
-            "--method",
-            "crnn",
-            "--groups",
-            "gunshot",
-            "--snr",
-            "9,0",
-            "--seed",
-            "3",
-            "--epochs",
-            "2",
-            "--net-windows",
-            "64",
-        ],
-        &[Path::new("--data"), &data, Path::new("--out"), &out],
-    );
-    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let summary = train_json(&[&["--method", "crnn"], SMALL_NET].concat(), &data, &out);
     let g = &summary[0];
     assert_eq!(g["features"], "net", "{g:#}");
     // It has no AudioSet outputs of its own, so no evidence gate was tried on it.

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune import Clips, Mixer, active_span, rms  # noqa: E402
+from finetune import Mixer, common_args, optimiser, seeded, spec_augment  # noqa: E402
 from frontend import HOP, LogMel, RATE  # noqa: E402
 
 #: Mel frames per network frame (10 ms → 20 ms).
@@ -47,34 +47,12 @@ class FrameMixer(Mixer):
     """The finetune mixer with per-frame targets."""
 
     def example(self) -> tuple[np.ndarray, np.ndarray]:
-        r = self.rng
-        frames = (self.n - 1) // HOP + 1
-        out_frames = frames // TIME_POOL
-        y = np.zeros((out_frames, len(self.groups)), np.float32)
-        bed = self.bed()
-        kind = r.random()
-        g = None
-        if kind < 0.5:
-            g = r.integers(len(self.groups))
-            x, _ = self.place(self.c.audio(r.choice(self.c.events[self.groups[g]])))
-        elif kind < 0.75:
-            x, _ = self.place(self.c.audio(r.choice(self.c.backgrounds)))
-        else:
-            x = None
-        if x is not None:
-            x = self.augment(x)
-            snr = r.uniform(-6, 12)
-            a, b = active_span(x)
-            if b > a:
-                x = x / rms(x[a:b]) * rms(bed) * 10 ** (snr / 20)
-            if g is not None:
-                y[:, g] = frame_activity(x, out_frames)
-            bed = bed + x
-        bed = bed * 10 ** (r.uniform(-35, -10) / 20) / rms(bed)
-        peak = np.abs(bed).max()
-        if peak > 1.0:
-            bed /= peak
-        return bed.astype(np.float32), y
+        window, g, _, x = self.mixture()
+        frames = ((self.n - 1) // HOP + 1) // TIME_POOL
+        y = np.zeros((frames, len(self.groups)), np.float32)
+        if g is not None:
+            y[:, g] = frame_activity(x, frames)
+        return window, y
 
 
 def frame_activity(x: np.ndarray, frames: int) -> np.ndarray:
@@ -128,33 +106,16 @@ class Export(nn.Module):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--groups", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--exclude-fold", type=int, default=-1)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--windows", type=int, default=2000, help="windows per epoch")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--window-s", type=float, default=2.0)
+    common_args(ap, lr=2e-3)
     ap.add_argument("--hop-s", type=float, default=0.5)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    groups = args.groups.split(",")
-    clips = Clips(args.data, groups, args.exclude_fold)
-    window = int(round(args.window_s * RATE))
+    rng, groups, clips, window = seeded(args)
     mixer = FrameMixer(clips, groups, window, rng)
     frontend = LogMel()
     net = Crnn(len(groups))
     params = list(net.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * math.ceil(args.windows / args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    opt, sched = optimiser(params, args)
     counts = {g: len(cs) for g, cs in clips.events.items()}
     print(f"crnn: {counts} event clips, {len(clips.backgrounds)} backgrounds, "
           f"fold {args.exclude_fold} left out; {sum(p.numel() for p in params)} weights",
@@ -168,10 +129,7 @@ def main() -> int:
             xs, ys = zip(*(mixer.example() for _ in range(args.batch)))
             with torch.no_grad():
                 mel = frontend(torch.from_numpy(np.stack(xs)))
-                for i in range(mel.shape[0]):
-                    if rng.random() < 0.5:
-                        f0 = rng.integers(0, 128 - 16)
-                        mel[i, :, f0 : f0 + rng.integers(4, 16)] = mel[i].mean()
+                spec_augment(mel, rng, frames=False)
             logits = net(mel)
             y = torch.from_numpy(np.stack(ys))[:, : logits.shape[1]]
             loss = F.binary_cross_entropy_with_logits(logits, y)

@@ -154,31 +154,82 @@ class Mixer:
             x = wet.astype(np.float32)
         return x
 
-    def example(self) -> tuple[np.ndarray, np.ndarray]:
-        """One window and its targets (1 per group whose event is heard in it)."""
+    def mixture(self):
+        """One window: (samples, the group whose event is in it or None, the share of
+        that event's active part inside the window, the sound placed over the bed as
+        mixed, or None for the bed alone)."""
         r = self.rng
-        y = np.zeros(len(self.groups), np.float32)
         bed = self.bed()
         kind = r.random()
+        g, share, x = None, 0.0, None
         if kind < 0.5:  # an event
             g = r.integers(len(self.groups))
             x, share = self.place(self.c.audio(r.choice(self.c.events[self.groups[g]])))
-            y[g] = 1.0 if share >= 0.3 else 0.0
         elif kind < 0.75:  # an ordinary sound as loud as an event would be
             x, _ = self.place(self.c.audio(r.choice(self.c.backgrounds)))
-        else:  # the bed alone
-            x = None
         if x is not None:
             x = self.augment(x)
             snr = r.uniform(-6, 12)
             a, b = active_span(x)
-            x = x / rms(x[a:b]) * rms(bed) * 10 ** (snr / 20)
+            if b > a:
+                x = x / rms(x[a:b]) * rms(bed) * 10 ** (snr / 20)
             bed = bed + x
         bed = bed * 10 ** (r.uniform(-35, -10) / 20) / rms(bed)
         peak = np.abs(bed).max()
         if peak > 1.0:
             bed /= peak
-        return bed.astype(np.float32), y
+        return bed.astype(np.float32), g, share, x
+
+    def example(self) -> tuple[np.ndarray, np.ndarray]:
+        """One window and its targets (1 per group whose event is heard in it)."""
+        window, g, share, _ = self.mixture()
+        y = np.zeros(len(self.groups), np.float32)
+        if g is not None and share >= 0.3:
+            y[g] = 1.0
+        return window, y
+
+
+def common_args(ap: argparse.ArgumentParser, lr: float) -> None:
+    """The options every trainer here takes (`hearken train` passes them)."""
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--groups", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--exclude-fold", type=int, default=-1)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--windows", type=int, default=2000, help="windows per epoch")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--window-s", type=float, default=2.0)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+
+
+def seeded(args) -> tuple[np.random.Generator, list[str], Clips, int]:
+    """Seeds torch and numpy; returns the generator, groups, clips and window length."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    groups = args.groups.split(",")
+    clips = Clips(args.data, groups, args.exclude_fold)
+    return np.random.default_rng(args.seed), groups, clips, int(round(args.window_s * RATE))
+
+
+def optimiser(params, args):
+    """AdamW with a one-cycle schedule over the whole run."""
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * math.ceil(args.windows / args.batch)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps,
+                                                    pct_start=0.15)
+
+
+def spec_augment(mel: torch.Tensor, rng: np.random.Generator, frames: bool) -> None:
+    """SpecAugment-style masks, in place: a few mel bands, and (with `frames`) frames."""
+    for i in range(mel.shape[0]):
+        if rng.random() < 0.5:
+            f0 = rng.integers(0, 128 - 16)
+            mel[i, :, f0 : f0 + rng.integers(4, 16)] = mel[i].mean()
+        if frames and rng.random() < 0.5:
+            t0_ = rng.integers(0, mel.shape[-1] - 20)
+            mel[i, :, :, t0_ : t0_ + rng.integers(5, 20)] = mel[i].mean()
 
 
 class Net(nn.Module):
@@ -213,28 +264,13 @@ class Export(nn.Module):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True)
+    common_args(ap, lr=1e-3)
     ap.add_argument("--base", required=True, help="mn04 model.onnx")
-    ap.add_argument("--groups", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--exclude-fold", type=int, default=-1)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--windows", type=int, default=3000, help="windows per epoch")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--window-s", type=float, default=2.0)
     ap.add_argument("--train-from", type=int, default=10, help="first mn04 block trained")
-    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--distill", type=float, default=1.0, help="weight of the AudioSet distillation")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    groups = args.groups.split(",")
-    clips = Clips(args.data, groups, args.exclude_fold)
-    window = int(round(args.window_s * RATE))
+    rng, groups, clips, window = seeded(args)
     mixer = Mixer(clips, groups, window, rng)
     frontend = LogMel()
     teacher = Mn04(args.base).eval()
@@ -245,9 +281,7 @@ def main() -> int:
     cut = teacher.cut(args.train_from)
     net = Net(student, len(groups))
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * math.ceil(args.windows / args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    opt, sched = optimiser(params, args)
     counts = {g: len(cs) for g, cs in clips.events.items()}
     print(f"finetune: {counts} event clips, {len(clips.backgrounds)} backgrounds, "
           f"fold {args.exclude_fold} left out; {sum(p.numel() for p in params)} weights trained",
@@ -263,14 +297,7 @@ def main() -> int:
             xs, ys = zip(*(mixer.example() for _ in range(args.batch)))
             with torch.no_grad():
                 mel = frontend(torch.from_numpy(np.stack(xs)))
-                # SpecAugment-style masks: a few mel bands and frames.
-                for i in range(mel.shape[0]):
-                    if rng.random() < 0.5:
-                        f0 = rng.integers(0, 128 - 16)
-                        mel[i, :, f0 : f0 + rng.integers(4, 16)] = mel[i].mean()
-                    if rng.random() < 0.5:
-                        t0_ = rng.integers(0, mel.shape[-1] - 20)
-                        mel[i, :, :, t0_ : t0_ + rng.integers(5, 20)] = mel[i].mean()
+                spec_augment(mel, rng, frames=True)
                 trunk = teacher.trunk(mel, cut)
                 target = torch.sigmoid(teacher.from_trunk(trunk, cut)[0])
             logits, _, g = net.from_trunk(trunk, cut)
