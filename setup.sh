@@ -36,7 +36,7 @@ shared="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
 detectors="models/efficientat-mn04/detectors"
 if [ "$train" = 1 ] && [ ! -d "$detectors" ]; then
   if [ -f "$shared/eval-dev/labels.csv" ] && [ -f "$shared/train-extra/labels.csv" ]; then
-    echo "training detectors from $shared (once; about 45 minutes on a 2-core PC)…"
+    echo "training detectors from $shared (once; about 50 minutes on a 2-core PC)…"
     rm -rf "$detectors.new"
     if HEARKEN_SHARED="$shared" "$bin" train --model efficientat-mn04 --out "$detectors.new"; then
       mv "$detectors.new" "$detectors"

@@ -109,7 +109,7 @@ tools/install-models.sh >&2
 # where [package.metadata.deb] picks them up.
 if ! ls "$detectors"/*.json >/dev/null 2>&1; then
   echo "build-deb.sh: no trained detectors in $detectors; train them once with ./setup.sh" \
-       "or 'hearken train --out $detectors' (about 15 minutes), or pass --detectors DIR" >&2
+       "or 'hearken train --out $detectors' (about 50 minutes; --method heads: 15), or pass --detectors DIR" >&2
   exit 1
 fi
 stage=target/deb-stage/detectors
