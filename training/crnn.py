@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune import Mixer, common_args, optimiser, seeded, spec_augment  # noqa: E402
+from finetune import Mixer, announce, common_args, optimiser, seeded, spec_augment  # noqa: E402
 from frontend import HOP, LogMel, RATE  # noqa: E402
 
 #: Mel frames per network frame (10 ms → 20 ms).
@@ -116,10 +116,7 @@ def main() -> int:
     net = Crnn(len(groups))
     params = list(net.parameters())
     opt, sched = optimiser(params, args)
-    counts = {g: len(cs) for g, cs in clips.events.items()}
-    print(f"crnn: {counts} event clips, {len(clips.backgrounds)} backgrounds, "
-          f"fold {args.exclude_fold} left out; {sum(p.numel() for p in params)} weights",
-          flush=True)
+    counts = announce("crnn", clips, params, args)
     t0 = time.time()
     for epoch in range(args.epochs):
         net.train()

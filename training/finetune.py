@@ -221,6 +221,15 @@ def optimiser(params, args):
                                                     pct_start=0.15)
 
 
+def announce(name: str, clips: Clips, params, args) -> dict:
+    """Prints what a trainer is about to learn from; returns the clips per group."""
+    counts = {g: len(cs) for g, cs in clips.events.items()}
+    print(f"{name}: {counts} event clips, {len(clips.backgrounds)} backgrounds, "
+          f"fold {args.exclude_fold} left out; {sum(p.numel() for p in params)} weights trained",
+          flush=True)
+    return counts
+
+
 def spec_augment(mel: torch.Tensor, rng: np.random.Generator, frames: bool) -> None:
     """SpecAugment-style masks, in place: a few mel bands, and (with `frames`) frames."""
     for i in range(mel.shape[0]):
@@ -282,10 +291,7 @@ def main() -> int:
     net = Net(student, len(groups))
     params = [p for p in net.parameters() if p.requires_grad]
     opt, sched = optimiser(params, args)
-    counts = {g: len(cs) for g, cs in clips.events.items()}
-    print(f"finetune: {counts} event clips, {len(clips.backgrounds)} backgrounds, "
-          f"fold {args.exclude_fold} left out; {sum(p.numel() for p in params)} weights trained",
-          flush=True)
+    counts = announce("finetune", clips, params, args)
     t0 = time.time()
     step = 0
     for epoch in range(args.epochs):
