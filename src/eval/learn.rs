@@ -356,50 +356,49 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
     // The network learns from up to `net.max_per_group` clips per group; the
     // mixtures (heads and calibration) take the first `max_per_group` of those, the
     // very clips a run without the network takes (a shuffle cut shorter).
-    let net_max = opts.net.as_ref().map(|n| Some(n.max_per_group));
-    let (mut events, mut net_events, mut backgrounds) = (Vec::new(), Vec::new(), Vec::new());
+    let net_max = opts.net.as_ref().map(|n| n.max_per_group);
+    let (mut all_events, mut in_mixtures, mut backgrounds) = (Vec::new(), Vec::new(), Vec::new());
     for s in &opts.sources {
         let (e, b) = load_clips(
             &s.dir,
             s.split,
             &group_refs,
             opts.mix.rate,
-            net_max.unwrap_or(opts.max_per_group),
+            net_max.or(opts.max_per_group),
             &mut rng,
         )?;
         let mut kept: HashMap<Option<String>, usize> = HashMap::new();
-        for c in &e {
+        for c in e {
             let n = kept.entry(c.group.clone()).or_default();
-            if opts.max_per_group.is_none_or(|m| *n < m) {
-                *n += 1;
-                events.push(c.clone());
-            }
+            in_mixtures.push(opts.max_per_group.is_none_or(|m| *n < m));
+            *n += 1;
+            all_events.push(c);
         }
-        net_events.extend(e);
         backgrounds.extend(b);
     }
+    // Without the network the two are the same clips (loaded at most
+    // `max_per_group` per group already).
+    let events: Vec<&Signal> = all_events
+        .iter()
+        .zip(&in_mixtures)
+        .filter_map(|(s, &mixed)| mixed.then_some(s))
+        .collect();
     for g in &opts.groups {
         if !events.iter().any(|e| e.group.as_deref() == Some(g)) {
             bail!("no event clips for group {g} in the training data");
         }
     }
-    if net_max.is_none() {
-        net_events.clear();
-    }
     if backgrounds.is_empty() {
         bail!("no background clips (labels that are not events) in the training data");
     }
-    let all: Vec<&Signal> = match net_max {
-        Some(_) => net_events.iter().chain(&backgrounds).collect(),
-        None => events.iter().chain(&backgrounds).collect(),
-    };
+    let all: Vec<&Signal> = all_events.iter().chain(&backgrounds).collect();
     let fold_of = deal_folds(&all, opts.folds, opts.backgrounds_by_kind);
     std::fs::create_dir_all(&opts.work_dir)?;
     // Each fold is scored by the model that never heard it: the shipped network
     // (its heads are fitted later), or a network fine-tuned without that fold.
     let (fold_models, shipped_net) = match &opts.net {
         None => (vec![model.clone(); opts.folds], None),
-        Some(n) => fine_tune(&model, cfg, opts, n, &net_events, &backgrounds, &fold_of)?,
+        Some(n) => fine_tune(&model, cfg, opts, n, &all_events, &backgrounds, &fold_of)?,
     };
     let matching = Matching::default();
     let mut batches = Vec::new();
@@ -734,10 +733,12 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                     )
                 }
             };
-        let clips = if uses_net { &net_events } else { &events }
-            .iter()
-            .filter(|e| e.group.as_deref() == Some(g))
-            .count();
+        let of_group = |s: &Signal| s.group.as_deref() == Some(g);
+        let clips = if uses_net {
+            all_events.iter().filter(|s| of_group(s)).count()
+        } else {
+            events.iter().filter(|s| of_group(s)).count()
+        };
         let det = LinearDetector {
             group: g.clone(),
             model: model.name().to_string(),
