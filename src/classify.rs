@@ -188,15 +188,13 @@ pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Resu
     };
     loop {
         mono.clear();
-        match whole.take() {
-            Some(all) if !all.is_empty() => mono = all,
-            Some(_) => break,
-            None if opts.anonymize.is_some() => break,
-            None => {
-                if !dec.next_chunk(&mut mono)? {
-                    break;
-                }
+        if opts.anonymize.is_some() {
+            match whole.take() {
+                Some(all) if !all.is_empty() => mono = all,
+                _ => break,
             }
+        } else if !dec.next_chunk(&mut mono)? {
+            break;
         }
         let mut chunk = &mono[..];
         if skipped < skip_total {

@@ -10,6 +10,7 @@ use common::{audio, model};
 use hearken::audio::{FileDecoder, StreamResampler};
 use hearken::classify::{classify_file, ClassifyOptions, FileReport};
 use hearken::model::Model;
+use hearken::privacy::Anonymize;
 
 const MODELS: [&str; 2] = ["efficientat-mn04", "yamnet"];
 
@@ -377,4 +378,51 @@ fn cli_json_has_the_max_shape_and_reports_failures_per_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("model.toml"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn anonymised_audio_keeps_the_gunshot_and_differs_from_the_original() {
+    let gun = audio("gunshots.wav");
+    let m = model("efficientat-mn04");
+    let plain = classify(&m, &gun);
+    let with = |a: Anonymize| {
+        let opts = ClassifyOptions {
+            anonymize: Some(a),
+            ..ClassifyOptions::default()
+        };
+        classify_file(&m, &gun, &opts).unwrap()
+    };
+    let scrambled = with(Anonymize::Scramble {
+        block_s: 0.5,
+        seed: 1,
+    });
+    assert!(
+        labels(&scrambled).contains(&"Gunshot, gunfire"),
+        "{scrambled:#?}"
+    );
+    // The same length of audio, in another order: the windows' scores change.
+    assert_eq!(scrambled.windows.len(), plain.windows.len());
+    let tops = |r: &FileReport| -> Vec<f32> {
+        r.windows
+            .iter()
+            .flat_map(|w| w.predictions.iter().map(|p| p.probability))
+            .collect()
+    };
+    assert_ne!(tops(&scrambled), tops(&plain));
+    // Deterministic for a seed.
+    let again = with(Anonymize::Scramble {
+        block_s: 0.5,
+        seed: 1,
+    });
+    assert_eq!(tops(&again), tops(&scrambled));
+    let noisy = with(Anonymize::DpNoise {
+        snr_db: 10.0,
+        cutoff_hz: 8000.0,
+        seed: 1,
+    });
+    assert_eq!(noisy.windows.len(), plain.windows.len());
+    assert_ne!(
+        noisy.predictions[0].probability,
+        plain.predictions[0].probability
+    );
 }
