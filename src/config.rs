@@ -274,6 +274,37 @@ pub struct Config {
     pub detection: DetectionConfig,
     /// `[mqtt]`: where events are published.
     pub mqtt: MqttConfig,
+    /// `[learning]`: the home store and `hearken adapt`.
+    pub learning: LearningConfig,
+}
+
+/// `[learning]`: what the daemon keeps of this home's sound (never audio) and the
+/// targets `hearken adapt` works to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of learning settings")]
+pub struct LearningConfig {
+    /// Keep the home store in the state directory.
+    pub store: bool,
+    /// Days a stored window is kept (1..=365).
+    pub days: f64,
+    /// Size bound of the store in MB (1..=10000).
+    pub max_mb: f64,
+    /// False alarms per week `hearken adapt` works to (0..=1000).
+    pub false_alarms_per_week: f64,
+    /// Validation recall `hearken adapt` may give up to get there (0..=1).
+    pub max_recall_drop: f64,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        LearningConfig {
+            store: true,
+            days: 14.0,
+            max_mb: 50.0,
+            false_alarms_per_week: 1.0,
+            max_recall_drop: 0.05,
+        }
+    }
 }
 
 /// `[node]`.
@@ -483,6 +514,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             detection: DetectionConfig::default(),
             mqtt: MqttConfig::default(),
+            learning: LearningConfig::default(),
         }
     }
 }
@@ -720,6 +752,7 @@ struct FileConfig {
     model: ModelConfig,
     detection: FileDetection,
     mqtt: MqttConfig,
+    learning: LearningConfig,
 }
 
 #[derive(Deserialize)]
@@ -909,6 +942,7 @@ impl Checker<'_, '_> {
             model,
             detection,
             mqtt,
+            learning,
         } = file;
 
         if node.id.is_empty() {
@@ -974,6 +1008,7 @@ impl Checker<'_, '_> {
                 file_tuned,
             },
             mqtt,
+            learning,
         };
         self.check(&cfg);
         cfg
@@ -989,6 +1024,7 @@ impl Checker<'_, '_> {
             model,
             detection,
             mqtt,
+            learning,
         } = cfg;
 
         // Text used as a path, a name to look up, a topic or an id: no control
@@ -1008,6 +1044,24 @@ impl Checker<'_, '_> {
                 self.fail(key, m);
             }
         }
+
+        // [learning]
+        self.range(&["learning", "days"], learning.days, 1.0, false, 365.0);
+        self.range(&["learning", "max_mb"], learning.max_mb, 1.0, false, 10_000.0);
+        self.range(
+            &["learning", "false_alarms_per_week"],
+            learning.false_alarms_per_week,
+            0.0,
+            false,
+            1000.0,
+        );
+        self.range(
+            &["learning", "max_recall_drop"],
+            learning.max_recall_drop,
+            0.0,
+            false,
+            1.0,
+        );
 
         // [mqtt]
         if let Err(m) = check_host(&mqtt.host) {
@@ -1670,6 +1724,11 @@ mod tests {
             "discovery_prefix",
             "state_dir",
             "outbox_max_mib",
+            "store",
+            "days",
+            "max_mb",
+            "false_alarms_per_week",
+            "max_recall_drop",
         ] {
             assert!(
                 EXAMPLE.lines().any(|l| l

@@ -109,6 +109,13 @@ impl OwnedHop {
 pub trait GroupScorer: Send {
     /// The group's score in [0, 1] for this hop.
     fn score(&mut self, hop: &Hop<'_>) -> f32;
+
+    /// For a scorer with a home correction: the last hop's score without it, and
+    /// the `off` threshold that score was shipped with (what the home store keeps
+    /// windows by). `None`: the score is its own base, and the group's `off` the floor.
+    fn base(&self) -> Option<(f32, f32)> {
+        None
+    }
 }
 
 /// Group score = highest pooled score among the group's AudioSet classes.
@@ -218,6 +225,18 @@ struct Group {
     last_score: f32,
 }
 
+/// A group's settings with a trained detector's thresholds and onset rule (the
+/// raw-score ones mean nothing on its scale); cooldown and timing stay the group's.
+pub fn apply_trained(cfg: &mut GroupConfig, d: &crate::train::LinearDetector) {
+    cfg.tuning.on = d.on;
+    cfg.tuning.off = d.off;
+    if d.onset_hops > 0 {
+        cfg.tuning.onset_hops = d.onset_hops;
+        cfg.tuning.onset_of = d.onset_of;
+    }
+    cfg.tuning.sure = d.sure;
+}
+
 /// Identity stamped on every event.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -318,13 +337,7 @@ impl Detector {
             let mut cfg = cfg.clone();
             let scorer: Box<dyn GroupScorer> = match trained.iter().find(|d| &d.group == name) {
                 Some(d) => {
-                    cfg.tuning.on = d.on;
-                    cfg.tuning.off = d.off;
-                    if d.onset_hops > 0 {
-                        cfg.tuning.onset_hops = d.onset_hops;
-                        cfg.tuning.onset_of = d.onset_of;
-                    }
-                    cfg.tuning.sure = d.sure;
+                    apply_trained(&mut cfg, d);
                     Box::new(crate::train::LinearScorer::new(d.clone()))
                 }
                 None => Box::new(ClassScorer::new(name, &cfg, labels)?),
@@ -337,6 +350,28 @@ impl Detector {
     /// Names of the groups being watched.
     pub fn group_names(&self) -> Vec<&str> {
         self.groups.iter().map(|g| g.name.as_str()).collect()
+    }
+
+    /// What the home store records of the last hop: each group's score before and
+    /// after any home correction, and whether an event of it is open.
+    pub fn home_views(&self) -> Vec<crate::learn::store::GroupView> {
+        self.groups
+            .iter()
+            .map(|g| crate::learn::store::GroupView {
+                base: g.scorer.base().map_or(g.last_score, |b| b.0),
+                score: g.last_score,
+                active: g.active.is_some(),
+            })
+            .collect()
+    }
+
+    /// Each group's floor for the home store: the `off` threshold of its base
+    /// score (see [`GroupScorer::base`]).
+    pub fn home_floors(&self) -> Vec<f32> {
+        self.groups
+            .iter()
+            .map(|g| g.scorer.base().map_or(g.cfg.tuning.off, |b| b.1))
+            .collect()
     }
 
     /// Each group's latest score, for status reports.

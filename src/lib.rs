@@ -8,6 +8,7 @@ pub mod bench;
 pub mod classify;
 pub mod dsp;
 pub mod eval;
+pub mod learn;
 pub mod logging;
 pub mod model;
 pub mod privacy;

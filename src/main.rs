@@ -333,6 +333,39 @@ enum Command {
     },
     /// List audio input devices (for --source device:NAME) and their configurations.
     Devices,
+    /// Teach the trained detectors this home's own false alarms, from the home
+    /// store the daemon keeps (no audio): per group, a correction that only
+    /// lowers scores and the smallest raise of the thresholds that brings the
+    /// expected false alarms within [learning] false_alarms_per_week, as long as
+    /// validation recall drops by at most [learning] max_recall_drop. The adapted
+    /// detectors go to <state dir>/adapted; the daemon takes them on SIGHUP or
+    /// restart.
+    Adapt {
+        /// Configuration file (as `hearken run --config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The daemon's state directory (as `hearken run --state-dir`).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Model name or directory (overrides model.name).
+        #[arg(long)]
+        model: Option<String>,
+        /// Go back to the shipped detectors (removes the adapted ones).
+        #[arg(long)]
+        reset: bool,
+        /// Overrides [learning] false_alarms_per_week.
+        #[arg(long)]
+        false_alarms_per_week: Option<f64>,
+        /// Overrides [learning] max_recall_drop.
+        #[arg(long)]
+        max_recall_drop: Option<f64>,
+        /// Hours of stored home sound needed before adapting.
+        #[arg(long, default_value_t = 0.5)]
+        min_hours: f64,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -743,6 +776,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Adapt {
+            config,
+            state_dir,
+            model,
+            reset,
+            false_alarms_per_week,
+            max_recall_drop,
+            min_hours,
+            json,
+        } => adapt_command(
+            config.as_deref(),
+            state_dir,
+            model,
+            reset,
+            false_alarms_per_week,
+            max_recall_drop,
+            min_hours,
+            json,
+        ),
         Command::Devices => {
             let devices = hearken::audio::source::list_devices()?;
             if devices.is_empty() {
@@ -787,6 +839,172 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
         None => std::env::var_os("HOME")
             .map(|h| PathBuf::from(h).join(".local/state/hearken"))
             .unwrap_or_else(|| PathBuf::from("/var/lib/hearken")),
+    }
+}
+
+/// `hearken adapt`: see [`Command::Adapt`].
+#[allow(clippy::too_many_arguments)]
+fn adapt_command(
+    config: Option<&std::path::Path>,
+    state_dir: Option<PathBuf>,
+    model: Option<String>,
+    reset: bool,
+    false_alarms_per_week: Option<f64>,
+    max_recall_drop: Option<f64>,
+    min_hours: f64,
+    json: bool,
+) -> Result<ExitCode> {
+    use hearken::learn::{adapt, store, validation::ValidationSet};
+    let overrides = Overrides {
+        model,
+        ..Default::default()
+    };
+    let flags = Mqtt {
+        state_dir,
+        ..Default::default()
+    };
+    // Everything `hearken run` checks: adapting for a daemon that would not start
+    // helps nobody.
+    let p = match prepare(config, &overrides, &flags) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("hearken: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let out = adapt::adapted_dir(&p.state_dir);
+    if reset {
+        match std::fs::remove_dir_all(&out) {
+            Ok(()) => println!(
+                "removed the adapted detectors in {}; the daemon uses the shipped ones after SIGHUP or a restart",
+                out.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                println!("no adapted detectors in {}: the shipped ones are in use", out.display())
+            }
+            Err(e) => bail!("cannot remove {}: {e}", out.display()),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(dir) = hearken::train::detectors_dir(&p.cfg, &p.model)? else {
+        bail!("[detection] detectors = \"off\": there are no trained detectors to adapt");
+    };
+    let shipped = hearken::train::configured(&p.cfg, &p.model)?;
+    if shipped.is_empty() {
+        bail!(
+            "no trained detectors for the enabled groups in {}: adapting needs them (./setup.sh or `hearken train` makes them)",
+            dir.display()
+        );
+    }
+    let val = ValidationSet::load(&dir)?;
+    let home_dir = p.state_dir.join(store::DIR);
+    let home = store::read(&home_dir)?;
+    for (f, why) in &home.damaged {
+        tracing::warn!("home store: {} {why}; left out", f.display());
+    }
+    if home.corrupt_regions > 0 || home.torn_tail_bytes > 0 {
+        tracing::warn!(
+            "home store: {} corrupt region(s) and {} bytes of torn tail skipped",
+            home.corrupt_regions,
+            home.torn_tail_bytes
+        );
+    }
+    let opts = adapt::AdaptOptions {
+        false_alarms_per_week: false_alarms_per_week
+            .unwrap_or(p.cfg.learning.false_alarms_per_week),
+        max_recall_drop: max_recall_drop.unwrap_or(p.cfg.learning.max_recall_drop),
+        min_hours,
+        ..Default::default()
+    };
+    let report = adapt::adapt_all(
+        &shipped,
+        &dir,
+        &p.cfg.detection.groups,
+        val.as_ref(),
+        &home,
+        p.model.labels(),
+        &opts,
+        &out,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "home store {}: {:.2} h of sound, {} windows kept",
+        home_dir.display(),
+        report.observed_h,
+        report.stored_windows
+    );
+    println!(
+        "{:<12} {:<9} {:>15} {:>21} {:>19} {:>8}",
+        "group", "outcome", "on", "false alarms/week", "validation recall", "windows"
+    );
+    let r2 = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+    for g in &report.groups {
+        println!(
+            "{:<12} {:<9} {:>15} {:>21} {:>19} {:>8}",
+            g.group,
+            g.outcome,
+            format!("{:.3} → {:.3}", g.on_before, g.on_after),
+            format!("{:.1} → {:.1}", g.fa_per_week_before, g.fa_per_week_after),
+            format!("{} → {}", r2(g.recall_before), r2(g.recall_after)),
+            g.home_windows
+        );
+        println!("{:<12} {}", "", g.reason);
+    }
+    if report.groups.iter().any(|g| g.outcome == "adapted") {
+        println!(
+            "adapted detectors: {} (the daemon takes them on SIGHUP or restart; `hearken adapt --reset` goes back to the shipped ones)",
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's state directory: `--state-dir`, `[mqtt] state_dir`, or the
+/// default of [`state_dir`].
+fn daemon_state_dir(cfg: &hearken::config::Config, flags: &Mqtt) -> PathBuf {
+    let configured = (!cfg.mqtt.state_dir.is_empty()).then(|| PathBuf::from(&cfg.mqtt.state_dir));
+    state_dir(flags.state_dir.clone().or(configured))
+}
+
+/// Starts the home store's writer in `state/home` (see [`hearken::learn::store`]);
+/// `None`, with the reason logged, when `[learning] store` is off or the folder
+/// cannot be made: the daemon listens and alarms without it.
+fn start_home_store(
+    cfg: &hearken::config::Config,
+    state: &std::path::Path,
+) -> Option<(
+    crossbeam_channel::Sender<hearken::learn::store::HomeMsg>,
+    std::thread::JoinHandle<()>,
+)> {
+    use hearken::learn::store;
+    if !cfg.learning.store {
+        return None;
+    }
+    let dir = state.join(store::DIR);
+    let limits = store::Limits {
+        max_bytes: (cfg.learning.max_mb * 1e6) as u64,
+        max_age: std::time::Duration::from_secs_f64(cfg.learning.days * 86_400.0),
+    };
+    match store::Writer::open(&dir, limits) {
+        Ok(w) => {
+            // Room for minutes of windows: the inference thread never waits for it.
+            let (tx, rx) = crossbeam_channel::bounded(4096);
+            let h = std::thread::Builder::new()
+                .name("hearken-home".into())
+                .spawn(move || store::run(w, rx))
+                .ok()?;
+            tracing::info!("home store: {} (no audio; [learning] store = false turns it off)", dir.display());
+            Some((tx, h))
+        }
+        Err(e) => {
+            tracing::error!("{e:#}; running without the home store (hearken adapt will have nothing new to learn from)");
+            None
+        }
     }
 }
 
@@ -1023,6 +1241,8 @@ struct Prepared {
     detector: hearken::detect::Detector,
     /// The trained detectors it uses.
     trained: Vec<hearken::train::LinearDetector>,
+    /// The state directory (home store, adapted detectors, outbox).
+    state_dir: PathBuf,
     /// Where the embedded broker listens, if it runs.
     broker: Option<std::net::SocketAddr>,
     /// The publisher's settings, if hearken publishes.
@@ -1063,7 +1283,10 @@ fn prepare(
             None
         }
     };
-    let scoring = model.as_ref().map(|m| prepare_scoring(&mut cfg, m, &prov));
+    let state = daemon_state_dir(&cfg, flags);
+    let scoring = model
+        .as_ref()
+        .map(|m| prepare_scoring(&mut cfg, m, &prov, &state));
     let broker = embedded_broker_addr(&cfg, flags)
         .map_err(|e| errors.push(prov.error("mqtt.embedded_listen", &format!("{e:#}"))))
         .ok()
@@ -1109,6 +1332,7 @@ fn prepare(
                 adopted,
                 detector,
                 trained,
+                state_dir: state,
                 broker,
                 mqtt,
             })
@@ -1124,6 +1348,7 @@ fn prepare_scoring(
     cfg: &mut hearken::config::Config,
     model: &Model,
     prov: &Provenance,
+    state: &std::path::Path,
 ) -> Result<
     (
         Option<(f64, f64)>,
@@ -1140,16 +1365,18 @@ fn prepare_scoring(
         Some(cfg.model.hop_s),
     )
     .map_err(|e| prov.error("model.window_s", &format!("model {}: {e}", model.name())))?;
-    let (detector, trained) = build_detector(cfg, model, prov)?;
+    let (detector, trained) = build_detector(cfg, model, prov, state)?;
     Ok((adopted, detector, trained))
 }
 
 /// Checks `cfg` against the running model and builds its detector, with the trained
-/// detectors it uses; errors name the file (and line) or option the value came from.
+/// detectors it uses (those `hearken adapt` adapted in `state` in place of the
+/// shipped ones); errors name the file (and line) or option the value came from.
 fn build_detector(
     cfg: &hearken::config::Config,
     model: &Model,
     prov: &Provenance,
+    state: &std::path::Path,
 ) -> Result<
     (
         hearken::detect::Detector,
@@ -1182,6 +1409,15 @@ fn build_detector(
         };
         prov.error(key, &format!("{e:#}"))
     })?;
+    let mut trained = trained;
+    if let Ok(Some(dir)) = hearken::train::detectors_dir(cfg, model) {
+        let adapted = hearken::learn::adapt::adapted_dir(state);
+        let skipped = hearken::learn::adapt::overlay(&mut trained, &dir, &adapted)
+            .map_err(|e| prov.error("detection.detectors", &format!("{e:#}")))?;
+        for m in skipped {
+            tracing::warn!("{m}");
+        }
+    }
     let detector = Detector::with_trained(cfg.enabled_groups(), model.labels(), ident, &trained)
         .map_err(|e| prov.general(&e))?;
     Ok((detector, trained))
@@ -1323,7 +1559,8 @@ impl Running {
             let restart = hearken::service::restart_keys(&self.cfg, &new);
             hearken::service::keep_running_values(&self.cfg, &mut new);
             let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
-            let (detector, trained) = build_detector(&new, &self.model, &prov)?;
+            let state = daemon_state_dir(&new, &self.mqtt_flags);
+            let (detector, trained) = build_detector(&new, &self.model, &prov, &state)?;
             let wanted = trained.iter().find_map(|d| d.net.as_ref());
             let running = self.model.net().map(|(_, sha)| sha);
             if wanted.map(|n| n.sha256.to_ascii_lowercase()).as_deref() != running {
@@ -1450,6 +1687,7 @@ fn run_daemon(
         adopted,
         detector,
         trained,
+        state_dir: state,
         broker,
         mqtt: mqtt_now,
     } = match prepare(config.as_deref(), &overrides, &mqtt) {
@@ -1499,6 +1737,7 @@ fn run_daemon(
         .map(hearken::publish::client::Publisher::start)
         .transpose()?;
     let groups = detector.group_names().join(", ");
+    let home = start_home_store(&cfg, &state);
     let (tx, rx) = crossbeam_channel::unbounded();
     let pipeline = Pipeline::start(
         PipelineSettings {
@@ -1512,9 +1751,12 @@ fn run_daemon(
             detector,
             status_interval_s: cfg.detection.status_interval_s,
             hop_tap: None,
+            home_tap: home.as_ref().map(|h| h.0.clone()),
         },
         tx,
     )?;
+    // The pipeline holds the only sender now: the store ends when it does.
+    let home_thread = home.map(|(_, h)| h);
     let stop = pipeline.stop_flag();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
@@ -1727,6 +1969,9 @@ fn run_daemon(
         "stopping: draining the pipeline",
     ));
     let summary = pipeline.wait()?;
+    if let Some(h) = home_thread {
+        let _ = h.join();
+    }
     drop(pub_tx);
     // The pipeline has closed every event; the publisher flushes and says offline.
     if let Ok(Some(p)) = printer.join() {

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -29,6 +29,7 @@ use crate::audio::StreamResampler;
 use crate::classify::{run_unit, top_k, Prediction};
 use crate::detect::{Detector, Event, Hop};
 use crate::dsp::LogMel;
+use crate::learn::store::HomeMsg;
 use crate::model::Model;
 use crate::scoring::{Scorer, WindowPlan, LEVEL_SILENCE};
 
@@ -55,6 +56,10 @@ pub struct PipelineSettings {
     /// Receives a copy of every hop the detector sees (evaluation; `None` in the
     /// daemon).
     pub hop_tap: Option<Sender<crate::detect::OwnedHop>>,
+    /// Receives what the home store keeps (see [`crate::learn::store`]): every
+    /// window's group scores, the embedding of those near an alarm, and events.
+    /// Sent without waiting: when the store falls behind, windows are dropped.
+    pub home_tap: Option<Sender<crate::learn::store::HomeMsg>>,
 }
 
 /// A periodic health and level report.
@@ -260,6 +265,7 @@ impl Pipeline {
             mut detector,
             status_interval_s,
             hop_tap,
+            home_tap,
         } = settings;
         let plan = WindowPlan::from_manifest(model.manifest(), window_s, hop_s)
             .map_err(|e| anyhow!("model window settings: {e}"))?;
@@ -366,6 +372,26 @@ impl Pipeline {
                 let mut last_cpu = crate::bench::cpu_seconds();
                 let t0_wall = SystemTime::now();
                 let mut last_window = None;
+                let model_name = model.name().to_string();
+                let embedding_dim = model.manifest().io.embedding_dim as u32;
+                // Tells the home store which groups the windows' views belong to.
+                let home_groups = |detector: &Detector| {
+                    if let Some(tap) = &home_tap {
+                        let _ = tap.try_send(HomeMsg::Groups {
+                            groups: detector
+                                .group_names()
+                                .iter()
+                                .map(|g| g.to_string())
+                                .collect(),
+                            floors: detector.home_floors(),
+                            embedding_dim,
+                            hop_s: hop_s as f32,
+                            model: model_name.clone(),
+                        });
+                    }
+                };
+                home_groups(&detector);
+                let mut home_floors = detector.home_floors();
                 let send_events = |events: &mut Vec<Event>, summary: &mut Summary| -> bool {
                     for e in events.drain(..) {
                         if e.state == crate::detect::EventState::Start {
@@ -379,7 +405,8 @@ impl Pipeline {
                 };
                 let step = |ws: &crate::scoring::WindowScore,
                             detector: &mut Detector,
-                            events: &mut Vec<Event>| {
+                            events: &mut Vec<Event>,
+                            home_floors: &[f32]| {
                     // Wall clock of the window end; files run fast are stamped as if
                     // they had started when the pipeline did.
                     let wall = if realtime {
@@ -402,7 +429,40 @@ impl Pipeline {
                     if let Some(tap) = &hop_tap {
                         let _ = tap.send(crate::detect::OwnedHop::of(&hop));
                     }
+                    let before = events.len();
                     detector.step(&hop, labels, events);
+                    if let Some(tap) = &home_tap {
+                        let ms = |t: SystemTime| {
+                            t.duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64)
+                        };
+                        let views = detector.home_views();
+                        let keep = crate::learn::store::is_candidate(&views, home_floors);
+                        let _ = tap.try_send(HomeMsg::Window {
+                            wall_ms: ms(wall),
+                            dbfs: ws.dbfs,
+                            views,
+                            embedding: if keep {
+                                ws.embedding.clone()
+                            } else {
+                                Vec::new()
+                            },
+                        });
+                        for e in &events[before..] {
+                            let at = |s: f64| ms(wall) - ((ws.end_s - s).max(0.0) * 1000.0) as u64;
+                            let _ = tap.try_send(match e.state {
+                                crate::detect::EventState::Start => HomeMsg::EventStart {
+                                    id: e.id,
+                                    wall_ms: at(e.start_s),
+                                    group: e.group.clone(),
+                                },
+                                crate::detect::EventState::End => HomeMsg::EventEnd {
+                                    id: e.id,
+                                    wall_ms: at(e.end_s.unwrap_or(ws.end_s)),
+                                },
+                            });
+                        }
+                    }
                 };
                 let mut rrx = rrx;
                 loop {
@@ -434,6 +494,8 @@ impl Pipeline {
                                 t0_wall + Duration::from_secs_f64(end_s)
                             };
                             detector.reconfigure(new, end_s, wall, &mut events);
+                            home_groups(&detector);
+                            home_floors = detector.home_floors();
                             tracing::info!(
                                 stream_s = end_s,
                                 groups = %detector.group_names().join(", "),
@@ -449,7 +511,7 @@ impl Pipeline {
                     scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
                     for ws in windows.drain(..) {
                         inf_progress.windows.fetch_add(1, Ordering::Relaxed);
-                        step(&ws, &mut detector, &mut events);
+                        step(&ws, &mut detector, &mut events, &home_floors);
                         last_window = Some(ws);
                     }
                     inf_progress.blocks_done.fetch_add(1, Ordering::Relaxed);
@@ -481,7 +543,7 @@ impl Pipeline {
                 // End of stream: score the tail, then close what is open.
                 scorer.finish(&mut run, &mut windows)?;
                 for ws in windows.drain(..) {
-                    step(&ws, &mut detector, &mut events);
+                    step(&ws, &mut detector, &mut events, &home_floors);
                 }
                 let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
                 let wall = if realtime {

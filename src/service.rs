@@ -322,6 +322,16 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.mqtt.embedded_listen != new.mqtt.embedded_listen {
         keys.push("mqtt.embedded_listen");
     }
+    // The home store's writer is started with its folder and bounds.
+    if old.learning.store != new.learning.store {
+        keys.push("learning.store");
+    }
+    if old.learning.days != new.learning.days {
+        keys.push("learning.days");
+    }
+    if old.learning.max_mb != new.learning.max_mb {
+        keys.push("learning.max_mb");
+    }
     keys
 }
 
@@ -338,6 +348,9 @@ pub fn keep_running_values(old: &Config, new: &mut Config) {
     new.detection.status_interval_s = old.detection.status_interval_s;
     new.mqtt.embedded_broker = old.mqtt.embedded_broker;
     new.mqtt.embedded_listen = old.mqtt.embedded_listen.clone();
+    new.learning.store = old.learning.store;
+    new.learning.days = old.learning.days;
+    new.learning.max_mb = old.learning.max_mb;
 }
 
 #[cfg(test)]

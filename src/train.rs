@@ -206,6 +206,71 @@ pub struct LinearDetector {
     /// How it was trained (for people; not read back).
     #[serde(default)]
     pub trained: serde_json::Value,
+    /// What `hearken adapt` learnt in this home (none: the shipped detector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<HomeCorrection>,
+}
+
+/// A correction `hearken adapt` learnt from one home's stored windows: a term added
+/// to the detector's log-odds, `−softplus(−(bias + Σ weights[i] · (e[i] − mean[i]) ·
+/// scale[i]))` on the model's pooled embedding `e`. It is never positive: it can
+/// only lower a score (for windows like the household's false alarms), so a window
+/// the shipped detector ignores stays ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HomeCorrection {
+    /// Per-dimension mean of the embedding.
+    pub mean: Vec<f32>,
+    /// Per-dimension 1/standard deviation.
+    pub scale: Vec<f32>,
+    /// Weights on the standardised embedding.
+    pub weights: Vec<f32>,
+    /// Bias.
+    pub bias: f32,
+    /// sha256 of the shipped detector file it was learnt for: a correction outlives
+    /// no retraining or upgrade of that file.
+    pub from_sha256: String,
+    /// The shipped detector's `off`: windows whose uncorrected score reaches it are
+    /// the ones the home store keeps.
+    pub shipped_off: f32,
+    /// What adapting measured (for people; not read back).
+    #[serde(default)]
+    pub adapted: serde_json::Value,
+}
+
+impl HomeCorrection {
+    /// The (non-positive) log-odds added for a window with pooled embedding `e`; 0
+    /// for an embedding of another size (a window the loudness gate skipped).
+    pub fn logit(&self, e: &[f32]) -> f32 {
+        if e.len() != self.weights.len() {
+            return 0.0;
+        }
+        let u = self.bias
+            + e.iter()
+                .zip(&self.mean)
+                .zip(&self.scale)
+                .zip(&self.weights)
+                .map(|(((x, m), s), w)| (x - m) * s * w)
+                .sum::<f32>();
+        // −softplus(−u), computed without overflow.
+        -((-u).max(0.0) + (-(u.abs())).exp().ln_1p())
+    }
+
+    fn validate(&self, origin: &str, embedding_dim: usize) -> Result<()> {
+        let d = embedding_dim;
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        if self.mean.len() != d || self.scale.len() != d || self.weights.len() != d {
+            bail!("{origin}: the home correction must have {d} means, scales and weights (the embedding's size)");
+        }
+        if !finite(&self.mean)
+            || !finite(&self.scale)
+            || !finite(&self.weights)
+            || !self.bias.is_finite()
+            || !(0.0..=1.0).contains(&self.shipped_off)
+        {
+            bail!("{origin}: the home correction holds a value that is not a finite number");
+        }
+        Ok(())
+    }
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -242,6 +307,7 @@ impl LinearDetector {
             on: 1.0,
             off: 1.0,
             trained: serde_json::Value::Null,
+            home: None,
         }
     }
 
@@ -252,10 +318,17 @@ impl LinearDetector {
     }
 
     /// The detector's score in [0, 1] for a feature vector; 0 for an empty one (a
-    /// window the loudness gate skipped) or one of the wrong size.
+    /// window the loudness gate skipped) or one of the wrong size. The home
+    /// correction is not applied (see [`LinearDetector::logit`]).
     pub fn score(&self, e: &[f32]) -> f32 {
+        self.logit(e).map_or(0.0, |z| sigmoid(z) as f32)
+    }
+
+    /// The detector's log-odds for a feature vector (none for an empty one or one
+    /// of the wrong size), before any home correction.
+    pub fn logit(&self, e: &[f32]) -> Option<f64> {
         if e.len() != self.input_dim() {
-            return 0.0;
+            return None;
         }
         let std = |i: usize| (e[i] - self.mean[i]) * self.scale[i];
         let z: f64 = match &self.hidden {
@@ -279,7 +352,7 @@ impl LinearDetector {
                         .sum::<f64>()
             }
         };
-        sigmoid(z) as f32
+        Some(z)
     }
 
     /// Checks sizes and values; errors name `origin`.
@@ -361,6 +434,9 @@ impl LinearDetector {
                 self.on
             );
         }
+        if let Some(h) = &self.home {
+            h.validate(origin, self.embedding_dim)?;
+        }
         if self.onset_hops > self.onset_of || self.onset_of > 60 {
             bail!(
                 "{origin}: onset_hops ({}) must not exceed onset_of ({}), which is at most 60",
@@ -406,20 +482,23 @@ impl LinearDetector {
 pub struct LinearScorer {
     detector: LinearDetector,
     features: Vec<f32>,
+    base: f32,
 }
 
 impl LinearScorer {
     /// A scorer for `detector`.
     pub fn new(detector: LinearDetector) -> Self {
         let features = Vec::with_capacity(detector.input_dim());
-        LinearScorer { detector, features }
+        LinearScorer {
+            detector,
+            features,
+            base: 0.0,
+        }
     }
-}
 
-impl GroupScorer for LinearScorer {
-    fn score(&mut self, hop: &Hop<'_>) -> f32 {
+    fn score_parts(&mut self, hop: &Hop<'_>) -> (f32, f32) {
         if !self.detector.features.extract(hop, &mut self.features) {
-            return 0.0;
+            return (0.0, 0.0);
         }
         if let Some(g) = &self.detector.gate {
             // A fine-tuned network's detector gates on that network's own AudioSet
@@ -429,10 +508,34 @@ impl GroupScorer for LinearScorer {
                 _ => hop.scores_max,
             };
             if !g.passes(evidence) {
-                return 0.0;
+                return (0.0, 0.0);
             }
         }
-        self.detector.score(&self.features)
+        let Some(z) = self.detector.logit(&self.features) else {
+            return (0.0, 0.0);
+        };
+        let base = sigmoid(z) as f32;
+        match &self.detector.home {
+            None => (base, base),
+            Some(h) => (base, sigmoid(z + h.logit(hop.embedding) as f64) as f32),
+        }
+    }
+}
+
+impl GroupScorer for LinearScorer {
+    fn score(&mut self, hop: &Hop<'_>) -> f32 {
+        let (base, score) = self.score_parts(hop);
+        self.base = base;
+        score
+    }
+
+    fn base(&self) -> Option<(f32, f32)> {
+        let floor = self
+            .detector
+            .home
+            .as_ref()
+            .map_or(self.detector.off, |h| h.shipped_off);
+        Some((self.base, floor))
     }
 }
 
@@ -495,15 +598,14 @@ pub fn load_dir(
     Ok(out)
 }
 
-/// The detectors the configuration asks for: `[detection] detectors` = a folder,
-/// empty for the model's own `detectors` folder (none if it does not exist), or
-/// `off`.
-pub fn configured(
+/// The folder `[detection] detectors` names: the model's own `detectors` folder
+/// for `""` (it may not exist), none for `off`; a named folder must exist.
+pub fn detectors_dir(
     cfg: &crate::config::Config,
     model: &crate::model::Model,
-) -> Result<Vec<LinearDetector>> {
-    let dir = match cfg.detection.detectors.as_str() {
-        "off" => return Ok(Vec::new()),
+) -> Result<Option<PathBuf>> {
+    Ok(Some(match cfg.detection.detectors.as_str() {
+        "off" => return Ok(None),
         "" => model.dir().join("detectors"),
         d => {
             let p = PathBuf::from(d);
@@ -512,6 +614,18 @@ pub fn configured(
             }
             p
         }
+    }))
+}
+
+/// The detectors the configuration asks for: `[detection] detectors` = a folder,
+/// empty for the model's own `detectors` folder (none if it does not exist), or
+/// `off`.
+pub fn configured(
+    cfg: &crate::config::Config,
+    model: &crate::model::Model,
+) -> Result<Vec<LinearDetector>> {
+    let Some(dir) = detectors_dir(cfg, model)? else {
+        return Ok(Vec::new());
     };
     let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
     let detectors: Vec<LinearDetector> = load_dir(

@@ -30,6 +30,7 @@ use super::mix::{self, MixSpec, Signal};
 use super::net::{self, NetOptions};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
+use crate::learn::validation::{Header as ValHeader, ValEvent, ValHop, ValidationSet};
 use crate::detect::{Detector, GroupScorer, Hop, Identity, OwnedHop};
 use crate::model::Model;
 use crate::train::{
@@ -496,6 +497,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
 
     std::fs::create_dir_all(&opts.out)?;
     let mut out = Vec::new();
+    let mut val_events = Vec::new();
     for g in &opts.groups {
         let labels: Vec<Option<bool>> = rows
             .iter()
@@ -691,6 +693,43 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 candidates.push(chosen.clone());
             }
         }
+        // The validation set `hearken adapt` measures recall on: each event of the
+        // group with the hops around it and their out-of-fold scores.
+        {
+            let final_scores = if chosen.gate > 0.0 {
+                gated(scores, evidence, chosen.gate)
+            } else {
+                scores.to_vec()
+            };
+            let off = chosen.on * 0.7;
+            let gi = opts.groups.iter().position(|x| x == g).unwrap_or(0);
+            for (batch, s) in batches.iter().zip(&final_scores) {
+                for t in batch.truth.iter().filter(|t| &t.group == g) {
+                    let hops = batch
+                        .hops
+                        .iter()
+                        .zip(s)
+                        .filter(|(h, _)| h.end_s > t.onset_s - 1.0 && h.start_s < t.offset_s + 2.0)
+                        .map(|(h, &sc)| ValHop {
+                            start_s: h.start_s as f32,
+                            end_s: h.end_s as f32,
+                            score: sc,
+                            embedding: if sc >= off && sc > 0.0 {
+                                h.embedding.clone()
+                            } else {
+                                Vec::new()
+                            },
+                        })
+                        .collect();
+                    val_events.push(ValEvent {
+                        group: gi,
+                        onset_s: t.onset_s as f32,
+                        offset_s: t.offset_s as f32,
+                        hops,
+                    });
+                }
+            }
+        }
         let count = |want: bool| labels.iter().filter(|&&y| y == Some(want)).count();
         let (mut positives, mut negatives) = (count(true), count(false));
         let (kind, mean, scale, hidden, weights, bias) =
@@ -787,6 +826,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 "hard_weight": opts.hard_weight,
                 "cv_latency_s": chosen.latency_s,
             }),
+            home: None,
         };
         let file = opts.out.join(format!("{g}.json"));
         det.save(&file)?;
@@ -801,6 +841,18 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             file,
         });
     }
+    ValidationSet {
+        header: ValHeader {
+            model: model.name().to_string(),
+            embedding_dim: model.manifest().io.embedding_dim,
+            window_s: cfg.model.window_s,
+            hop_s: cfg.model.hop_s,
+            groups: opts.groups.clone(),
+            background_h: total_h,
+        },
+        events: val_events,
+    }
+    .save(&opts.out)?;
     // No group chose the network: its file would only be loaded for nothing.
     if let Some(n) = &shipped_net {
         if !out

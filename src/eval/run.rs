@@ -304,6 +304,7 @@ pub fn run_pipeline(
             detector,
             status_interval_s: 3600.0,
             hop_tap: Some(hop_tx),
+            home_tap: None,
         },
         tx,
     )?;

@@ -1,0 +1,7 @@
+//! Learning this home: the home store the daemon fills ([`store`]), the validation
+//! set training leaves beside its detectors ([`validation`]), and `hearken adapt`,
+//! which teaches the detectors the household's own false alarms ([`adapt`]).
+
+pub mod adapt;
+pub mod store;
+pub mod validation;
