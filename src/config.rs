@@ -281,7 +281,11 @@ pub struct Config {
 /// `[learning]`: what the daemon keeps of this home's sound (never audio) and the
 /// targets `hearken adapt` works to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table of learning settings")]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table of learning settings"
+)]
 pub struct LearningConfig {
     /// Keep the home store in the state directory.
     pub store: bool,
@@ -1047,7 +1051,13 @@ impl Checker<'_, '_> {
 
         // [learning]
         self.range(&["learning", "days"], learning.days, 1.0, false, 365.0);
-        self.range(&["learning", "max_mb"], learning.max_mb, 1.0, false, 10_000.0);
+        self.range(
+            &["learning", "max_mb"],
+            learning.max_mb,
+            1.0,
+            false,
+            10_000.0,
+        );
         self.range(
             &["learning", "false_alarms_per_week"],
             learning.false_alarms_per_week,

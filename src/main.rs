@@ -362,6 +362,9 @@ enum Command {
         /// Hours of stored home sound needed before adapting.
         #[arg(long, default_value_t = 0.5)]
         min_hours: f64,
+        /// L2 penalties tried for the home correction.
+        #[arg(long, value_delimiter = ',', default_values_t = hearken::learn::adapt::AdaptOptions::default().l2s)]
+        l2: Vec<f64>,
         /// The report as JSON.
         #[arg(long)]
         json: bool,
@@ -784,6 +787,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             false_alarms_per_week,
             max_recall_drop,
             min_hours,
+            l2,
             json,
         } => adapt_command(
             config.as_deref(),
@@ -793,6 +797,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             false_alarms_per_week,
             max_recall_drop,
             min_hours,
+            l2,
             json,
         ),
         Command::Devices => {
@@ -852,6 +857,7 @@ fn adapt_command(
     false_alarms_per_week: Option<f64>,
     max_recall_drop: Option<f64>,
     min_hours: f64,
+    l2s: Vec<f64>,
     json: bool,
 ) -> Result<ExitCode> {
     use hearken::learn::{adapt, store, validation::ValidationSet};
@@ -916,13 +922,16 @@ fn adapt_command(
             .unwrap_or(p.cfg.learning.false_alarms_per_week),
         max_recall_drop: max_recall_drop.unwrap_or(p.cfg.learning.max_recall_drop),
         min_hours,
+        l2s,
         ..Default::default()
     };
     let report = adapt::adapt_all(
-        &shipped,
-        &dir,
+        &adapt::Shipped {
+            detectors: &shipped,
+            dir: &dir,
+            validation: val.as_ref(),
+        },
         &p.cfg.detection.groups,
-        val.as_ref(),
         &home,
         p.model.labels(),
         &opts,
@@ -998,7 +1007,10 @@ fn start_home_store(
                 .name("hearken-home".into())
                 .spawn(move || store::run(w, rx))
                 .ok()?;
-            tracing::info!("home store: {} (no audio; [learning] store = false turns it off)", dir.display());
+            tracing::info!(
+                "home store: {} (no audio; [learning] store = false turns it off)",
+                dir.display()
+            );
             Some((tx, h))
         }
         Err(e) => {
@@ -1714,7 +1726,12 @@ fn run_daemon(
         );
     }
     for d in &trained {
-        info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
+        let adapted = if d.home.is_some() {
+            ", adapted to this home by `hearken adapt`"
+        } else {
+            ""
+        };
+        info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2}{adapted})", d.group, d.on, d.off);
     }
     let _broker = match broker {
         Some(addr) => {

@@ -447,6 +447,11 @@ impl Pipeline {
                             } else {
                                 Vec::new()
                             },
+                            classes: if keep {
+                                ws.scores_max.clone()
+                            } else {
+                                Vec::new()
+                            },
                         });
                         for e in &events[before..] {
                             let at = |s: f64| ms(wall) - ((ws.end_s - s).max(0.0) * 1000.0) as u64;

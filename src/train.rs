@@ -212,17 +212,20 @@ pub struct LinearDetector {
 }
 
 /// A correction `hearken adapt` learnt from one home's stored windows: a term added
-/// to the detector's log-odds, `−softplus(−(bias + Σ weights[i] · (e[i] − mean[i]) ·
-/// scale[i]))` on the model's pooled embedding `e`. It is never positive: it can
-/// only lower a score (for windows like the household's false alarms), so a window
-/// the shipped detector ignores stays ignored.
+/// to the detector's log-odds, `−softplus(−(bias + Σ weights[i] · (x[i] − mean[i]) ·
+/// scale[i]))` on the log-odds `x` of the model's AudioSet class scores (max-pooled
+/// over the window, clamped as detectors read them). It is never positive: it can
+/// only lower a score (for windows that sound like the household's false alarms:
+/// its baby, its television), so a window the shipped detector ignores stays
+/// ignored. Reading the class scores rather than the embedding makes it learn
+/// kinds of sound, which carry over to the next recording of the same kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HomeCorrection {
-    /// Per-dimension mean of the embedding.
+    /// Per-class mean of the log-odds.
     pub mean: Vec<f32>,
     /// Per-dimension 1/standard deviation.
     pub scale: Vec<f32>,
-    /// Weights on the standardised embedding.
+    /// Weights on the standardised log-odds, one per class of the model.
     pub weights: Vec<f32>,
     /// Bias.
     pub bias: f32,
@@ -238,8 +241,8 @@ pub struct HomeCorrection {
 }
 
 impl HomeCorrection {
-    /// The (non-positive) log-odds added for a window with pooled embedding `e`; 0
-    /// for an embedding of another size (a window the loudness gate skipped).
+    /// The (non-positive) log-odds added for a window whose class log-odds are
+    /// `e`; 0 for a vector of another size (a window the loudness gate skipped).
     pub fn logit(&self, e: &[f32]) -> f32 {
         if e.len() != self.weights.len() {
             return 0.0;
@@ -255,11 +258,11 @@ impl HomeCorrection {
         -((-u).max(0.0) + (-(u.abs())).exp().ln_1p())
     }
 
-    fn validate(&self, origin: &str, embedding_dim: usize) -> Result<()> {
-        let d = embedding_dim;
+    fn validate(&self, origin: &str) -> Result<()> {
+        let d = self.weights.len();
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-        if self.mean.len() != d || self.scale.len() != d || self.weights.len() != d {
-            bail!("{origin}: the home correction must have {d} means, scales and weights (the embedding's size)");
+        if d == 0 || self.mean.len() != d || self.scale.len() != d {
+            bail!("{origin}: the home correction must have as many means and scales as weights, one per class");
         }
         if !finite(&self.mean)
             || !finite(&self.scale)
@@ -435,7 +438,7 @@ impl LinearDetector {
             );
         }
         if let Some(h) = &self.home {
-            h.validate(origin, self.embedding_dim)?;
+            h.validate(origin)?;
         }
         if self.onset_hops > self.onset_of || self.onset_of > 60 {
             bail!(
@@ -482,6 +485,7 @@ impl LinearDetector {
 pub struct LinearScorer {
     detector: LinearDetector,
     features: Vec<f32>,
+    classes: Vec<f32>,
     base: f32,
 }
 
@@ -489,9 +493,11 @@ impl LinearScorer {
     /// A scorer for `detector`.
     pub fn new(detector: LinearDetector) -> Self {
         let features = Vec::with_capacity(detector.input_dim());
+        let classes = Vec::with_capacity(detector.classes);
         LinearScorer {
             detector,
             features,
+            classes,
             base: 0.0,
         }
     }
@@ -517,7 +523,15 @@ impl LinearScorer {
         let base = sigmoid(z) as f32;
         match &self.detector.home {
             None => (base, base),
-            Some(h) => (base, sigmoid(z + h.logit(hop.embedding) as f64) as f32),
+            Some(h) => {
+                self.classes.clear();
+                self.classes.extend(
+                    hop.scores_max
+                        .iter()
+                        .map(|&p| crate::learn::store::log_odds(p)),
+                );
+                (base, sigmoid(z + h.logit(&self.classes) as f64) as f32)
+            }
         }
     }
 }
@@ -583,7 +597,15 @@ pub fn load_dir(
                 None => net = Some(n.clone()),
             }
         }
-        let reads_classes = d.features != Features::Embedding || d.gate.is_some();
+        let reads_classes =
+            d.features != Features::Embedding || d.gate.is_some() || d.home.is_some();
+        if d.home.as_ref().is_some_and(|h| h.weights.len() != classes) {
+            bail!(
+                "detector {}: its home correction reads {} classes, the model {model} has {classes}; `hearken adapt --reset` removes it",
+                p.display(),
+                d.home.as_ref().map_or(0, |h| h.weights.len())
+            );
+        }
         let wrong_classes = reads_classes && d.classes != classes;
         if d.model != model || d.embedding_dim != embedding_dim || wrong_classes {
             bail!(

@@ -30,8 +30,9 @@ use super::mix::{self, MixSpec, Signal};
 use super::net::{self, NetOptions};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
-use crate::learn::validation::{Header as ValHeader, ValEvent, ValHop, ValidationSet};
 use crate::detect::{Detector, GroupScorer, Hop, Identity, OwnedHop};
+use crate::learn::store::log_odds;
+use crate::learn::validation::{Header as ValHeader, ValEvent, ValHop, ValidationSet};
 use crate::model::Model;
 use crate::train::{
     fit_logistic, fit_mlp, standardisation, window_label, Features, Gate, Hidden, LinearDetector,
@@ -716,6 +717,11 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                             score: sc,
                             embedding: if sc >= off && sc > 0.0 {
                                 h.embedding.clone()
+                            } else {
+                                Vec::new()
+                            },
+                            classes: if sc >= off && sc > 0.0 {
+                                h.scores_max.iter().map(|&p| log_odds(p)).collect()
                             } else {
                                 Vec::new()
                             },

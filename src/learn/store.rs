@@ -4,8 +4,9 @@
 //! It never holds audio. For every analysis window the daemon counts the window,
 //! and for the windows that matter to a detector — those where some group's score
 //! (before any home correction) reaches that group's `off` threshold — it keeps the
-//! model's pooled embedding (quantised to 8 bits), each group's score, the time and
-//! the level. A pooled embedding of a 2 s window is a summary a few hundred numbers
+//! model's pooled embedding and the log-odds of its AudioSet class scores (both
+//! quantised to 8 bits), each group's score, the time and the level. A pooled
+//! embedding of a 2 s window is a summary a few hundred numbers
 //! long: speech cannot be played back from it. Windows under every `off` threshold
 //! can never start or hold an event, and adaptation only ever lowers scores and
 //! raises thresholds, so they cannot become false alarms later either: they are
@@ -23,6 +24,7 @@
 //! 1 header  dim u32 | hop_s f32 | model (u16 len, UTF-8) | groups u16 | each: u8 len, UTF-8
 //! 2 window  wall_ms u64 | dbfs f32 | n u16 | n × (base f32, score f32, flags u8: 1 active)
 //!           | dim u32 | scale f32 | dim × i8   (embedding = i8 × scale)
+//!           | n u32 | scale f32 | n × i8       (class log-odds, likewise)
 //! 3 tally   from_ms u64 | to_ms u64 | windows u32 | seconds f32 | n u16 | n × max base f32
 //! 4 start   id [16] | wall_ms u64 | group (u8 len, UTF-8)
 //! 5 end     id [16] | wall_ms u64
@@ -102,6 +104,8 @@ pub enum Record {
         views: Vec<GroupView>,
         /// The pooled embedding (dequantised when read).
         embedding: Vec<f32>,
+        /// Log-odds of the model's class scores, max-pooled (dequantised).
+        classes: Vec<f32>,
     },
     /// Windows counted between two times.
     Tally {
@@ -177,6 +181,7 @@ pub fn encode(r: &Record) -> Vec<u8> {
             dbfs,
             views,
             embedding,
+            classes,
         } => {
             b.push(2);
             b.extend_from_slice(&wall_ms.to_le_bytes());
@@ -187,10 +192,12 @@ pub fn encode(r: &Record) -> Vec<u8> {
                 b.extend_from_slice(&v.score.to_le_bytes());
                 b.push(v.active as u8);
             }
-            let (scale, q) = super::validation::quantise(embedding);
-            b.extend_from_slice(&(q.len() as u32).to_le_bytes());
-            b.extend_from_slice(&scale.to_le_bytes());
-            b.extend(q.iter().map(|&v| v as u8));
+            for v in [embedding, classes] {
+                let (scale, q) = super::validation::quantise(v);
+                b.extend_from_slice(&(q.len() as u32).to_le_bytes());
+                b.extend_from_slice(&scale.to_le_bytes());
+                b.extend(q.iter().map(|&v| v as u8));
+            }
         }
         Record::Tally {
             from_ms,
@@ -249,16 +256,19 @@ impl<'a> Cursor<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
     }
     fn f32(&mut self) -> Option<f32> {
         self.u32().map(f32::from_bits)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
     }
     fn id(&mut self) -> Option<Uuid> {
-        self.take(16).map(|b| Uuid::from_bytes(b.try_into().unwrap()))
+        self.take(16)
+            .map(|b| Uuid::from_bytes(b.try_into().unwrap()))
     }
     fn str(&mut self, wide: bool) -> Option<String> {
         let n = if wide {
@@ -300,14 +310,19 @@ pub fn decode(body: &[u8]) -> Option<Record> {
                     })
                 })
                 .collect::<Option<Vec<_>>>()?;
-            let dim = c.u32()? as usize;
-            let scale = c.f32()?;
-            let q = c.take(dim)?;
+            let mut vector = || -> Option<Vec<f32>> {
+                let n = c.u32()? as usize;
+                let scale = c.f32()?;
+                Some(c.take(n)?.iter().map(|&v| v as i8 as f32 * scale).collect())
+            };
+            let embedding = vector()?;
+            let classes = vector()?;
             Record::Window {
                 wall_ms,
                 dbfs,
                 views,
-                embedding: q.iter().map(|&v| v as i8 as f32 * scale).collect(),
+                embedding,
+                classes,
             }
         }
         3 => {
@@ -378,6 +393,8 @@ pub struct StoredWindow {
     pub views: Vec<GroupView>,
     /// Pooled embedding.
     pub embedding: Vec<f32>,
+    /// Log-odds of the model's class scores (max-pooled).
+    pub classes: Vec<f32>,
 }
 
 impl StoredWindow {
@@ -446,7 +463,12 @@ pub fn read(dir: &Path) -> Result<Contents> {
     let mut out = Contents::default();
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(anyhow::anyhow!("cannot read the home store {}: {e}", dir.display())),
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot read the home store {}: {e}",
+                dir.display()
+            ))
+        }
         Ok(m) if !m.is_dir() => {
             anyhow::bail!("the home store {} is not a folder", dir.display())
         }
@@ -486,7 +508,9 @@ pub fn read(dir: &Path) -> Result<Contents> {
             };
             pos = next;
             match r {
-                Record::Header { groups: g, model, .. } => {
+                Record::Header {
+                    groups: g, model, ..
+                } => {
                     groups = Arc::new(g);
                     out.model = Some(model);
                 }
@@ -495,6 +519,7 @@ pub fn read(dir: &Path) -> Result<Contents> {
                     dbfs,
                     views,
                     embedding,
+                    classes,
                 } => {
                     if views.len() == groups.len() {
                         out.windows.push(StoredWindow {
@@ -503,6 +528,7 @@ pub fn read(dir: &Path) -> Result<Contents> {
                             groups: groups.clone(),
                             views,
                             embedding,
+                            classes,
                         });
                     }
                 }
@@ -689,12 +715,10 @@ impl Writer {
                 Some((p, m.len(), m.modified().unwrap_or(UNIX_EPOCH)))
             })
             .collect();
-        let mut total: u64 = segs.iter().map(|s| s.1).sum::<u64>()
-            + self.file.as_ref().map_or(0, |(_, _, n, _)| *n);
+        let mut total: u64 =
+            segs.iter().map(|s| s.1).sum::<u64>() + self.file.as_ref().map_or(0, |(_, _, n, _)| *n);
         segs.retain(|(p, len, modified)| {
-            let old = modified
-                .elapsed()
-                .is_ok_and(|a| a > self.limits.max_age);
+            let old = modified.elapsed().is_ok_and(|a| a > self.limits.max_age);
             if old && std::fs::remove_file(p).is_ok() {
                 total -= len;
                 return false;
@@ -738,6 +762,8 @@ pub enum HomeMsg {
         views: Vec<GroupView>,
         /// Pooled embedding.
         embedding: Vec<f32>,
+        /// The model's class scores, max-pooled (probabilities).
+        classes: Vec<f32>,
     },
     /// An event started.
     EventStart {
@@ -764,6 +790,13 @@ pub enum HomeMsg {
         /// Real or a false alarm.
         real: bool,
     },
+}
+
+/// `ln(p / (1 − p))` with `p` clamped to [1e-6, 1 − 1e-6], as detectors read
+/// class scores.
+pub fn log_odds(p: f32) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
 }
 
 /// Whether a window is kept: some group's base score reaches its floor.
@@ -835,6 +868,7 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                 dbfs,
                 views,
                 embedding,
+                classes,
             }) => {
                 if tally
                     .as_ref()
@@ -862,6 +896,7 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                         dbfs,
                         views,
                         embedding,
+                        classes: classes.iter().map(|&p| log_odds(p)).collect(),
                     });
                 }
             }
@@ -936,6 +971,7 @@ mod tests {
                 },
             ],
             embedding: vec![1.0, -0.5, 0.25, 0.0],
+            classes: vec![-13.0, 2.0],
         }
     }
 
@@ -967,11 +1003,22 @@ mod tests {
             let back = decode(&encode(&r)).expect("decodes");
             match (&r, &back) {
                 (
-                    Record::Window { embedding: a, .. },
-                    Record::Window { embedding: b, .. },
+                    Record::Window {
+                        embedding: a,
+                        classes: ca,
+                        ..
+                    },
+                    Record::Window {
+                        embedding: b,
+                        classes: cb,
+                        ..
+                    },
                 ) => {
                     for (x, y) in a.iter().zip(b) {
                         assert!((x - y).abs() <= 1.0 / 254.0 + 1e-6, "{x} vs {y}");
+                    }
+                    for (x, y) in ca.iter().zip(cb) {
+                        assert!((x - y).abs() <= 13.0 / 254.0 + 1e-6, "{x} vs {y}");
                     }
                 }
                 _ => assert_eq!(r, back),
@@ -1046,12 +1093,16 @@ mod tests {
                 w.push(&Record::Window {
                     wall_ms: ms,
                     dbfs: -20.0,
-                    views: vec![GroupView {
-                        base: 0.6,
-                        score: 0.6,
-                        active: false,
-                    }; 2],
+                    views: vec![
+                        GroupView {
+                            base: 0.6,
+                            score: 0.6,
+                            active: false,
+                        };
+                        2
+                    ],
                     embedding: vec![0.3; 384],
+                    classes: vec![-5.0; 527],
                 });
             }
             w.flush(true).unwrap();
@@ -1091,6 +1142,7 @@ mod tests {
                     active: false,
                 }],
                 embedding: vec![0.5, 0.25],
+                classes: vec![0.5],
             })
             .unwrap();
         }

@@ -2,15 +2,16 @@
 //! `hearken adapt` can tell what a change costs in recall without the training
 //! recordings: for every event of the out-of-fold calibration mixtures, the hops
 //! around it with the detector's out-of-fold score and, where that score reaches the
-//! detector's `off` threshold, the model's pooled embedding (8-bit, as in the home
-//! store). Hops under `off` can neither start nor hold an event after adapting
+//! detector's `off` threshold, the model's pooled embedding and class log-odds
+//! (8-bit, as in the home store). Hops under `off` can neither start nor hold an event after adapting
 //! (which only lowers scores and raises thresholds), so their score is enough.
 //!
 //! File `validation.hkv`: the magic `HKVALID1`, a `u32 LE` length and that many
 //! bytes of JSON ([`Header`]), the events (below), and the CRC-32 of everything
 //! before it (`u32 LE`). Per event: group index `u16`, onset and offset `f32`
-//! seconds, hop count `u16`; per hop: start, end and score `f32`, embedding length
-//! `u16` (0 or the model's), scale `f32` and that many `i8`.
+//! seconds, hop count `u16`; per hop: start, end and score `f32`, then the
+//! embedding and the class log-odds, each as length `u16` (0 or the model's),
+//! scale `f32` and that many `i8`.
 
 use std::path::Path;
 
@@ -51,6 +52,8 @@ pub struct ValHop {
     pub score: f32,
     /// Pooled embedding; empty when `score` is under the detector's `off`.
     pub embedding: Vec<f32>,
+    /// Log-odds of the model's class scores (max-pooled); empty likewise.
+    pub classes: Vec<f32>,
 }
 
 /// One event of the calibration mixtures, with the hops around it.
@@ -85,7 +88,11 @@ pub fn quantise(e: &[f32]) -> (f32, Vec<i8>) {
     let q = e
         .iter()
         .map(|&x| {
-            let q = if x.is_finite() { (x / scale).round() } else { 0.0 };
+            let q = if x.is_finite() {
+                (x / scale).round()
+            } else {
+                0.0
+            };
             q.clamp(-127.0, 127.0) as i8
         })
         .collect();
@@ -109,10 +116,12 @@ impl ValidationSet {
                 for v in [h.start_s, h.end_s, h.score] {
                     b.extend_from_slice(&v.to_le_bytes());
                 }
-                let (scale, q) = quantise(&h.embedding);
-                b.extend_from_slice(&(q.len() as u16).to_le_bytes());
-                b.extend_from_slice(&scale.to_le_bytes());
-                b.extend(q.iter().map(|&v| v as u8));
+                for v in [&h.embedding, &h.classes] {
+                    let (scale, q) = quantise(v);
+                    b.extend_from_slice(&(q.len() as u16).to_le_bytes());
+                    b.extend_from_slice(&scale.to_le_bytes());
+                    b.extend(q.iter().map(|&v| v as u8));
+                }
             }
         }
         let c = crc32(&b);
@@ -161,14 +170,21 @@ impl ValidationSet {
                 let d = u16_(take(2)?);
                 let scale = f(take(4)?);
                 if d != 0 && d != header.embedding_dim {
-                    bail!("a hop's embedding has {d} values, not {}", header.embedding_dim);
+                    bail!(
+                        "a hop's embedding has {d} values, not {}",
+                        header.embedding_dim
+                    );
                 }
                 let embedding = take(d)?.iter().map(|&v| v as i8 as f32 * scale).collect();
+                let n = u16_(take(2)?);
+                let scale = f(take(4)?);
+                let classes = take(n)?.iter().map(|&v| v as i8 as f32 * scale).collect();
                 hops.push(ValHop {
                     start_s,
                     end_s,
                     score,
                     embedding,
+                    classes,
                 });
             }
             events.push(ValEvent {
@@ -192,11 +208,17 @@ impl ValidationSet {
     pub fn load(dir: &Path) -> Result<Option<ValidationSet>> {
         let p = dir.join(FILE);
         match std::fs::read(&p) {
-            Ok(d) => ValidationSet::from_bytes(&d)
-                .map(Some)
-                .map_err(|e| anyhow!("validation set {}: {e:#}; retrain the detectors with `hearken train`", p.display())),
+            Ok(d) => ValidationSet::from_bytes(&d).map(Some).map_err(|e| {
+                anyhow!(
+                    "validation set {}: {e:#}; retrain the detectors with `hearken train`",
+                    p.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow!("cannot read the validation set {}: {e}", p.display())),
+            Err(e) => Err(anyhow!(
+                "cannot read the validation set {}: {e}",
+                p.display()
+            )),
         }
     }
 
@@ -231,12 +253,14 @@ mod tests {
                         end_s: 3.0,
                         score: 0.1,
                         embedding: vec![],
+                        classes: vec![],
                     },
                     ValHop {
                         start_s: 1.5,
                         end_s: 3.5,
                         score: 0.9,
                         embedding: vec![1.0, -1.0, 0.0],
+                        classes: vec![-127.0, 127.0],
                     },
                 ],
             }],
