@@ -1425,7 +1425,7 @@ fn build_detector(
     if let Ok(Some(dir)) = hearken::train::detectors_dir(cfg, model) {
         let adapted = hearken::learn::adapt::adapted_dir(state);
         let skipped = hearken::learn::adapt::overlay(&mut trained, &dir, &adapted)
-            .map_err(|e| prov.error("detection.detectors", &format!("{e:#}")))?;
+            .map_err(|e| prov.general(&format!("{e:#}")))?;
         for m in skipped {
             tracing::warn!("{m}");
         }

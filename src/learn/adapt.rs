@@ -822,6 +822,57 @@ mod tests {
     }
 
     #[test]
+    fn an_adapted_detector_replaces_only_the_shipped_file_it_was_made_for() {
+        let root = std::env::temp_dir().join(format!("hearken-overlay-{}", std::process::id()));
+        let (shipped_dir, adapted) = (root.join("shipped"), root.join("adapted"));
+        std::fs::create_dir_all(&shipped_dir).unwrap();
+        std::fs::create_dir_all(&adapted).unwrap();
+        let mut d = LinearDetector::on_standardised(2, vec![1.0, 0.0], 0.0, None);
+        d.group = "scream".into();
+        d.classes = 2;
+        (d.on, d.off) = (0.9, 0.6);
+        d.save(&shipped_dir.join("scream.json")).unwrap();
+        let mut a = d.clone();
+        a.shift_thresholds(1.0);
+        a.home = Some(HomeCorrection {
+            mean: vec![0.0; 2],
+            scale: vec![1.0; 2],
+            weights: vec![-1.0, 0.0],
+            bias: 0.0,
+            from_sha256: file_sha256(&shipped_dir.join("scream.json")).unwrap(),
+            shipped_off: 0.6,
+            adapted: serde_json::Value::Null,
+        });
+        a.save(&adapted.join("scream.json")).unwrap();
+        let mut dets = vec![d.clone()];
+        assert!(overlay(&mut dets, &shipped_dir, &adapted)
+            .unwrap()
+            .is_empty());
+        assert!(dets[0].home.is_some() && dets[0].on > 0.9);
+        // The shipped file changes (a retrain): the adaptation no longer applies.
+        let mut retrained = d.clone();
+        retrained.bias = 0.5;
+        retrained.save(&shipped_dir.join("scream.json")).unwrap();
+        let mut dets = vec![retrained];
+        let skipped = overlay(&mut dets, &shipped_dir, &adapted).unwrap();
+        assert!(
+            skipped[0].contains("changed since it was adapted"),
+            "{skipped:?}"
+        );
+        assert!(dets[0].home.is_none());
+        // A damaged adapted file is an error that names it and the way out.
+        std::fs::write(adapted.join("scream.json"), "{\"group\": ").unwrap();
+        let e = overlay(&mut dets, &shipped_dir, &adapted)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("adapted/scream.json") && e.contains("--reset"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn gaps_between_kept_windows_become_zero_hops() {
         let gc = GroupConfig::new(true, true, vec![], crate::config::MAX_POOLED);
         let h = home_hops(&[0.0, 0.5, 10.0], &[0.9, 0.9, 0.9], 0.5, &gc);

@@ -1113,7 +1113,11 @@ mod tests {
             .sum();
         assert!(bytes <= limits.max_bytes + 64 * 1024 + 50_000, "{bytes}");
         let c = read(&d.0).unwrap();
-        assert!(c.windows.len() < 4000 && c.windows.len() > 100, "{}", c.windows.len());
+        assert!(
+            c.windows.len() < 4000 && c.windows.len() > 100,
+            "{}",
+            c.windows.len()
+        );
         assert_eq!(c.windows.last().unwrap().wall_ms, ms, "the newest stay");
     }
 
