@@ -781,10 +781,13 @@ pub enum HomeMsg {
         /// End, ms.
         wall_ms: u64,
     },
-    /// A verdict on an event.
+    /// A verdict on an event: the one with `id`, or without one the latest
+    /// event of `group` (what a Home Assistant button per group sends).
     Mark {
         /// Event id.
-        id: Uuid,
+        id: Option<Uuid>,
+        /// Group, when no id is given.
+        group: Option<String>,
         /// When, ms.
         wall_ms: u64,
         /// Real or a false alarm.
@@ -822,6 +825,7 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
     let mut hop_s = 0f32;
     let mut tally: Option<Tally> = None;
     let mut last_write = std::time::Instant::now();
+    let mut latest: std::collections::HashMap<String, Uuid> = Default::default();
     let report = |r: Result<(), String>| {
         if let Err(m) = r {
             tracing::warn!("{m}");
@@ -901,13 +905,25 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                 }
             }
             Some(HomeMsg::EventStart { id, wall_ms, group }) => {
+                latest.insert(group.clone(), id);
                 w.push(&Record::EventStart { id, wall_ms, group })
             }
             Some(HomeMsg::EventEnd { id, wall_ms }) => w.push(&Record::EventEnd { id, wall_ms }),
-            Some(HomeMsg::Mark { id, wall_ms, real }) => {
-                w.push(&Record::Mark { id, wall_ms, real });
-                report(w.flush(true));
-            }
+            Some(HomeMsg::Mark {
+                id,
+                group,
+                wall_ms,
+                real,
+            }) => match id.or_else(|| group.as_ref().and_then(|g| latest.get(g).copied())) {
+                Some(id) => {
+                    w.push(&Record::Mark { id, wall_ms, real });
+                    report(w.flush(true));
+                }
+                None => tracing::warn!(
+                    "a verdict on the latest {} event, but there has been none since hearken started; ignored",
+                    group.as_deref().unwrap_or("?")
+                ),
+            },
         }
         if last_write.elapsed() >= Duration::from_secs(5) {
             last_write = std::time::Instant::now();
@@ -1158,9 +1174,26 @@ mod tests {
         })
         .unwrap();
         tx.send(HomeMsg::Mark {
-            id,
+            id: Some(id),
+            group: None,
             wall_ms: 1_100_000,
             real: false,
+        })
+        .unwrap();
+        // A group's button names no event: its latest one is meant.
+        tx.send(HomeMsg::Mark {
+            id: None,
+            group: Some("glass".into()),
+            wall_ms: 1_200_000,
+            real: true,
+        })
+        .unwrap();
+        // Nothing to mark: ignored.
+        tx.send(HomeMsg::Mark {
+            id: None,
+            group: Some("siren".into()),
+            wall_ms: 1_300_000,
+            real: true,
         })
         .unwrap();
         drop(tx);
@@ -1170,6 +1203,6 @@ mod tests {
         assert_eq!(c.counted, 600);
         assert!((c.observed_s - 300.0).abs() < 1e-3, "{}", c.observed_s);
         assert_eq!(c.events.len(), 1);
-        assert_eq!(c.marks, vec![(id, 1_100_000, false)]);
+        assert_eq!(c.marks, vec![(id, 1_100_000, false), (id, 1_200_000, true)]);
     }
 }
