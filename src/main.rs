@@ -340,35 +340,7 @@ enum Command {
     /// validation recall drops by at most [learning] max_recall_drop. The adapted
     /// detectors go to <state dir>/adapted; the daemon takes them on SIGHUP or
     /// restart.
-    Adapt {
-        /// Configuration file (as `hearken run --config`).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The daemon's state directory (as `hearken run --state-dir`).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// Model name or directory (overrides model.name).
-        #[arg(long)]
-        model: Option<String>,
-        /// Go back to the shipped detectors (removes the adapted ones).
-        #[arg(long)]
-        reset: bool,
-        /// Overrides [learning] false_alarms_per_week.
-        #[arg(long)]
-        false_alarms_per_week: Option<f64>,
-        /// Overrides [learning] max_recall_drop.
-        #[arg(long)]
-        max_recall_drop: Option<f64>,
-        /// Hours of stored home sound needed before adapting.
-        #[arg(long, default_value_t = 0.5)]
-        min_hours: f64,
-        /// L2 penalties tried for the home correction.
-        #[arg(long, value_delimiter = ',', default_values_t = hearken::learn::adapt::AdaptOptions::default().l2s)]
-        l2: Vec<f64>,
-        /// The report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Adapt(AdaptArgs),
 }
 
 fn main() -> ExitCode {
@@ -779,27 +751,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Adapt {
-            config,
-            state_dir,
-            model,
-            reset,
-            false_alarms_per_week,
-            max_recall_drop,
-            min_hours,
-            l2,
-            json,
-        } => adapt_command(
-            config.as_deref(),
-            state_dir,
-            model,
-            reset,
-            false_alarms_per_week,
-            max_recall_drop,
-            min_hours,
-            l2,
-            json,
-        ),
+        Command::Adapt(a) => adapt_command(a),
         Command::Devices => {
             let devices = hearken::audio::source::list_devices()?;
             if devices.is_empty() {
@@ -819,6 +771,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `hearken adapt`'s options (see [`Command::Adapt`]).
+#[derive(clap::Args)]
+struct AdaptArgs {
+    /// Configuration file (as `hearken run --config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The daemon's state directory (as `hearken run --state-dir`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Model name or directory (overrides model.name).
+    #[arg(long)]
+    model: Option<String>,
+    /// Go back to the shipped detectors (removes the adapted ones).
+    #[arg(long)]
+    reset: bool,
+    /// Overrides [learning] false_alarms_per_week.
+    #[arg(long)]
+    false_alarms_per_week: Option<f64>,
+    /// Overrides [learning] max_recall_drop.
+    #[arg(long)]
+    max_recall_drop: Option<f64>,
+    /// Hours of stored home sound needed before adapting.
+    #[arg(long, default_value_t = 0.5)]
+    min_hours: f64,
+    /// L2 penalties tried for the home correction.
+    #[arg(long, value_delimiter = ',', default_values_t = hearken::learn::adapt::AdaptOptions::default().l2s)]
+    l2: Vec<f64>,
+    /// The report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// MQTT options from the command line.
@@ -848,18 +832,19 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
 }
 
 /// `hearken adapt`: see [`Command::Adapt`].
-#[allow(clippy::too_many_arguments)]
-fn adapt_command(
-    config: Option<&std::path::Path>,
-    state_dir: Option<PathBuf>,
-    model: Option<String>,
-    reset: bool,
-    false_alarms_per_week: Option<f64>,
-    max_recall_drop: Option<f64>,
-    min_hours: f64,
-    l2s: Vec<f64>,
-    json: bool,
-) -> Result<ExitCode> {
+fn adapt_command(a: AdaptArgs) -> Result<ExitCode> {
+    let AdaptArgs {
+        config,
+        state_dir,
+        model,
+        reset,
+        false_alarms_per_week,
+        max_recall_drop,
+        min_hours,
+        l2: l2s,
+        json,
+    } = a;
+    let config = config.as_deref();
     use hearken::learn::{adapt, store, validation::ValidationSet};
     let overrides = Overrides {
         model,

@@ -29,7 +29,7 @@ use crate::audio::StreamResampler;
 use crate::classify::{run_unit, top_k, Prediction};
 use crate::detect::{Detector, Event, Hop};
 use crate::dsp::LogMel;
-use crate::learn::store::HomeMsg;
+use crate::learn::store::{log_odds, HomeMsg, Record};
 use crate::model::Model;
 use crate::scoring::{Scorer, WindowPlan, LEVEL_SILENCE};
 
@@ -378,15 +378,17 @@ impl Pipeline {
                 let home_groups = |detector: &Detector| {
                     if let Some(tap) = &home_tap {
                         let _ = tap.try_send(HomeMsg::Groups {
-                            groups: detector
-                                .group_names()
-                                .iter()
-                                .map(|g| g.to_string())
-                                .collect(),
+                            header: Record::Header {
+                                groups: detector
+                                    .group_names()
+                                    .iter()
+                                    .map(|g| g.to_string())
+                                    .collect(),
+                                embedding_dim,
+                                hop_s: hop_s as f32,
+                                model: model_name.clone(),
+                            },
                             floors: detector.home_floors(),
-                            embedding_dim,
-                            hop_s: hop_s as f32,
-                            model: model_name.clone(),
                         });
                     }
                 };
@@ -438,7 +440,7 @@ impl Pipeline {
                         };
                         let views = detector.home_views();
                         let keep = crate::learn::store::is_candidate(&views, home_floors);
-                        let _ = tap.try_send(HomeMsg::Window {
+                        let _ = tap.try_send(HomeMsg::Window(Record::Window {
                             wall_ms: ms(wall),
                             dbfs: ws.dbfs,
                             views,
@@ -448,24 +450,24 @@ impl Pipeline {
                                 Vec::new()
                             },
                             classes: if keep {
-                                ws.scores_max.clone()
+                                ws.scores_max.iter().map(|&p| log_odds(p)).collect()
                             } else {
                                 Vec::new()
                             },
-                        });
+                        }));
                         for e in &events[before..] {
                             let at = |s: f64| ms(wall) - ((ws.end_s - s).max(0.0) * 1000.0) as u64;
-                            let _ = tap.try_send(match e.state {
-                                crate::detect::EventState::Start => HomeMsg::EventStart {
+                            let _ = tap.try_send(HomeMsg::Event(match e.state {
+                                crate::detect::EventState::Start => Record::EventStart {
                                     id: e.id,
                                     wall_ms: at(e.start_s),
                                     group: e.group.clone(),
                                 },
-                                crate::detect::EventState::End => HomeMsg::EventEnd {
+                                crate::detect::EventState::End => Record::EventEnd {
                                     id: e.id,
                                     wall_ms: at(e.end_s.unwrap_or(ws.end_s)),
                                 },
-                            });
+                            }));
                         }
                     }
                 };

@@ -769,6 +769,50 @@ pub fn standardisation<R: AsRef<[f32]>>(x: &[R]) -> (Vec<f32>, Vec<f32>) {
     (mean.into_iter().map(|m| m as f32).collect(), scale)
 }
 
+/// Adam (β₁ 0.9, β₂ 0.999) over weights and one bias: what the linear fits here
+/// descend with.
+pub(crate) struct Adam {
+    lr: f64,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    t: i32,
+}
+
+impl Adam {
+    /// For `weights` weights and a bias, with step `lr`.
+    pub(crate) fn new(weights: usize, lr: f64) -> Adam {
+        Adam {
+            lr,
+            m: vec![0.0; weights + 1],
+            v: vec![0.0; weights + 1],
+            t: 0,
+        }
+    }
+
+    /// One step of `w` and `b` down the gradient `g` (the weights', then the
+    /// bias'), after adding an L2 penalty `l2` on the weights to it.
+    pub(crate) fn step(&mut self, w: &mut [f64], b: &mut f64, g: &mut [f64], l2: f64) {
+        let (b1, b2, eps) = (0.9, 0.999, 1e-8);
+        let d = w.len();
+        for (gi, wi) in g.iter_mut().zip(w.iter()) {
+            *gi += l2 * wi;
+        }
+        self.t += 1;
+        for i in 0..=d {
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
+            let mh = self.m[i] / (1.0 - b1.powi(self.t));
+            let vh = self.v[i] / (1.0 - b2.powi(self.t));
+            let step = self.lr * mh / (vh.sqrt() + eps);
+            if i < d {
+                w[i] -= step;
+            } else {
+                *b -= step;
+            }
+        }
+    }
+}
+
 /// Fits `sigmoid(b + w·z)` to labels `y` on standardised rows `z` by full-batch
 /// gradient descent with L2 penalty `l2` on `w`, positives and negatives weighted
 /// to count equally. Deterministic (no randomness at all).
@@ -785,11 +829,9 @@ pub fn fit_logistic<R: AsRef<[f32]>>(
     let mut w = vec![0f64; d];
     let mut b = 0f64;
     // Adam: robust to the scale of the problem without a tuned step.
-    let (lr, b1, b2, eps) = (0.05, 0.9, 0.999, 1e-8);
-    let mut m = vec![0f64; d + 1];
-    let mut v = vec![0f64; d + 1];
+    let mut adam = Adam::new(d, 0.05);
     let mut g = vec![0f64; d + 1];
-    for t in 1..=iterations {
+    for _ in 0..iterations {
         g.iter_mut().for_each(|x| *x = 0.0);
         for (row, &label) in z.iter().zip(y) {
             let row = row.as_ref();
@@ -805,21 +847,7 @@ pub fn fit_logistic<R: AsRef<[f32]>>(
             }
             g[d] += err;
         }
-        for (gi, wi) in g.iter_mut().zip(&w) {
-            *gi += l2 * wi;
-        }
-        for i in 0..=d {
-            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-            let mh = m[i] / (1.0 - b1.powi(t as i32));
-            let vh = v[i] / (1.0 - b2.powi(t as i32));
-            let step = lr * mh / (vh.sqrt() + eps);
-            if i < d {
-                w[i] -= step;
-            } else {
-                b -= step;
-            }
-        }
+        adam.step(&mut w, &mut b, &mut g, l2);
     }
     (w.into_iter().map(|x| x as f32).collect(), b as f32)
 }

@@ -240,11 +240,9 @@ fn fit_correction(rows: &[Row<'_>], l2: f64, iterations: usize) -> Option<HomeCo
     let mut w = vec![0f64; d];
     // Starts as a correction of about −0.05 log-odds: nearly nothing.
     let mut b = 3.0f64;
-    let (lr, b1, b2, eps) = (0.05, 0.9, 0.999, 1e-8);
-    let mut m = vec![0f64; d + 1];
-    let mut v = vec![0f64; d + 1];
+    let mut adam = crate::train::Adam::new(d, 0.05);
     let mut g = vec![0f64; d + 1];
-    for t in 1..=iterations {
+    for _ in 0..iterations {
         g.iter_mut().for_each(|x| *x = 0.0);
         for ((row, xr), &weight) in rows.iter().zip(&x).zip(&wt) {
             let u = b + xr
@@ -261,21 +259,7 @@ fn fit_correction(rows: &[Row<'_>], l2: f64, iterations: usize) -> Option<HomeCo
             }
             g[d] += gu;
         }
-        for (gi, wi) in g.iter_mut().zip(&w) {
-            *gi += l2 * wi;
-        }
-        for i in 0..=d {
-            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-            let mh = m[i] / (1.0 - b1.powi(t as i32));
-            let vh = v[i] / (1.0 - b2.powi(t as i32));
-            let step = lr * mh / (vh.sqrt() + eps);
-            if i < d {
-                w[i] -= step;
-            } else {
-                b -= step;
-            }
-        }
+        adam.step(&mut w, &mut b, &mut g, l2);
     }
     Some(HomeCorrection {
         mean,

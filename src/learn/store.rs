@@ -739,48 +739,20 @@ impl Writer {
 /// What the inference thread tells the store about.
 #[derive(Debug, Clone)]
 pub enum HomeMsg {
-    /// The groups (and their order in later windows) changed.
+    /// The groups (and their order in later windows) changed: a
+    /// [`Record::Header`], and each group's candidate floor (the `off` threshold
+    /// of its base score).
     Groups {
-        /// Group names.
-        groups: Vec<String>,
-        /// Each group's candidate floor: the `off` threshold of its base score.
+        /// The header.
+        header: Record,
+        /// One floor per group of the header.
         floors: Vec<f32>,
-        /// Embedding size.
-        embedding_dim: u32,
-        /// Seconds between windows.
-        hop_s: f32,
-        /// Model name.
-        model: String,
     },
-    /// One scored window (the embedding is empty for a window the gate skipped).
-    Window {
-        /// Time of the window end, ms.
-        wall_ms: u64,
-        /// Level, dBFS.
-        dbfs: f32,
-        /// One per group.
-        views: Vec<GroupView>,
-        /// Pooled embedding.
-        embedding: Vec<f32>,
-        /// The model's class scores, max-pooled (probabilities).
-        classes: Vec<f32>,
-    },
-    /// An event started.
-    EventStart {
-        /// Event id.
-        id: Uuid,
-        /// Start, ms.
-        wall_ms: u64,
-        /// Group.
-        group: String,
-    },
-    /// An event ended.
-    EventEnd {
-        /// Event id.
-        id: Uuid,
-        /// End, ms.
-        wall_ms: u64,
-    },
+    /// One scored window, a [`Record::Window`] (its embedding empty for a window
+    /// the gate skipped); kept only if it is a candidate ([`is_candidate`]).
+    Window(Record),
+    /// An event started or ended ([`Record::EventStart`], [`Record::EventEnd`]).
+    Event(Record),
     /// A verdict on an event: the one with `id`, or without one the latest
     /// event of `group` (what a Home Assistant button per group sends).
     Mark {
@@ -850,30 +822,24 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
         };
         match msg {
             None => {}
-            Some(HomeMsg::Groups {
-                groups,
-                floors: f,
-                embedding_dim,
-                hop_s: h,
-                model,
-            }) => {
+            Some(HomeMsg::Groups { header, floors: f }) => {
                 close_tally(&mut w, &mut tally);
                 floors = f;
-                hop_s = h;
-                w.push(&Record::Header {
-                    groups,
-                    embedding_dim,
-                    hop_s: h,
-                    model,
-                });
+                if let Record::Header { hop_s: h, .. } = &header {
+                    hop_s = *h;
+                }
+                w.push(&header);
             }
-            Some(HomeMsg::Window {
-                wall_ms,
-                dbfs,
-                views,
-                embedding,
-                classes,
-            }) => {
+            Some(HomeMsg::Window(window)) => {
+                let Record::Window {
+                    wall_ms,
+                    ref views,
+                    ref embedding,
+                    ..
+                } = window
+                else {
+                    continue;
+                };
                 if tally
                     .as_ref()
                     .is_some_and(|t| wall_ms.saturating_sub(t.from_ms) >= TALLY_MS)
@@ -891,24 +857,19 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                 t.to_ms = wall_ms;
                 t.windows += 1;
                 t.seconds += hop_s as f64;
-                for (m, v) in t.max_base.iter_mut().zip(&views) {
+                for (m, v) in t.max_base.iter_mut().zip(views) {
                     *m = m.max(v.base);
                 }
-                if !embedding.is_empty() && is_candidate(&views, &floors) {
-                    w.push(&Record::Window {
-                        wall_ms,
-                        dbfs,
-                        views,
-                        embedding,
-                        classes: classes.iter().map(|&p| log_odds(p)).collect(),
-                    });
+                if !embedding.is_empty() && is_candidate(views, &floors) {
+                    w.push(&window);
                 }
             }
-            Some(HomeMsg::EventStart { id, wall_ms, group }) => {
-                latest.insert(group.clone(), id);
-                w.push(&Record::EventStart { id, wall_ms, group })
+            Some(HomeMsg::Event(r)) => {
+                if let Record::EventStart { id, group, .. } = &r {
+                    latest.insert(group.clone(), *id);
+                }
+                w.push(&r);
             }
-            Some(HomeMsg::EventEnd { id, wall_ms }) => w.push(&Record::EventEnd { id, wall_ms }),
             Some(HomeMsg::Mark {
                 id,
                 group,
@@ -1144,16 +1105,18 @@ mod tests {
         let w = Writer::open(&d.0, LIMITS).unwrap();
         let h = std::thread::spawn(move || run(w, rx));
         tx.send(HomeMsg::Groups {
-            groups: vec!["glass".into()],
+            header: Record::Header {
+                groups: vec!["glass".into()],
+                embedding_dim: 2,
+                hop_s: 0.5,
+                model: "m".into(),
+            },
             floors: vec![0.3],
-            embedding_dim: 2,
-            hop_s: 0.5,
-            model: "m".into(),
         })
         .unwrap();
         for i in 0..600u64 {
             let base = if i % 100 == 0 { 0.4 } else { 0.1 };
-            tx.send(HomeMsg::Window {
+            tx.send(HomeMsg::Window(Record::Window {
                 wall_ms: 1_000_000 + i * 500,
                 dbfs: -40.0,
                 views: vec![GroupView {
@@ -1163,15 +1126,15 @@ mod tests {
                 }],
                 embedding: vec![0.5, 0.25],
                 classes: vec![0.5],
-            })
+            }))
             .unwrap();
         }
         let id = Uuid::new_v4();
-        tx.send(HomeMsg::EventStart {
+        tx.send(HomeMsg::Event(Record::EventStart {
             id,
             wall_ms: 1_000_000,
             group: "glass".into(),
-        })
+        }))
         .unwrap();
         tx.send(HomeMsg::Mark {
             id: Some(id),
