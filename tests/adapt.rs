@@ -14,10 +14,13 @@
 //! store counts the hour, adapting cuts the false alarms of the unseen hour, and
 //! held-out recall stays within 0.15 of the shipped detectors'.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{shared, succeeds};
 use hearken::eval::dataset::{fnv1a, Split};
 use hearken::eval::metrics::{Detection, Matching, TruthEvent};
 use hearken::eval::mix::{self, MixSpec, Signal};
@@ -41,22 +44,13 @@ const HOUSEHOLD: &[&str] = &[
 const GROUPS: &str = "scream,glass,gunshot,smoke_alarm,siren";
 const RATE: u32 = 32_000;
 
-fn shared() -> PathBuf {
-    hearken::shared_dir()
-}
-
 fn hearken(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_hearken"))
-        .args(args)
-        .env("HEARKEN_SHARED", shared())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hearken {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_hearken"))
+            .args(args)
+            .env("HEARKEN_SHARED", shared()),
+        &format!("hearken {args:?}"),
+    )
 }
 
 /// Start events of a `--print-events` run, merged with their ends.

@@ -6,22 +6,17 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{audio, labelled_subset, models_dir};
+use common::{audio, labelled_subset, models_dir, succeeds};
 use serde_json::Value;
 
 fn hearken(args: &[&str], extra: &[&Path]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_hearken"))
-        .env("HEARKEN_MODELS", models_dir())
-        .args(args)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_hearken"))
+            .env("HEARKEN_MODELS", models_dir())
+            .args(args)
+            .args(extra),
+        &format!("{args:?}"),
+    )
 }
 
 /// A small seeded network run on gunshot: two passes over 64 windows per network.

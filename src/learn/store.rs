@@ -1136,29 +1136,21 @@ mod tests {
             group: "glass".into(),
         }))
         .unwrap();
-        tx.send(HomeMsg::Mark {
-            id: Some(id),
-            group: None,
-            wall_ms: 1_100_000,
-            real: false,
-        })
-        .unwrap();
-        // A group's button names no event: its latest one is meant.
-        tx.send(HomeMsg::Mark {
-            id: None,
-            group: Some("glass".into()),
-            wall_ms: 1_200_000,
-            real: true,
-        })
-        .unwrap();
-        // Nothing to mark: ignored.
-        tx.send(HomeMsg::Mark {
-            id: None,
-            group: Some("siren".into()),
-            wall_ms: 1_300_000,
-            real: true,
-        })
-        .unwrap();
+        // By id; by group (a button names no event: its latest one is meant);
+        // a group with no event yet (ignored).
+        for (id, group, wall_ms, real) in [
+            (Some(id), None, 1_100_000, false),
+            (None, Some("glass"), 1_200_000, true),
+            (None, Some("siren"), 1_300_000, true),
+        ] {
+            tx.send(HomeMsg::Mark {
+                id,
+                group: group.map(String::from),
+                wall_ms,
+                real,
+            })
+            .unwrap();
+        }
         drop(tx);
         h.join().unwrap();
         let c = read(&d.0).unwrap();

@@ -9,6 +9,18 @@ use std::path::{Path, PathBuf};
 
 use hearken::model::Model;
 
+/// Runs `cmd` and returns its output, failing the test (with `what` and its
+/// standard error) unless it succeeded.
+pub fn succeeds(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `$HEARKEN_SHARED`, default `../shared` beside the repository.
 pub fn shared() -> PathBuf {
     hearken::shared_dir()
