@@ -237,3 +237,54 @@ fn a_missing_device_or_bad_source_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.wav"));
 }
+
+/// The home store fills from any source: every window counted, the ones near an
+/// alarm kept with their events, nothing of it audio, and it survives the next run.
+#[test]
+fn a_run_fills_the_home_store_and_the_next_run_adds_to_it() {
+    let state = std::env::temp_dir().join(format!("hearken-home-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let run = || {
+        let out = hearken()
+            .args(["run", "--fast", "--print-events", "--source"])
+            .arg(format!("file:{}", audio("gunshots.wav").display()))
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        events(&out)
+    };
+    let first = run();
+    let c = hearken::learn::store::read(&state.join("home")).unwrap();
+    let wav = hound::WavReader::open(audio("gunshots.wav")).unwrap();
+    let duration = wav.duration() as f64 / wav.spec().sample_rate as f64;
+    // Windows are counted up to the model's minimum length (10 s for mn04).
+    assert!(
+        c.observed_s >= duration - 1.0 && c.observed_s <= duration.max(10.0) + 1.0,
+        "{} s counted for {duration} s",
+        c.observed_s
+    );
+    assert!(!c.windows.is_empty(), "gunshots come near an alarm");
+    assert!(c
+        .windows
+        .iter()
+        .all(|w| w.classes.len() == 527 && w.embedding.len() == 384));
+    let starts = first.iter().filter(|e| e["state"] == "start").count();
+    assert_eq!(c.events.len(), starts, "every event is in the store");
+    assert!(c.windows.iter().any(|w| w.views.iter().any(|v| v.active)));
+    // Nothing in the folder is audio: only the store's segments.
+    for f in std::fs::read_dir(state.join("home")).unwrap() {
+        let p = f.unwrap().path();
+        assert_eq!(p.extension().and_then(|e| e.to_str()), Some("hks"), "{p:?}");
+    }
+    run();
+    let again = hearken::learn::store::read(&state.join("home")).unwrap();
+    assert_eq!(again.files, 2, "each run adds its own segment");
+    assert!((again.observed_s - 2.0 * c.observed_s).abs() < 1.0);
+    let _ = std::fs::remove_dir_all(&state);
+}
