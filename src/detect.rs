@@ -118,6 +118,30 @@ pub trait GroupScorer: Send {
     }
 }
 
+/// Scores handed out in order, one per hop whatever the hop (0 past the end): a
+/// replay of precomputed scores through the real event logic (training's
+/// out-of-fold predictions, adapting's corrected home windows).
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    scores: Vec<f32>,
+    next: usize,
+}
+
+impl Fixed {
+    /// A scorer that hands out `scores` in order.
+    pub fn new(scores: Vec<f32>) -> Self {
+        Fixed { scores, next: 0 }
+    }
+}
+
+impl GroupScorer for Fixed {
+    fn score(&mut self, _: &Hop<'_>) -> f32 {
+        let s = self.scores.get(self.next).copied().unwrap_or(0.0);
+        self.next += 1;
+        s
+    }
+}
+
 /// Group score = highest pooled score among the group's AudioSet classes.
 #[derive(Debug, Clone)]
 pub struct ClassScorer {

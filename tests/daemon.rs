@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{audio, models_dir};
+use common::{audio, models_dir, succeeds};
 use serde_json::Value;
 
 /// Onset of the first shot in gunshots.wav (first 10 ms block above -30 dBFS).
@@ -245,19 +245,14 @@ fn a_run_fills_the_home_store_and_the_next_run_adds_to_it() {
     let state = std::env::temp_dir().join(format!("hearken-home-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let run = || {
-        let out = hearken()
-            .args(["run", "--fast", "--print-events", "--source"])
-            .arg(format!("file:{}", audio("gunshots.wav").display()))
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        events(&out)
+        events(&succeeds(
+            hearken()
+                .args(["run", "--fast", "--print-events", "--source"])
+                .arg(format!("file:{}", audio("gunshots.wav").display()))
+                .arg("--state-dir")
+                .arg(&state),
+            "hearken run with a state dir",
+        ))
     };
     let first = run();
     let c = hearken::learn::store::read(&state.join("home")).unwrap();

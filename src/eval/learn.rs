@@ -30,7 +30,7 @@ use super::mix::{self, MixSpec, Signal};
 use super::net::{self, NetOptions};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
-use crate::detect::{Detector, GroupScorer, Hop, Identity, OwnedHop};
+use crate::detect::{Detector, Fixed, Identity, OwnedHop};
 use crate::learn::store::log_odds;
 use crate::learn::validation::{Header as ValHeader, ValEvent, ValHop, ValidationSet};
 use crate::model::Model;
@@ -332,17 +332,6 @@ fn mixture_key(
         text.push_str(&format!("|{} {:?} {}", s.name, s.group, s.samples.len()));
     }
     fnv1a(&text)
-}
-
-/// Scores handed to the detector in order: replays out-of-fold predictions.
-struct Fixed(Vec<f32>, usize);
-
-impl GroupScorer for Fixed {
-    fn score(&mut self, _: &Hop<'_>) -> f32 {
-        let s = self.0.get(self.1).copied().unwrap_or(0.0);
-        self.1 += 1;
-        s
-    }
 }
 
 /// Trains and writes one detector per group; returns what it did.
@@ -1349,7 +1338,7 @@ fn replay_scores(
     let mut latencies = Vec::new();
     for (b, s) in batches.iter().zip(scores) {
         let d = Detector::new(
-            vec![(name.clone(), gc.clone(), Box::new(Fixed(s.clone(), 0)))],
+            vec![(name.clone(), gc.clone(), Box::new(Fixed::new(s.clone())))],
             ident(cfg, model),
         );
         let dets = detections(&replay(d, &b.hops, model.labels()));
@@ -1411,6 +1400,7 @@ pub fn default_sources(shared: &Path) -> Vec<Source> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::GroupScorer;
 
     fn sig(group: Option<&str>, recording: &str) -> Signal {
         Signal {
@@ -1535,7 +1525,7 @@ mod tests {
 
     #[test]
     fn fixed_scores_replay_in_order_then_zero() {
-        let mut s = Fixed(vec![0.2, 0.9], 0);
+        let mut s = Fixed::new(vec![0.2, 0.9]);
         let h = OwnedHop {
             start_s: 0.0,
             end_s: 1.0,

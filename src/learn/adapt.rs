@@ -27,7 +27,7 @@ use serde::Serialize;
 use super::store::Contents;
 use super::validation::{ValEvent, ValidationSet};
 use crate::config::GroupConfig;
-use crate::detect::{apply_trained, Detector, GroupScorer, Hop, Identity, OwnedHop};
+use crate::detect::{apply_trained, Detector, Fixed, Identity, OwnedHop};
 use crate::eval::metrics::{Matching, TruthEvent};
 use crate::eval::run::{detections, replay};
 use crate::model::Labels;
@@ -113,17 +113,6 @@ pub struct AdaptReport {
     pub options: AdaptOptions,
 }
 
-/// Scores handed out in order (a replay of precomputed scores).
-struct Fixed(Vec<f32>, usize);
-
-impl GroupScorer for Fixed {
-    fn score(&mut self, _: &Hop<'_>) -> f32 {
-        let s = self.0.get(self.1).copied().unwrap_or(0.0);
-        self.1 += 1;
-        s
-    }
-}
-
 /// Detections of one group replayed over `(end_s, score)` hops with `gc`.
 fn replay_scores(
     name: &str,
@@ -139,7 +128,7 @@ fn replay_scores(
         vec![(
             name.to_string(),
             gc,
-            Box::new(Fixed(hops.iter().map(|h| h.1).collect(), 0)),
+            Box::new(Fixed::new(hops.iter().map(|h| h.1).collect())),
         )],
         Identity::default(),
     );
