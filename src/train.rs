@@ -73,10 +73,7 @@ impl Features {
         if gated {
             return false;
         }
-        let log_odds = |p: &f32| {
-            let p = p.clamp(1e-6, 1.0 - 1e-6);
-            (p / (1.0 - p)).ln()
-        };
+        let log_odds = |p: &f32| log_odds(*p);
         match self {
             Features::Net => {
                 out.extend(hop.heads.iter().map(log_odds));
@@ -91,6 +88,13 @@ impl Features {
         }
         true
     }
+}
+
+/// `ln(p / (1 − p))` with `p` clamped to [1e-6, 1 − 1e-6]: how detectors, the
+/// home store and the home correction read a class score.
+pub fn log_odds(p: f32) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
 }
 
 /// A hidden layer of rectified linear units: unit `j` is
@@ -525,11 +529,8 @@ impl LinearScorer {
             None => (base, base),
             Some(h) => {
                 self.classes.clear();
-                self.classes.extend(
-                    hop.scores_max
-                        .iter()
-                        .map(|&p| crate::learn::store::log_odds(p)),
-                );
+                self.classes
+                    .extend(hop.scores_max.iter().map(|&p| log_odds(p)));
                 (base, sigmoid(z + h.logit(&self.classes) as f64) as f32)
             }
         }

@@ -767,12 +767,7 @@ pub enum HomeMsg {
     },
 }
 
-/// `ln(p / (1 − p))` with `p` clamped to [1e-6, 1 − 1e-6], as detectors read
-/// class scores.
-pub fn log_odds(p: f32) -> f32 {
-    let p = p.clamp(1e-6, 1.0 - 1e-6);
-    (p / (1.0 - p)).ln()
-}
+pub use crate::train::log_odds;
 
 /// Whether a window is kept: some group's base score reaches its floor.
 pub fn is_candidate(views: &[GroupView], floors: &[f32]) -> bool {
