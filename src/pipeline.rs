@@ -377,19 +377,16 @@ impl Pipeline {
                 // Tells the home store which groups the windows' views belong to.
                 let home_groups = |detector: &Detector| {
                     if let Some(tap) = &home_tap {
-                        let _ = tap.try_send(HomeMsg::Groups {
-                            header: Record::Header {
-                                groups: detector
-                                    .group_names()
-                                    .iter()
-                                    .map(|g| g.to_string())
-                                    .collect(),
-                                embedding_dim,
-                                hop_s: hop_s as f32,
-                                model: model_name.clone(),
-                            },
-                            floors: detector.home_floors(),
-                        });
+                        let _ = tap.try_send(HomeMsg::Groups(Record::Header {
+                            groups: detector
+                                .group_names()
+                                .iter()
+                                .map(|g| g.to_string())
+                                .collect(),
+                            embedding_dim,
+                            hop_s: hop_s as f32,
+                            model: model_name.clone(),
+                        }));
                     }
                 };
                 home_groups(&detector);

@@ -740,16 +740,11 @@ impl Writer {
 #[derive(Debug, Clone)]
 pub enum HomeMsg {
     /// The groups (and their order in later windows) changed: a
-    /// [`Record::Header`], and each group's candidate floor (the `off` threshold
-    /// of its base score).
-    Groups {
-        /// The header.
-        header: Record,
-        /// One floor per group of the header.
-        floors: Vec<f32>,
-    },
-    /// One scored window, a [`Record::Window`] (its embedding empty for a window
-    /// the gate skipped); kept only if it is a candidate ([`is_candidate`]).
+    /// [`Record::Header`].
+    Groups(Record),
+    /// One scored window, a [`Record::Window`]: counted, and kept when it carries
+    /// an embedding (the sender leaves it out of windows that are not candidates,
+    /// [`is_candidate`], and of those the gate skipped).
     Window(Record),
     /// An event started or ended ([`Record::EventStart`], [`Record::EventEnd`]).
     Event(Record),
@@ -788,7 +783,6 @@ struct Tally {
 /// Runs the store: writes what arrives on `rx` until every sender is gone, then
 /// syncs. Meant for a thread of its own.
 pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
-    let mut floors: Vec<f32> = Vec::new();
     let mut hop_s = 0f32;
     let mut tally: Option<Tally> = None;
     let mut last_write = std::time::Instant::now();
@@ -817,9 +811,8 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
         };
         match msg {
             None => {}
-            Some(HomeMsg::Groups { header, floors: f }) => {
+            Some(HomeMsg::Groups(header)) => {
                 close_tally(&mut w, &mut tally);
-                floors = f;
                 if let Record::Header { hop_s: h, .. } = &header {
                     hop_s = *h;
                 }
@@ -855,7 +848,7 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                 for (m, v) in t.max_base.iter_mut().zip(views) {
                     *m = m.max(v.base);
                 }
-                if !embedding.is_empty() && is_candidate(views, &floors) {
+                if !embedding.is_empty() {
                     w.push(&window);
                 }
             }
@@ -1099,28 +1092,29 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         let w = Writer::open(&d.0, LIMITS).unwrap();
         let h = std::thread::spawn(move || run(w, rx));
-        tx.send(HomeMsg::Groups {
-            header: Record::Header {
-                groups: vec!["glass".into()],
-                embedding_dim: 2,
-                hop_s: 0.5,
-                model: "m".into(),
-            },
-            floors: vec![0.3],
-        })
+        tx.send(HomeMsg::Groups(Record::Header {
+            groups: vec!["glass".into()],
+            embedding_dim: 2,
+            hop_s: 0.5,
+            model: "m".into(),
+        }))
         .unwrap();
         for i in 0..600u64 {
             let base = if i % 100 == 0 { 0.4 } else { 0.1 };
+            let views = vec![GroupView {
+                base,
+                score: base,
+                active: false,
+            }];
+            // As the inference thread sends them: the summary only for candidates.
+            let keep = is_candidate(&views, &[0.3]);
+            assert_eq!(keep, base == 0.4);
             tx.send(HomeMsg::Window(Record::Window {
                 wall_ms: 1_000_000 + i * 500,
                 dbfs: -40.0,
-                views: vec![GroupView {
-                    base,
-                    score: base,
-                    active: false,
-                }],
-                embedding: vec![0.5, 0.25],
-                classes: vec![0.5],
+                views,
+                embedding: if keep { vec![0.5, 0.25] } else { Vec::new() },
+                classes: if keep { vec![0.5] } else { Vec::new() },
             }))
             .unwrap();
         }
