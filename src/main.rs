@@ -1615,6 +1615,7 @@ fn swap_publisher(
     current: &mut Option<hearken::publish::client::Publisher>,
     settings: &mut Option<hearken::publish::client::MqttSettings>,
     new: Option<hearken::publish::client::MqttSettings>,
+    feedback: &Option<hearken::publish::feedback::FeedbackSink>,
 ) {
     use hearken::publish::client::Publisher;
     use tracing::{error, info, warn};
@@ -1628,7 +1629,7 @@ fn swap_publisher(
         *settings = None;
         return;
     };
-    match Publisher::take_over(s.clone()) {
+    match Publisher::take_over(s.clone(), feedback.clone()) {
         Ok(p) => {
             info!(host = %s.host, port = s.port, "MQTT publisher started for {}:{}", s.host, s.port);
             *current = Some(p);
@@ -1637,7 +1638,7 @@ fn swap_publisher(
         Err(e) => {
             error!("cannot start the MQTT publisher with the new settings: {e:#}; keeping the previous ones");
             if let Some(old) = settings.clone() {
-                match Publisher::take_over(old) {
+                match Publisher::take_over(old, feedback.clone()) {
                     Ok(p) => *current = Some(p),
                     Err(e) => error!("cannot restart the MQTT publisher: {e:#}"),
                 }
@@ -1734,12 +1735,17 @@ fn run_daemon(
         }
         None => None,
     };
+    let home = start_home_store(&cfg, &state);
+    // Verdicts from the feedback topics go to the store (the publisher keeps this
+    // sender until it stops, so the store outlives it).
+    let feedback = home
+        .as_ref()
+        .map(|(tx, _)| hearken::learn::store::feedback_sink(tx.clone()));
     let publisher = mqtt_now
         .clone()
-        .map(hearken::publish::client::Publisher::start)
+        .map(|s| hearken::publish::client::Publisher::start(s, feedback.clone()))
         .transpose()?;
     let groups = detector.group_names().join(", ");
-    let home = start_home_store(&cfg, &state);
     let (tx, rx) = crossbeam_channel::unbounded();
     let pipeline = Pipeline::start(
         PipelineSettings {
@@ -1757,7 +1763,8 @@ fn run_daemon(
         },
         tx,
     )?;
-    // The pipeline holds the only sender now: the store ends when it does.
+    // The pipeline and the publisher hold its senders now: the store ends when
+    // both have.
     let home_thread = home.map(|(_, h)| h);
     let stop = pipeline.stop_flag();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -1795,7 +1802,7 @@ fn run_daemon(
                     },
                     recv(pub_rx) -> s => {
                         match s {
-                            Ok(s) => swap_publisher(&mut publisher, &mut settings, s),
+                            Ok(s) => swap_publisher(&mut publisher, &mut settings, s, &feedback),
                             Err(_) => pub_rx = crossbeam_channel::never(),
                         }
                         continue;
@@ -1971,14 +1978,17 @@ fn run_daemon(
         "stopping: draining the pipeline",
     ));
     let summary = pipeline.wait()?;
+    drop(pub_tx);
+    // The pipeline has closed every event; the publisher flushes and says offline.
+    let stopped = match printer.join() {
+        Ok(Some(p)) => p.shutdown(),
+        _ => Ok(()),
+    };
+    // Every sender of the store is gone now: it writes what it has and ends.
     if let Some(h) = home_thread {
         let _ = h.join();
     }
-    drop(pub_tx);
-    // The pipeline has closed every event; the publisher flushes and says offline.
-    if let Ok(Some(p)) = printer.join() {
-        p.shutdown()?;
-    }
+    stopped?;
     info!(
         audio_s = summary.audio_s,
         events = summary.events,

@@ -264,7 +264,7 @@ fn events_states_discovery_and_availability_reach_a_real_broker() {
         .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
         .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
         .collect();
-    assert_eq!(configs.len(), 2 * 10 + 3, "{topics:?}");
+    assert_eq!(configs.len(), 3 * 10 + 3, "{topics:?}");
     let file = state.join("discovery.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
     let check = Command::new("python3")
@@ -894,4 +894,104 @@ fn a_full_disk_loses_no_event_and_does_not_stall_delivery() {
     std::fs::remove_file(&filler).unwrap();
     drop(fs);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// "That was a false alarm" from Home Assistant reaches the home store: the button
+/// discovery announces sends its payload to the group's feedback topic, the daemon
+/// marks the group's latest event, and a JSON verdict naming an event marks that one.
+#[test]
+fn a_false_alarm_press_marks_the_event_in_the_home_store() {
+    use common::service::{s16le, Daemon};
+    let port = free_port();
+    let _broker = start_broker(port, "feedback");
+    let state = tmp("state-feedback");
+    let (rate, gunshots) = s16le("gunshots.wav");
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let st = state.display().to_string();
+    let mut d = Daemon::spawn(
+        rate,
+        &["--mqtt", &url, "--node-id", "fbnode", "--state-dir", &st],
+        &[],
+        false,
+        Duration::ZERO,
+    );
+    d.wait_listening();
+    assert!(
+        d.stderr
+            .wait_for(0, Duration::from_secs(30), |l| l.contains(": connected"))
+            .is_some(),
+        "never connected: {}",
+        d.stderr.text()
+    );
+    // What Home Assistant's button would send, taken from the retained config.
+    let button: Value = serde_json::from_str(&sub_once(
+        port,
+        "homeassistant/button/fbnode/gunshot/config",
+        5,
+    ))
+    .unwrap();
+    let command_topic = button["command_topic"].as_str().unwrap().to_string();
+    assert_eq!(command_topic, "hearken/fbnode/gunshot/feedback");
+    let press = |payload: &str| {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", &command_topic, "-m", payload])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+
+    d.feeder().queue(gunshots);
+    let at = d
+        .stdout
+        .wait_for(0, Duration::from_secs(90), |l| {
+            l.contains("\"group\":\"gunshot\"") && l.contains("\"state\":\"start\"")
+        })
+        .unwrap_or_else(|| panic!("no gunshot event: {}", d.stderr.text()));
+    let first: Value = serde_json::from_str(&d.stdout.seen[at]).unwrap();
+    let first_id = first["id"].as_str().unwrap().to_string();
+    // Let every event of the recording come (the press means the latest).
+    d.wait_stream_time(25.0, Duration::from_secs(90));
+    let ids: Vec<String> = d
+        .events()
+        .iter()
+        .filter(|e| e["group"] == "gunshot" && e["state"] == "start")
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let latest = ids.last().unwrap().clone();
+
+    press(button["payload_press"].as_str().unwrap());
+    let marked = |d: &mut Daemon, id: &str, what: &str| {
+        let line = format!("event {id} marked {what}");
+        assert!(
+            d.stderr
+                .wait_for(0, Duration::from_secs(20), |l| l.contains(&line))
+                .is_some(),
+            "no {line:?}: {}",
+            d.stderr.text()
+        );
+    };
+    marked(&mut d, &latest, "a false alarm");
+    press(&format!(
+        "{{\"verdict\": \"real\", \"event_id\": \"{first_id}\"}}"
+    ));
+    marked(&mut d, &first_id, "real");
+    // A verdict hearken cannot take is refused with the reason, and nothing breaks.
+    press("maybe");
+    assert!(d
+        .stderr
+        .wait_for(0, Duration::from_secs(20), |l| l
+            .contains("unknown verdict"))
+        .is_some());
+    assert!(d.finish(Duration::from_secs(60)).success());
+
+    let c = hearken::learn::store::read(&state.join("home")).unwrap();
+    let marks: Vec<(String, bool)> = c
+        .marks
+        .iter()
+        .map(|(id, _, real)| (id.to_string(), *real))
+        .collect();
+    assert_eq!(marks, [(latest.clone(), false), (first_id.clone(), true)]);
+    assert!(c.events.iter().any(|e| e.id.to_string() == latest));
+    let _ = std::fs::remove_dir_all(&state);
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+use uuid::Uuid;
 
 use super::store::Contents;
 use super::validation::{ValEvent, ValidationSet};
@@ -316,10 +317,19 @@ pub fn adapt_group(
     let observed_h = home.observed_s / 3600.0;
     let per_week = |fa: usize| fa as f64 / observed_h.max(1e-9) * 168.0;
 
-    // The household's verdicts on this group's events, as time spans.
+    // The household's verdicts on this group's events, as time spans; a later
+    // verdict on an event replaces an earlier one (a press taken back).
+    let mut verdicts: Vec<(Uuid, u64, bool)> = Vec::new();
+    for &(id, at, real) in &home.marks {
+        match verdicts.iter_mut().find(|v| v.0 == id) {
+            Some(v) if at >= v.1 => *v = (id, at, real),
+            Some(_) => {}
+            None => verdicts.push((id, at, real)),
+        }
+    }
     let mut spans: Vec<(f64, f64, bool)> = Vec::new();
     let (mut marked_false, mut marked_real) = (0, 0);
-    for (id, _, real) in &home.marks {
+    for (id, _, real) in &verdicts {
         if let Some(e) = home.events.iter().find(|e| &e.id == id && e.group == name) {
             let start = e.start_ms as f64 / 1000.0 - window_s;
             let end = e.end_ms.unwrap_or(e.start_ms + 30_000) as f64 / 1000.0 + 0.01;

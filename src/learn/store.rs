@@ -764,6 +764,29 @@ pub enum HomeMsg {
 
 pub use crate::train::log_odds;
 
+/// The publisher's [`FeedbackSink`](crate::publish::feedback::FeedbackSink) for a
+/// store fed by `tx`: each verdict becomes a [`HomeMsg::Mark`], stamped now. It
+/// never waits: a verdict that finds the store's queue full is logged and dropped.
+pub fn feedback_sink(
+    tx: crossbeam_channel::Sender<HomeMsg>,
+) -> crate::publish::feedback::FeedbackSink {
+    std::sync::Arc::new(move |f: crate::publish::feedback::Feedback| {
+        let msg = HomeMsg::Mark {
+            id: f.event_id,
+            group: Some(f.group.clone()),
+            wall_ms: now_ms(),
+            real: f.real,
+        };
+        if tx.try_send(msg).is_err() {
+            tracing::warn!(
+                group = %f.group,
+                "a verdict on a {} event could not reach the home store (it is behind or stopped); not kept",
+                f.group
+            );
+        }
+    })
+}
+
 /// Whether a window is kept: some group's base score reaches its floor.
 pub fn is_candidate(views: &[GroupView], floors: &[f32]) -> bool {
     views
@@ -867,6 +890,12 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                 Some(id) => {
                     w.push(&Record::Mark { id, wall_ms, real });
                     report(w.flush(true));
+                    let verdict = if real { "real" } else { "a false alarm" };
+                    tracing::info!(
+                        event_id = %id,
+                        real,
+                        "feedback: event {id} marked {verdict} in the home store (the next `hearken adapt` uses it)"
+                    );
                 }
                 None => tracing::warn!(
                     "a verdict on the latest {} event, but there has been none since hearken started; ignored",

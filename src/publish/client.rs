@@ -13,7 +13,8 @@
 //! it closes, with an `end` marked `interrupted`, every event a dead process left
 //! open ([`super::open_events`]). It also subscribes to this node's
 //! retained discovery configs and clears those of groups no longer configured, so
-//! Home Assistant removes their entities.
+//! Home Assistant removes their entities, and to the groups' feedback topics, whose
+//! verdicts ("that was a false alarm") it hands to a [`FeedbackSink`].
 //!
 //! Each connection gets a fresh rumqttc client: after a failure nothing is resent
 //! by rumqttc itself, only by the outbox, which keeps PUBACK bookkeeping exact.
@@ -34,6 +35,7 @@ use rumqttc::{
 use super::discovery::{
     config_filter, discovery_messages, ha_status_topic, is_ha_birth, stale_config_removal, NodeInfo,
 };
+use super::feedback::{self, FeedbackSink};
 use super::open_events::{interrupted_end, open_in_outbox, OpenEvents};
 use super::outbox::Outbox;
 use super::tls::{client_config, TlsFiles};
@@ -160,6 +162,8 @@ enum Net {
     HaOnline,
     /// A retained discovery config of this node exists on the broker.
     Config(String),
+    /// A message on one of this node's feedback topics: topic, payload.
+    Feedback(String, Vec<u8>),
     Down(String),
 }
 
@@ -189,6 +193,17 @@ pub struct Publisher {
     handle: Option<JoinHandle<Result<()>>>,
 }
 
+/// What the publisher does with verdicts received on the feedback topics.
+fn ignore_feedback() -> FeedbackSink {
+    Arc::new(|f: feedback::Feedback| {
+        tracing::warn!(
+            group = %f.group,
+            "a verdict on a {} event arrived, but the home store is off ([learning] store = false): not kept",
+            f.group
+        )
+    })
+}
+
 /// What the events found open in the state directory mean for a new publisher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resume {
@@ -206,17 +221,23 @@ impl Publisher {
     /// killed while the event lasted) is closed first with an `end` marked
     /// `interrupted`. A broker that is down is not an error: events wait in the
     /// outbox and the thread retries with backoff. Unreadable TLS files are.
-    pub fn start(s: MqttSettings) -> Result<Publisher> {
-        Publisher::launch(s, Resume::AfterExit)
+    /// Verdicts received on the feedback topics go to `feedback` (without one they
+    /// are logged as not kept).
+    pub fn start(s: MqttSettings, feedback: Option<FeedbackSink>) -> Result<Publisher> {
+        Publisher::launch(s, Resume::AfterExit, feedback)
     }
 
     /// Starts a publisher that replaces one stopped in this process (new MQTT
     /// settings on reload): events open in the pipeline stay open.
-    pub fn take_over(s: MqttSettings) -> Result<Publisher> {
-        Publisher::launch(s, Resume::Handover)
+    pub fn take_over(s: MqttSettings, feedback: Option<FeedbackSink>) -> Result<Publisher> {
+        Publisher::launch(s, Resume::Handover, feedback)
     }
 
-    fn launch(s: MqttSettings, resume: Resume) -> Result<Publisher> {
+    fn launch(
+        s: MqttSettings,
+        resume: Resume,
+        feedback: Option<FeedbackSink>,
+    ) -> Result<Publisher> {
         if s.qos > 2 {
             bail!("MQTT QoS must be 0, 1 or 2, not {}", s.qos);
         }
@@ -267,7 +288,10 @@ impl Publisher {
         let (tx, rx) = unbounded();
         let handle = std::thread::Builder::new()
             .name("hearken-mqtt".into())
-            .spawn(move || run(s, tls, topics, outbox, journal, rx))?;
+            .spawn(move || {
+                let feedback = feedback.unwrap_or_else(ignore_feedback);
+                run(s, tls, topics, outbox, journal, rx, feedback)
+            })?;
         Ok(Publisher {
             tx: Some(tx),
             handle: Some(handle),
@@ -353,6 +377,7 @@ fn connect(s: &MqttSettings, tls: Option<&Arc<rustls::ClientConfig>>, topics: &T
     let (ntx, nrx) = unbounded();
     let dp = s.discovery_prefix.clone();
     let config_prefix = format!("{dp}/");
+    let node_topics = topics.clone();
     let tls_on = tls.is_some();
     std::thread::Builder::new()
         .name("hearken-mqtt-net".into())
@@ -365,6 +390,8 @@ fn connect(s: &MqttSettings, tls: Option<&Arc<rustls::ClientConfig>>, topics: &T
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         if is_ha_birth(&dp, &p.topic, &p.payload) {
                             Net::HaOnline
+                        } else if feedback::feedback_group(&node_topics, &p.topic).is_some() {
+                            Net::Feedback(p.topic.clone(), p.payload.to_vec())
                         } else if p.retain
                             && !p.payload.is_empty()
                             && p.topic.starts_with(&config_prefix)
@@ -506,6 +533,7 @@ fn run(
     mut outbox: Outbox,
     mut journal: OpenEvents,
     rx: Receiver<Item>,
+    feedback: FeedbackSink,
 ) -> Result<()> {
     let current = discovery_messages(&topics, &node_info(&s));
     let mut conn: Option<Conn> = None;
@@ -587,6 +615,7 @@ fn run(
                             backoff = Duration::from_millis(500);
                             say("connected".into(), &mut last_state);
                             let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
+                            let _ = c.client.try_subscribe(topics.feedback_filter(), QoS::AtLeastOnce);
                         }
                         let problem = problem_now(&outbox, &journal_problem);
                         announce(c, &s, &topics, &Announce {
@@ -609,6 +638,12 @@ fn run(
                             tracing::info!("mqtt: clearing {} (its group is no longer configured)", m.topic);
                             publish(c, &m, Kind::Other);
                         }
+                    }
+                }
+                Ok(Net::Feedback(topic, payload)) => {
+                    match feedback::parse(&topics, &topic, &payload, &s.groups) {
+                        Ok(f) => feedback(f),
+                        Err(why) => tracing::warn!("{why}"),
                     }
                 }
                 Ok(Net::Outgoing(pkid)) => {

@@ -9,6 +9,7 @@
 //! |-----------------|------------|-------------------------------------------------|
 //! | `binary_sensor` | `<group>`  | `ON` while the group's event lasts              |
 //! | `event`         | `<group>`  | fires `detected` with the event's details       |
+//! | `button`        | `<group>`  | "false alarm": a verdict on the group's latest event |
 //! | `sensor`        | `top`      | current top label (attributes: labels, dBFS)    |
 //! | `sensor`        | `loudness` | current loudness, dBFS                          |
 //! | `binary_sensor` | `node-problem` | `ON` while hearken cannot write its state (disk) |
@@ -20,6 +21,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::feedback::FALSE_ALARM;
 use super::topics::{sanitize_id, Topics};
 use super::{OutMessage, OFFLINE, ONLINE, STATE_OFF, STATE_ON};
 
@@ -160,14 +162,15 @@ const EVENT_TEMPLATE: &str = "{% if value_json.state == 'start' %}\
 
 /// Retained discovery configs (QoS 1) for a node: per group (`(name, safety)`) a
 /// `binary_sensor` on the group's state topic and an `event` entity on its event
-/// topic; then the `top` and `loudness` sensors on the diagnostic topic and the
+/// topic and a `button` that sends "false alarm" for its latest event on the
+/// group's feedback topic; then the `top` and `loudness` sensors on the diagnostic topic and the
 /// `problem` binary sensor. Publish them on connect and again whenever Home
 /// Assistant's birth message arrives ([`is_ha_birth`]).
 pub fn discovery_messages(topics: &Topics, info: &NodeInfo<'_>) -> Vec<OutMessage> {
     let node = sanitize_id(info.node_id);
     let discovery_prefix = info.discovery_prefix;
     let common = common(topics, &node, info);
-    let mut out = Vec::with_capacity(2 * info.groups.len() + 3);
+    let mut out = Vec::with_capacity(3 * info.groups.len() + 3);
     for (group, _safety) in info.groups {
         let object = sanitize_id(group);
         let name = display_name(group);
@@ -193,6 +196,18 @@ pub fn discovery_messages(topics: &Topics, info: &NodeInfo<'_>) -> Vec<OutMessag
                 "state_topic": topics.event(group),
                 "event_types": ["detected"],
                 "value_template": EVENT_TEMPLATE,
+                "qos": 1,
+            }),
+        ));
+        out.push(config_message(
+            config_topic(discovery_prefix, "button", &node, &object),
+            &common,
+            json!({
+                "name": format!("{name}: false alarm"),
+                "unique_id": format!("hearken_{node}.{object}.false_alarm"),
+                "command_topic": topics.feedback(group),
+                "payload_press": FALSE_ALARM,
+                "icon": "mdi:alarm-light-off-outline",
                 "qos": 1,
             }),
         ));
@@ -260,7 +275,8 @@ fn clear(topic: String) -> OutMessage {
 }
 
 /// Messages that remove the entities of groups no longer configured: an empty
-/// retained payload on each group's `binary_sensor` and `event` config topics (Home
+/// retained payload on each group's `binary_sensor`, `event` and `button` config
+/// topics (Home
 /// Assistant deletes the entity; the broker drops the retained config), and on the
 /// group's retained state topic so no stale `ON` lingers.
 pub fn removal_messages(
@@ -269,9 +285,9 @@ pub fn removal_messages(
     removed_groups: &[String],
     discovery_prefix: &str,
 ) -> Vec<OutMessage> {
-    let mut out = Vec::with_capacity(3 * removed_groups.len());
+    let mut out = Vec::with_capacity(4 * removed_groups.len());
     for group in removed_groups {
-        for component in ["binary_sensor", "event"] {
+        for component in ["binary_sensor", "event", "button"] {
             out.push(clear(config_topic(
                 discovery_prefix,
                 component,
@@ -366,7 +382,7 @@ mod tests {
     #[test]
     fn every_config_has_what_ha_requires() {
         let ms = announce("n1");
-        assert_eq!(ms.len(), 2 * groups().len() + 3);
+        assert_eq!(ms.len(), 3 * groups().len() + 3);
         for m in &ms {
             assert!(m.retain, "{}", m.topic);
             assert_eq!(m.qos, 1);
@@ -374,13 +390,19 @@ mod tests {
             let parts: Vec<&str> = m.topic.split('/').collect();
             assert_eq!(parts.len(), 5, "{}", m.topic);
             assert_eq!(parts[0], "homeassistant");
-            assert!(["binary_sensor", "event", "sensor"].contains(&parts[1]));
+            assert!(["binary_sensor", "event", "sensor", "button"].contains(&parts[1]));
             assert_eq!(parts[2], "n1");
             assert!(is_id(parts[3]), "{}", m.topic);
             assert_eq!(parts[4], "config");
 
             let v = parse(m);
-            for key in ["name", "unique_id", "state_topic"] {
+            // A button is written to, every other entity is read.
+            let topic_key = if parts[1] == "button" {
+                "command_topic"
+            } else {
+                "state_topic"
+            };
+            for key in ["name", "unique_id", topic_key] {
                 assert!(
                     v[key].as_str().is_some_and(|s| !s.is_empty()),
                     "{key} in {v}"
@@ -394,7 +416,9 @@ mod tests {
             assert_eq!(v["device"]["sw_version"], "0.1.0");
             assert!(v["device"]["name"].is_string() && v["device"]["model"].is_string());
             assert_eq!(v["origin"]["name"], "hearken");
-            assert!(v.get("command_topic").is_none(), "read-only entities");
+            if parts[1] != "button" {
+                assert!(v.get("command_topic").is_none(), "read-only entities");
+            }
             if parts[1] == "event" {
                 assert_eq!(v["event_types"], json!(["detected"]));
                 let tpl = v["value_template"].as_str().unwrap();
@@ -449,6 +473,33 @@ mod tests {
              'id': value_json.id, 'room': value_json.room, 'peak_score': \
              value_json.peak_score, 'dbfs': value_json.dbfs, 'labels': \
              value_json.labels} | tojson }}{% endif %}"
+        );
+    }
+
+    #[test]
+    fn false_alarm_buttons() {
+        let ms = announce("n1");
+        for (g, _) in groups() {
+            let v = parse(find(&ms, &format!("homeassistant/button/n1/{g}/config")));
+            assert_eq!(v["command_topic"], format!("hearken/n1/{g}/feedback"));
+            assert_eq!(v["payload_press"], "false_alarm");
+            assert_eq!(v["unique_id"], format!("hearken_n1.{g}.false_alarm"));
+            assert!(v.get("state_topic").is_none());
+        }
+        let v = parse(find(&ms, "homeassistant/button/n1/smoke_alarm/config"));
+        assert_eq!(v["name"], "Smoke alarm: false alarm");
+        // What the button sends is what the publisher takes as a verdict.
+        let t = Topics::new("hearken", "n1").unwrap();
+        let f = crate::publish::feedback::parse(
+            &t,
+            v["command_topic"].as_str().unwrap(),
+            v["payload_press"].as_str().unwrap().as_bytes(),
+            &groups(),
+        )
+        .unwrap();
+        assert_eq!(
+            (f.group.as_str(), f.real, f.event_id),
+            ("smoke_alarm", false, None)
         );
     }
 
@@ -548,6 +599,7 @@ mod tests {
             [
                 "homeassistant/binary_sensor/n1/dog_bark/config",
                 "homeassistant/event/n1/dog_bark/config",
+                "homeassistant/button/n1/dog_bark/config",
                 "hearken/n1/dog_bark/state",
             ]
         );
@@ -557,7 +609,7 @@ mod tests {
         }
         // The removal topics are exactly the ones the announcement used.
         let announced = announce("n1");
-        for m in &ms[..2] {
+        for m in &ms[..3] {
             assert!(announced.iter().any(|a| a.topic == m.topic));
         }
     }

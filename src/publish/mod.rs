@@ -6,6 +6,7 @@
 //!
 //! - [`topics`]: topic names under `<prefix>/<node_id>`.
 //! - [`discovery`]: Home Assistant MQTT discovery configs and their removal.
+//! - [`feedback`]: verdicts on events ("that was a false alarm") received back.
 //! - [`outbox`]: the crash-safe on-disk queue.
 //! - [`client`]: the publisher thread; [`tls`]: its TLS setup; [`broker`]: the
 //!   optional embedded broker.
@@ -13,6 +14,7 @@
 pub mod broker;
 pub mod client;
 pub mod discovery;
+pub mod feedback;
 pub mod open_events;
 pub mod outbox;
 pub mod tls;

@@ -133,6 +133,19 @@ impl Topics {
         format!("{}/{group}/state", self.base)
     }
 
+    /// Verdicts on a group's events, sent by Home Assistant's button or an
+    /// automation: `<base>/<group>/feedback` (see [`super::feedback`]).
+    pub fn feedback(&self, group: &str) -> String {
+        debug_assert!(!group.contains(['/', '+', '#']), "bad group {group:?}");
+        format!("{}/{group}/feedback", self.base)
+    }
+
+    /// Subscription filter matching every group's feedback topic:
+    /// `<base>/+/feedback`.
+    pub fn feedback_filter(&self) -> String {
+        format!("{}/+/feedback", self.base)
+    }
+
     /// Diagnostic top labels and loudness: `<base>/top` (JSON, rate-limited).
     pub fn top(&self) -> String {
         format!("{}/top", self.base)
@@ -157,6 +170,8 @@ mod tests {
         assert_eq!(t.status(), "hearken/kitchen-pi/status");
         assert_eq!(t.event("glass"), "hearken/kitchen-pi/event/glass");
         assert_eq!(t.event_filter(), "hearken/kitchen-pi/event/+");
+        assert_eq!(t.feedback("glass"), "hearken/kitchen-pi/glass/feedback");
+        assert_eq!(t.feedback_filter(), "hearken/kitchen-pi/+/feedback");
         assert_eq!(
             t.state("smoke_alarm"),
             "hearken/kitchen-pi/smoke_alarm/state"
