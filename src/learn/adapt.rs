@@ -655,10 +655,11 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 pub struct Shipped<'a> {
     /// The detectors.
     pub detectors: &'a [LinearDetector],
-    /// The folder they were loaded from.
-    pub dir: &'a Path,
-    /// Their validation set, if the folder has one.
-    pub validation: Option<&'a ValidationSet>,
+    /// The file each was loaded from (an adapted detector is tied to it by its
+    /// sha256).
+    pub files: &'a [PathBuf],
+    /// The validation set beside each, if its folder has one.
+    pub validation: &'a [Option<&'a ValidationSet>],
 }
 
 /// Adapts every shipped detector for `settings`' groups with the home store
@@ -674,8 +675,8 @@ pub fn adapt_all(
 ) -> Result<AdaptReport> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut groups = Vec::new();
-    let (val, shipped_dir) = (shipped.validation, shipped.dir);
-    for d in shipped.detectors {
+    for (i, d) in shipped.detectors.iter().enumerate() {
+        let val = shipped.validation.get(i).copied().flatten();
         let Some(gc) = settings.get(&d.group) else {
             continue;
         };
@@ -694,7 +695,7 @@ pub fn adapt_all(
                     .home
                     .as_mut()
                     .expect("adapted detectors carry a correction");
-                home_c.from_sha256 = file_sha256(&shipped_dir.join(format!("{}.json", d.group)))?;
+                home_c.from_sha256 = file_sha256(&shipped.files[i])?;
                 home_c.adapted = serde_json::json!({
                     "by": format!("hearken adapt {}", env!("CARGO_PKG_VERSION")),
                     "report": &report,
@@ -725,20 +726,20 @@ pub fn adapt_all(
 }
 
 /// Puts the adapted detectors in `adapted_dir` over `shipped` (loaded from
-/// `shipped_dir`): each one made for exactly that shipped file (by its sha256)
+/// `files`): each one made for exactly that shipped file (by its sha256)
 /// takes its group's place, running the shipped network if any. Returns what was
 /// skipped, with why (a shipped detector retrained or upgraded since). A file that
 /// cannot be read or is not a valid detector is an error naming it.
 pub fn overlay(
     shipped: &mut [LinearDetector],
-    shipped_dir: &Path,
+    files: &[PathBuf],
     adapted_dir: &Path,
 ) -> Result<Vec<String>> {
     let mut skipped = Vec::new();
     if !adapted_dir.is_dir() {
         return Ok(skipped);
     }
-    for d in shipped.iter_mut() {
+    for (d, file) in shipped.iter_mut().zip(files) {
         let path = adapted_dir.join(format!("{}.json", d.group));
         if !path.exists() {
             continue;
@@ -751,7 +752,7 @@ pub fn overlay(
                 path.display()
             );
         };
-        let now = file_sha256(&shipped_dir.join(format!("{}.json", d.group)))?;
+        let now = file_sha256(file)?;
         if h.from_sha256 != now || a.group != d.group {
             skipped.push(format!(
                 "{}: the shipped {} detector changed since it was adapted; using the shipped one (run `hearken adapt` again)",
@@ -827,17 +828,16 @@ mod tests {
             adapted: serde_json::Value::Null,
         });
         a.save(&adapted.join("scream.json")).unwrap();
+        let files = [shipped_dir.join("scream.json")];
         let mut dets = vec![d.clone()];
-        assert!(overlay(&mut dets, &shipped_dir, &adapted)
-            .unwrap()
-            .is_empty());
+        assert!(overlay(&mut dets, &files, &adapted).unwrap().is_empty());
         assert!(dets[0].home.is_some() && dets[0].on > 0.9);
         // The shipped file changes (a retrain): the adaptation no longer applies.
         let mut retrained = d.clone();
         retrained.bias = 0.5;
         retrained.save(&shipped_dir.join("scream.json")).unwrap();
         let mut dets = vec![retrained];
-        let skipped = overlay(&mut dets, &shipped_dir, &adapted).unwrap();
+        let skipped = overlay(&mut dets, &files, &adapted).unwrap();
         assert!(
             skipped[0].contains("changed since it was adapted"),
             "{skipped:?}"
@@ -845,7 +845,7 @@ mod tests {
         assert!(dets[0].home.is_none());
         // A damaged adapted file is an error that names it and the way out.
         std::fs::write(adapted.join("scream.json"), "{\"group\": ").unwrap();
-        let e = overlay(&mut dets, &shipped_dir, &adapted)
+        let e = overlay(&mut dets, &files, &adapted)
             .unwrap_err()
             .to_string();
         assert!(
