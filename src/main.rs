@@ -1176,13 +1176,23 @@ fn enroll_command(a: EnrollArgs) -> Result<ExitCode> {
             "Recording {n} takes of {:.0} s from {} (the level is shown as it comes).",
             a.seconds, p.source
         );
+
         let mut stderr = std::io::stderr();
+        let mut recorder = enroll::Recorder::start(&p.source).map_err(|e| {
+            anyhow::anyhow!("{e:#}; or give the examples as files: hearken enroll {group} --file A.wav B.wav C.wav")
+        })?;
         for k in 1..=n {
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 eprintln!("Take {k} of {n}: {prompt}");
-                let (x, take_rate) = enroll::record_take(&p.source, a.seconds, &mut stderr)?;
+                let (x, take_rate) = match recorder.take(a.seconds, &mut stderr) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        remove_takes(&recorded, &takes_dir, a.keep);
+                        return Err(e);
+                    }
+                };
                 match enroll::check_take(&x, take_rate, true) {
                     Ok(check) => {
                         let file = takes_dir.join(format!("take-{k}.wav"));

@@ -333,66 +333,82 @@ pub fn meter(dbfs: f64) -> String {
     )
 }
 
-/// Records one take of `seconds` from `spec`, showing the level on `out` as it
-/// comes: mono samples at the source's rate.
-pub fn record_take(
-    spec: &crate::audio::source::SourceSpec,
-    seconds: f64,
-    out: &mut dyn std::io::Write,
-) -> Result<(Vec<f32>, u32)> {
-    use crate::audio::source::{Source, SourceOptions};
-    use ringbuf::traits::Consumer;
-    let (source, mut ring) = Source::start(
-        spec,
-        &SourceOptions {
-            ring_seconds: 4.0,
-            realtime: true,
-        },
-    )?;
-    let rate = source.sample_rate;
-    let want = (seconds * rate as f64) as usize;
-    let mut take: Vec<f32> = Vec::with_capacity(want);
-    let mut chunk = vec![0f32; rate as usize / 10];
-    let started = std::time::Instant::now();
-    let mut shown = std::time::Instant::now();
-    let mut last_level = -99.0;
-    while take.len() < want {
-        let n = ring.pop_slice(&mut chunk);
-        if n > 0 {
-            let got = &chunk[..n.min(want - take.len())];
-            let p = got.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / got.len() as f64;
-            last_level = 10.0 * p.max(1e-10).log10();
-            take.extend_from_slice(got);
-        } else {
-            if let Some(e) = source.error() {
-                bail!("recording from {}: {e}", source.description);
+/// A source kept open across takes (a second reader of stdin, or a device
+/// reopened between takes, would lose audio or fight the first).
+pub struct Recorder {
+    source: crate::audio::source::Source,
+    ring: crate::audio::source::SourceConsumer,
+}
+
+impl Recorder {
+    /// Opens `spec` (a device, a file or stdin).
+    pub fn start(spec: &crate::audio::source::SourceSpec) -> Result<Recorder> {
+        use crate::audio::source::{Source, SourceOptions};
+        let (source, ring) = Source::start(
+            spec,
+            &SourceOptions {
+                ring_seconds: 4.0,
+                realtime: true,
+            },
+        )?;
+        Ok(Recorder { source, ring })
+    }
+
+    /// What is recorded from.
+    pub fn description(&self) -> &str {
+        &self.source.description
+    }
+
+    /// Records one take of `seconds`, from now (what came before is dropped),
+    /// showing the level on `out` as it comes: mono samples at the source's rate.
+    pub fn take(&mut self, seconds: f64, out: &mut dyn std::io::Write) -> Result<(Vec<f32>, u32)> {
+        use ringbuf::traits::Consumer;
+        let rate = self.source.sample_rate;
+        let want = (seconds * rate as f64) as usize;
+        let mut take: Vec<f32> = Vec::with_capacity(want);
+        let mut chunk = vec![0f32; (rate as usize / 10).max(1)];
+        while self.ring.pop_slice(&mut chunk) > 0 {}
+        let started = std::time::Instant::now();
+        let mut shown = std::time::Instant::now();
+        let mut last_level = -99.0;
+        while take.len() < want {
+            let n = self.ring.pop_slice(&mut chunk);
+            if n > 0 {
+                let got = &chunk[..n.min(want - take.len())];
+                let p =
+                    got.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / got.len() as f64;
+                last_level = 10.0 * p.max(1e-10).log10();
+                take.extend_from_slice(got);
+            } else {
+                if let Some(e) = self.source.error() {
+                    bail!("recording from {}: {e}", self.source.description);
+                }
+                if self.source.is_finished() {
+                    bail!(
+                        "{} ended after {:.1} s of the {seconds} s take",
+                        self.source.description,
+                        take.len() as f64 / rate as f64
+                    );
+                }
+                if started.elapsed().as_secs_f64() > seconds * 3.0 + 10.0 {
+                    bail!("{} delivers no audio", self.source.description);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            if source.is_finished() {
-                bail!(
-                    "{} ended after {:.1} s of the {seconds} s take",
-                    source.description,
+            if shown.elapsed().as_millis() >= 250 {
+                shown = std::time::Instant::now();
+                let _ = write!(
+                    out,
+                    "\r  {} {:>4.1} s ",
+                    meter(last_level),
                     take.len() as f64 / rate as f64
                 );
+                let _ = out.flush();
             }
-            if started.elapsed().as_secs_f64() > seconds * 3.0 + 10.0 {
-                bail!("{} delivers no audio", source.description);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if shown.elapsed().as_millis() >= 250 {
-            shown = std::time::Instant::now();
-            let _ = write!(
-                out,
-                "\r  {} {:>4.1} s ",
-                meter(last_level),
-                take.len() as f64 / rate as f64
-            );
-            let _ = out.flush();
-        }
+        let _ = writeln!(out);
+        Ok((take, rate))
     }
-    let _ = writeln!(out);
-    source.stop();
-    Ok((take, rate))
 }
 
 /// One take as training saw it.
