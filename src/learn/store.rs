@@ -41,6 +41,7 @@
 //! oldest segments go until the folder is within the size bound, and any older
 //! than the age bound go too.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -563,6 +564,31 @@ pub fn read(dir: &Path) -> Result<Contents> {
     Ok(out)
 }
 
+/// The latest event of each group in the newest `files` segments of `dir`, so a
+/// verdict on "the latest event" given after a restart still finds the event.
+pub fn latest_events(dir: &Path, files: usize) -> HashMap<String, Uuid> {
+    let mut latest: HashMap<String, (u64, Uuid)> = HashMap::new();
+    for path in segments(dir).into_iter().rev().take(files) {
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            continue;
+        }
+        let mut pos = MAGIC.len();
+        while let Some((r, next)) = parse_at(&data, pos) {
+            pos = next;
+            if let Record::EventStart { id, wall_ms, group } = r {
+                let e = latest.entry(group).or_insert((wall_ms, id));
+                if wall_ms >= e.0 {
+                    *e = (wall_ms, id);
+                }
+            }
+        }
+    }
+    latest.into_iter().map(|(g, (_, id))| (g, id)).collect()
+}
+
 /// Appends records to this process's segments and keeps the folder within its
 /// bounds. Writes are buffered; [`Writer::flush`] writes (and, asked to, syncs).
 pub struct Writer {
@@ -809,7 +835,8 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
     let mut hop_s = 0f32;
     let mut tally: Option<Tally> = None;
     let mut last_write = std::time::Instant::now();
-    let mut latest: std::collections::HashMap<String, Uuid> = Default::default();
+    // Events of earlier runs, for verdicts on "the latest" given after a restart.
+    let mut latest = latest_events(&w.dir, 3);
     let report = |r: Result<(), String>| {
         if let Err(m) = r {
             tracing::warn!("{m}");
@@ -898,7 +925,7 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                     );
                 }
                 None => tracing::warn!(
-                    "a verdict on the latest {} event, but there has been none since hearken started; ignored",
+                    "a verdict on the latest {} event, but the home store has none; ignored",
                     group.as_deref().unwrap_or("?")
                 ),
             },
@@ -1177,5 +1204,21 @@ mod tests {
         assert!((c.observed_s - 300.0).abs() < 1e-3, "{}", c.observed_s);
         assert_eq!(c.events.len(), 1);
         assert_eq!(c.marks, vec![(id, 1_100_000, false), (id, 1_200_000, true)]);
+        // After a restart, "the latest glass event" is still that one.
+        assert_eq!(latest_events(&d.0, 3).get("glass"), Some(&id));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = Writer::open(&d.0, LIMITS).unwrap();
+        let h = std::thread::spawn(move || run(w, rx));
+        tx.send(HomeMsg::Mark {
+            id: None,
+            group: Some("glass".into()),
+            wall_ms: 1_400_000,
+            real: false,
+        })
+        .unwrap();
+        drop(tx);
+        h.join().unwrap();
+        let c = read(&d.0).unwrap();
+        assert_eq!(c.marks.last(), Some(&(id, 1_400_000, false)));
     }
 }
