@@ -391,6 +391,31 @@ impl Pipeline {
                 };
                 home_groups(&detector);
                 let mut home_floors = detector.home_floors();
+                // Starts and ends for the home store, stamped on the wall clock
+                // (`wall` is the time of stream second `end_s`).
+                let home_events = |events: &[Event], end_s: f64, wall: SystemTime| {
+                    let Some(tap) = &home_tap else {
+                        return;
+                    };
+                    let wall_ms = wall
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let at =
+                        |s: f64| wall_ms.saturating_sub(((end_s - s).max(0.0) * 1000.0) as u64);
+                    for e in events {
+                        let _ = tap.try_send(HomeMsg::Event(match e.state {
+                            crate::detect::EventState::Start => Record::EventStart {
+                                id: e.id,
+                                wall_ms: at(e.start_s),
+                                group: e.group.clone(),
+                            },
+                            crate::detect::EventState::End => Record::EventEnd {
+                                id: e.id,
+                                wall_ms: at(e.end_s.unwrap_or(end_s)),
+                            },
+                        }));
+                    }
+                };
                 let send_events = |events: &mut Vec<Event>, summary: &mut Summary| -> bool {
                     for e in events.drain(..) {
                         if e.state == crate::detect::EventState::Start {
@@ -452,21 +477,8 @@ impl Pipeline {
                                 Vec::new()
                             },
                         }));
-                        for e in &events[before..] {
-                            let at = |s: f64| ms(wall) - ((ws.end_s - s).max(0.0) * 1000.0) as u64;
-                            let _ = tap.try_send(HomeMsg::Event(match e.state {
-                                crate::detect::EventState::Start => Record::EventStart {
-                                    id: e.id,
-                                    wall_ms: at(e.start_s),
-                                    group: e.group.clone(),
-                                },
-                                crate::detect::EventState::End => Record::EventEnd {
-                                    id: e.id,
-                                    wall_ms: at(e.end_s.unwrap_or(ws.end_s)),
-                                },
-                            }));
-                        }
                     }
+                    home_events(&events[before..], ws.end_s, wall);
                 };
                 let mut rrx = rrx;
                 loop {
@@ -498,6 +510,8 @@ impl Pipeline {
                                 t0_wall + Duration::from_secs_f64(end_s)
                             };
                             detector.reconfigure(new, end_s, wall, &mut events);
+                            // Ends of removed groups' events: the store closes them too.
+                            home_events(&events, end_s, wall);
                             home_groups(&detector);
                             home_floors = detector.home_floors();
                             tracing::info!(
@@ -555,7 +569,9 @@ impl Pipeline {
                 } else {
                     t0_wall + Duration::from_secs_f64(end_s)
                 };
+                let before = events.len();
                 detector.finish(end_s, wall, &mut events);
+                home_events(&events[before..], end_s, wall);
                 send_events(&mut events, &mut summary);
                 // The real audio, not `end_s`: a short clip is padded by the
                 // frontend to the model's minimum length (10 s for mn04).

@@ -271,6 +271,14 @@ fn a_run_fills_the_home_store_and_the_next_run_adds_to_it() {
         .all(|w| w.classes.len() == 527 && w.embedding.len() == 384));
     let starts = first.iter().filter(|e| e["state"] == "start").count();
     assert_eq!(c.events.len(), starts, "every event is in the store");
+    // With its end, also one the end of the file closed.
+    assert!(
+        c.events
+            .iter()
+            .all(|e| e.end_ms.is_some_and(|end| end >= e.start_ms)),
+        "{:?}",
+        c.events
+    );
     assert!(c.windows.iter().any(|w| w.views.iter().any(|v| v.active)));
     // Nothing in the folder is audio: only the store's segments.
     for f in std::fs::read_dir(state.join("home")).unwrap() {
