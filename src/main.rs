@@ -165,17 +165,8 @@ enum Command {
         /// Which recordings: test (held out by source recording), train, or all.
         #[arg(long, default_value = "test")]
         split: String,
-        /// Mixture seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Event-to-background ratios in dB; each event is placed once per SNR.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "9,3,-3",
-            allow_hyphen_values = true
-        )]
-        snr: Vec<f64>,
+        #[command(flatten)]
+        mixing: MixArgs,
         /// Sample rate of the mixture (the simulated device), Hz.
         #[arg(long, default_value_t = 48_000)]
         rate: u32,
@@ -235,17 +226,8 @@ enum Command {
         /// Where the detectors go (default: the model's `detectors` folder).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Seed of the mixtures.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Event-to-background ratios in dB.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "9,3,-3",
-            allow_hyphen_values = true
-        )]
-        snr: Vec<f64>,
+        #[command(flatten)]
+        mixing: MixArgs,
         /// At most this many clips per group.
         #[arg(long, default_value_t = 60)]
         max_per_group: usize,
@@ -506,8 +488,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             model,
             split,
-            seed,
-            snr,
+            mixing: MixArgs { seed, snr },
             rate,
             channels,
             max_per_group,
@@ -590,8 +571,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             groups,
             out,
-            seed,
-            snr,
+            mixing: MixArgs { seed, snr },
             max_per_group,
             target_fa,
             repeats,
@@ -781,10 +761,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `hearken adapt`'s options (see [`Command::Adapt`]).
+/// Which daemon a learning command works for: its configuration, state and model.
 #[derive(clap::Args)]
-struct AdaptArgs {
-    /// Configuration file (as `hearken run --config`).
+struct DaemonArgs {
+    /// Configuration file (as `hearken run --config`); `hearken enroll` adds a new
+    /// group to it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The daemon's state directory (as `hearken run --state-dir`).
@@ -793,6 +774,13 @@ struct AdaptArgs {
     /// Model name or directory (overrides model.name).
     #[arg(long)]
     model: Option<String>,
+}
+
+/// `hearken adapt`'s options (see [`Command::Adapt`]).
+#[derive(clap::Args)]
+struct AdaptArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Go back to the shipped detectors (removes the adapted ones).
     #[arg(long)]
     reset: bool,
@@ -811,6 +799,22 @@ struct AdaptArgs {
     /// The report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// How mixtures are made (`eval`, `train`, `enroll`).
+#[derive(clap::Args, Clone)]
+struct MixArgs {
+    /// Seed of the mixtures.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Event-to-background ratios in dB; each event is placed once per ratio.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "9,3,-3",
+        allow_hyphen_values = true
+    )]
+    snr: Vec<f64>,
 }
 
 /// `hearken enroll`'s options (see [`Command::Enroll`]).
@@ -841,31 +845,15 @@ struct EnrollArgs {
     /// A new group is a home-safety group.
     #[arg(long)]
     safety: bool,
-    /// Configuration file (as `hearken run --config`); a new group is added to it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The daemon's state directory (as `hearken run --state-dir`).
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Model name or directory (overrides model.name).
-    #[arg(long)]
-    model: Option<String>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Labelled folders of other sounds (labels.csv) to mix the takes into and
     /// learn against; default: the training part of $HEARKEN_SHARED/eval-dev and
     /// all of $HEARKEN_SHARED/train-extra.
     #[arg(long)]
     data: Vec<PathBuf>,
-    /// Seed of the mixtures.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Event-to-background ratios in dB.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "9,3,-3",
-        allow_hyphen_values = true
-    )]
-    snr: Vec<f64>,
+    #[command(flatten)]
+    mixing: MixArgs,
     /// Placements of the takes in the mixtures per ratio, at least.
     #[arg(long, default_value_t = 24)]
     placements: usize,
@@ -909,9 +897,11 @@ fn state_dir(flag: Option<PathBuf>) -> PathBuf {
 /// `hearken adapt`: see [`Command::Adapt`].
 fn adapt_command(a: AdaptArgs) -> Result<ExitCode> {
     let AdaptArgs {
-        config,
-        state_dir,
-        model,
+        daemon: DaemonArgs {
+            config,
+            state_dir,
+            model,
+        },
         reset,
         false_alarms_per_week,
         max_recall_drop,
@@ -1084,20 +1074,20 @@ fn enroll_command(a: EnrollArgs) -> Result<ExitCode> {
     if !(a.seconds.is_finite() && (1.0..=60.0).contains(&a.seconds)) {
         bail!("--seconds must be 1 to 60");
     }
-    if a.snr.is_empty() || a.snr.iter().any(|v| !v.is_finite()) || a.placements == 0 {
+    if a.mixing.snr.is_empty() || a.mixing.snr.iter().any(|v| !v.is_finite()) || a.placements == 0 {
         bail!("--snr needs at least one ratio in dB and --placements must be above 0");
     }
     let overrides = Overrides {
         source: a.source.clone(),
-        model: a.model.clone(),
+        model: a.daemon.model.clone(),
         ..Default::default()
     };
     let flags = Mqtt {
-        state_dir: a.state_dir.clone(),
+        state_dir: a.daemon.state_dir.clone(),
         ..Default::default()
     };
     // What `hearken run` would refuse, refused before anything is recorded.
-    let p = match prepare(a.config.as_deref(), &overrides, &flags) {
+    let p = match prepare(a.daemon.config.as_deref(), &overrides, &flags) {
         Ok(p) => p,
         Err(errors) => {
             for e in &errors {
@@ -1110,7 +1100,7 @@ fn enroll_command(a: EnrollArgs) -> Result<ExitCode> {
         bail!("[detection] detectors = \"off\": the daemon would not use an enrolled detector; set it to \"\" first");
     }
     let new_group = !p.cfg.detection.groups.contains_key(&group);
-    let config_text = match (&a.config, new_group) {
+    let config_text = match (&a.daemon.config, new_group) {
         (None, true) => bail!(
             "{group} is a new group, and enrolling adds it to the configuration file: pass --config FILE (the daemon's, e.g. /etc/hearken/hearken.toml)"
         ),
@@ -1260,7 +1250,11 @@ fn enroll_train(
         }
         labels = enroll::choose_labels(&mean, p.model.labels(), 3);
         let text = config_text.unwrap_or_default();
-        let path = a.config.as_ref().expect("a new group has a config file");
+        let path = a
+            .daemon
+            .config
+            .as_ref()
+            .expect("a new group has a config file");
         let updated = enroll::with_new_group(&text, group, &labels, a.safety)?;
         let parsed = hearken::config::Config::from_str(&updated, &path.display().to_string())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1276,8 +1270,8 @@ fn enroll_train(
         group: group.to_string(),
         takes: takes.clone(),
         sources,
-        seed: a.seed,
-        snrs_db: a.snr.clone(),
+        seed: a.mixing.seed,
+        snrs_db: a.mixing.snr.clone(),
         placements: a.placements,
         max_shipped: a.max_shipped,
         target_fa_per_hour: a.target_fa,

@@ -113,6 +113,28 @@ fn starts_of(out: &Output, group: &str) -> usize {
         .count()
 }
 
+/// `hearken enroll my_beep` as the small tests run it: few placements at one
+/// ratio, the given home sounds, config and state dir; the takes to be added.
+fn enroll_my_beep(data: &Path, config: &Path, state: &Path) -> Command {
+    let mut c = hearken();
+    c.args([
+        "enroll",
+        "my_beep",
+        "--json",
+        "--snr",
+        "6",
+        "--placements",
+        "6",
+    ])
+    .arg("--data")
+    .arg(data)
+    .arg("--config")
+    .arg(config)
+    .arg("--state-dir")
+    .arg(state);
+    c
+}
+
 /// The checks both small tests make after enrolling `my_beep`.
 fn check_enrolled(dir: &Path, config: &Path, state: &Path, report: &Value) {
     assert_eq!(report["group"], "my_beep");
@@ -157,24 +179,9 @@ fn a_new_group_enrolled_from_three_files_fires_on_a_fourth_take() {
     let state = dir.join("state");
     let takes = device_takes();
     let out = succeeds(
-        hearken()
-            .args([
-                "enroll",
-                "my_beep",
-                "--json",
-                "--snr",
-                "6",
-                "--placements",
-                "6",
-                "--file",
-            ])
-            .args(&takes[..3])
-            .arg("--data")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state),
+        enroll_my_beep(&data, &config, &state)
+            .arg("--file")
+            .args(&takes[..3]),
         "hearken enroll --file",
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -210,24 +217,9 @@ fn takes_recorded_with_prompts_are_trained_on_and_then_deleted() {
         .iter()
         .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
         .collect();
-    let mut child = hearken()
-        .args([
-            "enroll",
-            "my_beep",
-            "--json",
-            "--snr",
-            "6",
-            "--placements",
-            "6",
-        ])
+    let mut child = enroll_my_beep(&data, &config, &state)
         .args(["--takes", "3", "--seconds", "4", "--source"])
         .arg(format!("stdin:{rate}:1"))
-        .arg("--data")
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -397,15 +389,7 @@ fn enrolling_an_unseen_smoke_alarm_finds_its_other_alarms() {
     });
     let extra = shared().join("train-extra");
     let evaluate = |detectors: &Path, tag: &str| {
-        let cfg = dir.join(format!("{tag}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
-                detectors.display()
-            ),
-        )
-        .unwrap();
+        let cfg = common::detectors_config(&dir.join(format!("{tag}.toml")), detectors);
         json_of(&succeeds(
             hearken()
                 .args([

@@ -60,15 +60,7 @@ fn three_events_and_some_home(tag: &str, events: &str) -> std::path::PathBuf {
 /// 2 s windows) and runs the daemon with it over gunshots.wav: (configuration,
 /// source, output).
 fn run_gunshots_with(data: &Path, detectors: &Path) -> (std::path::PathBuf, String, Output) {
-    let cfg = data.join("hearken.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
-            detectors.display()
-        ),
-    )
-    .unwrap();
+    let cfg = common::detectors_config(&data.join("hearken.toml"), detectors);
     let src = format!("file:{}", audio("gunshots.wav").display());
     let run = hearken(
         &[

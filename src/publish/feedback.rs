@@ -153,32 +153,25 @@ mod tests {
     #[test]
     fn json_names_the_event() {
         let t = Topics::new("home/hearken", "n1").unwrap();
+        let glass = |p: &str| {
+            parse(
+                &t,
+                "home/hearken/n1/glass/feedback",
+                p.as_bytes(),
+                &groups(),
+            )
+            .unwrap()
+        };
         let id = Uuid::new_v4();
-        let p = format!("{{\"verdict\": \"real\", \"event_id\": \"{id}\"}}");
-        let f = parse(
-            &t,
-            "home/hearken/n1/glass/feedback",
-            p.as_bytes(),
-            &groups(),
-        )
-        .unwrap();
+        let f = glass(&format!(
+            "{{\"verdict\": \"real\", \"event_id\": \"{id}\"}}"
+        ));
         assert_eq!((f.real, f.event_id), (true, Some(id)));
-        let p = format!("{{\"verdict\": \"false_alarm\", \"id\": \"{id}\"}}");
-        let f = parse(
-            &t,
-            "home/hearken/n1/glass/feedback",
-            p.as_bytes(),
-            &groups(),
-        )
-        .unwrap();
+        let f = glass(&format!(
+            "{{\"verdict\": \"false_alarm\", \"id\": \"{id}\"}}"
+        ));
         assert_eq!((f.real, f.event_id), (false, Some(id)));
-        let f = parse(
-            &t,
-            "home/hearken/n1/glass/feedback",
-            br#"{"verdict": "false_alarm", "event_id": null}"#,
-            &groups(),
-        )
-        .unwrap();
+        let f = glass(r#"{"verdict": "false_alarm", "event_id": null}"#);
         assert_eq!(f.event_id, None);
     }
 

@@ -115,3 +115,17 @@ pub fn labelled_subset(tag: &str, wanted: &[(&str, usize)]) -> PathBuf {
     std::fs::write(dir.join("labels.csv"), out.join("\n") + "\n").unwrap();
     dir
 }
+
+/// Writes a configuration at `path` that runs the trained detectors in
+/// `detectors` on the window they are trained on (2 s every 0.5 s); returns `path`.
+pub fn detectors_config(path: &Path, detectors: &Path) -> PathBuf {
+    std::fs::write(
+        path,
+        format!(
+            "[model]\nwindow_s = 2.0\nhop_s = 0.5\n[detection]\ndetectors = \"{}\"\n",
+            detectors.display()
+        ),
+    )
+    .unwrap();
+    path.to_path_buf()
+}
