@@ -159,9 +159,15 @@ $sudo install -d -o hearken -g hearken -m 0750 /var/lib/hearken
 ls /usr/share/hearken/models/efficientat-mn04/detectors/*.json >/dev/null 2>&1 ||
   fail "no trained detectors in /usr/share/hearken/models/efficientat-mn04/detectors"
 log="$(mktemp)"
+# A copy the service user can read wherever the checkout is (a 0700 parent of
+# $HEARKEN_SHARED would refuse it, as it would refuse the service).
+svc_audio="$(mktemp --suffix=.wav)"
+cp "$audio" "$svc_audio"
+chmod 0644 "$svc_audio"
 out="$(cd / && timeout 300 runuser -u hearken -- env STATE_DIRECTORY=/var/lib/hearken \
-  /usr/bin/hearken run --config /etc/hearken/hearken.toml --source "file:$audio" --fast \
+  /usr/bin/hearken run --config /etc/hearken/hearken.toml --source "file:$svc_audio" --fast \
   --print-events 2>"$log")" || fail "hearken run as user hearken failed: $out $(cat "$log")"
+rm -f "$svc_audio"
 grep -q "gunshot: trained detector" "$log" || fail "the packaged gunshot detector was not used: $(cat "$log")"
 rm -f "$log"
 echo "$out" | grep -Eq '"group": ?"gunshot"' || fail "hearken run as user hearken reported no gunshot event: $out"
