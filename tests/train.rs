@@ -246,11 +246,17 @@ fn a_trained_gunshot_detector_is_deterministic_and_runs_in_the_daemon() {
 
     // Installed as the model's own detectors, it brings its window along: no
     // configuration needed.
-    let own = models_dir().join("efficientat-mn04").join("detectors");
+    let models = common::private_models_dir("own-detectors");
+    let own = models.join("efficientat-mn04").join("detectors");
     std::fs::create_dir_all(&own).unwrap();
     std::fs::copy(&file, own.join("gunshot.json")).unwrap();
-    let run = hearken(&["run", "--fast", "--print-events", "--source", &src], &[]);
-    let _ = std::fs::remove_dir_all(&own);
+    let run = succeeds(
+        Command::new(env!("CARGO_BIN_EXE_hearken"))
+            .env("HEARKEN_MODELS", &models)
+            .args(["run", "--fast", "--print-events", "--source", &src]),
+        "hearken run with the model's own detectors",
+    );
+    let _ = std::fs::remove_dir_all(&models);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
         err.contains("gunshot: trained detector") && err.contains("2 s windows every 0.5 s"),

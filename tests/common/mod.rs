@@ -62,34 +62,71 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// A model search directory for the CLI: the committed manifests with the ONNX and
 /// labels files of `shared/models` linked beside them. Returns its path.
+///
+/// One folder per content (the manifests and where `shared` is), made whole under
+/// a private name and renamed into place: test processes share it instead of each
+/// leaving a folder of its own in the temp dir, and none ever sees a half-written
+/// manifest.
 pub fn models_dir() -> PathBuf {
-    // Built once per test process: tests run in parallel threads, and copying a
-    // manifest over itself while another test's hearken reads it gives that one an
-    // empty file.
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("hearken-models-{}", std::process::id()));
-        for name in ["efficientat-mn04", "yamnet"] {
-            let d = root.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        let names = ["efficientat-mn04", "yamnet"];
+        let manifest = |name: &str| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("models")
                 .join(name)
-                .join("model.toml");
-            std::fs::copy(&manifest, d.join("model.toml")).unwrap();
+                .join("model.toml")
+        };
+        let mut key = shared().display().to_string();
+        for name in names {
+            key.push_str(&std::fs::read_to_string(manifest(name)).unwrap());
+        }
+        let tmp = std::env::temp_dir();
+        let root = tmp.join(format!(
+            "hearken-models-{:016x}",
+            hearken::eval::dataset::fnv1a(&key)
+        ));
+        if root.is_dir() {
+            return root;
+        }
+        let staging = tmp.join(format!("hearken-models-new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        for name in names {
+            let d = staging.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(manifest(name), d.join("model.toml")).unwrap();
             for f in ["model.onnx", "labels.csv"] {
-                let link = d.join(f);
-                if !link.exists() {
-                    let _ = std::os::unix::fs::symlink(
-                        shared().join("models").join(name).join(f),
-                        &link,
-                    );
-                }
+                std::os::unix::fs::symlink(shared().join("models").join(name).join(f), d.join(f))
+                    .unwrap();
             }
+        }
+        // Another process may have won the race: then its folder is the same.
+        if std::fs::rename(&staging, &root).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
         }
         root
     })
     .clone()
+}
+
+/// A model search directory of this test's own (named by `tag`), for a test that
+/// changes what is in it (installs detectors): the shared one stays untouched.
+pub fn private_models_dir(tag: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("hearken-models-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for name in ["efficientat-mn04", "yamnet"] {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            models_dir().join(name).join("model.toml"),
+            d.join("model.toml"),
+        )
+        .unwrap();
+        for f in ["model.onnx", "labels.csv"] {
+            std::os::unix::fs::symlink(models_dir().join(name).join(f), d.join(f)).unwrap();
+        }
+    }
+    root
 }
 
 /// A labelled folder (labels.csv + the clips folder linked) holding the first `n`
