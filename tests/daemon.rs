@@ -135,15 +135,8 @@ fn s16le(name: &str) -> (u32, Vec<u8>) {
 fn stdin_gives_the_same_events_as_file() {
     let (_, file_ev) = run_file("gunshots.wav", "efficientat-mn04", true);
     let (rate, bytes) = s16le("gunshots.wav");
-    let mut child = hearken()
-        .args(["run", "--print-events", "--source"])
-        .arg(format!("stdin:{rate}:1"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (child, mut stdin) =
+        common::spawn_on_stdin(hearken().args(["run", "--print-events"]), rate);
     let writer = std::thread::spawn(move || {
         stdin.write_all(&bytes).unwrap();
     });

@@ -14,7 +14,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::{labelled_subset, models_dir, shared, succeeds};
 use serde_json::Value;
@@ -217,15 +217,10 @@ fn takes_recorded_with_prompts_are_trained_on_and_then_deleted() {
         .iter()
         .flat_map(|v| ((v * 32767.0) as i16).to_le_bytes())
         .collect();
-    let mut child = enroll_my_beep(&data, &config, &state)
-        .args(["--takes", "3", "--seconds", "4", "--source"])
-        .arg(format!("stdin:{rate}:1"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (child, mut stdin) = common::spawn_on_stdin(
+        enroll_my_beep(&data, &config, &state).args(["--takes", "3", "--seconds", "4"]),
+        rate,
+    );
     // Paced like a device, until hearken stops reading.
     let feeder = std::thread::spawn(move || {
         let step = rate as usize / 10;

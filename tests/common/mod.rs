@@ -21,6 +21,25 @@ pub fn succeeds(cmd: &mut std::process::Command, what: &str) -> std::process::Ou
     out
 }
 
+/// Starts `cmd` reading `stdin:RATE:1` audio from a pipe: the child (its
+/// output piped too) and the pipe to write the audio into.
+pub fn spawn_on_stdin(
+    cmd: &mut std::process::Command,
+    rate: u32,
+) -> (std::process::Child, std::process::ChildStdin) {
+    use std::process::Stdio;
+    let mut child = cmd
+        .arg("--source")
+        .arg(format!("stdin:{rate}:1"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
 /// `$HEARKEN_SHARED`, default `../shared` beside the repository.
 pub fn shared() -> PathBuf {
     hearken::shared_dir()
