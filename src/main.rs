@@ -1787,10 +1787,9 @@ fn build_detector(
         };
         prov.error(key, &format!("{e:#}"))
     })?;
-    drop(trained);
     // The shipped detectors read without error: now with the household's enrolled
     // and adapted ones over them.
-    let loaded = hearken::learn::enroll::load(cfg, model, state, true)
+    let loaded = hearken::learn::enroll::over_shipped(trained, cfg, model, state, true)
         .map_err(|e| prov.general(&format!("{e:#}")))?;
     for m in &loaded.warnings {
         tracing::warn!("{m}");

@@ -46,11 +46,22 @@ pub struct Loaded {
 /// `hearken adapt` over those they were made for. Nothing when trained detectors
 /// are off.
 pub fn load(cfg: &Config, model: &Model, state_dir: &Path, adapted: bool) -> Result<Loaded> {
+    over_shipped(configured(cfg, model)?, cfg, model, state_dir, adapted)
+}
+
+/// [`load`] for shipped detectors already read (`configured(cfg, model)`).
+pub fn over_shipped(
+    shipped: Vec<LinearDetector>,
+    cfg: &Config,
+    model: &Model,
+    state_dir: &Path,
+    adapted: bool,
+) -> Result<Loaded> {
     let Some(dir) = detectors_dir(cfg, model)? else {
         return Ok(Loaded::default());
     };
     let mut out = Loaded::default();
-    for d in configured(cfg, model)? {
+    for d in shipped {
         out.files.push(dir.join(format!("{}.json", d.group)));
         out.detectors.push(d);
     }
