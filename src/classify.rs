@@ -144,15 +144,42 @@ pub fn run_unit(model: &Model, frames: &[f32]) -> Result<crate::model::Output> {
 
 /// Classifies one file. Errors are one line and name the file.
 pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Result<FileReport> {
-    let plan = WindowPlan::from_manifest(model.manifest(), opts.window_s, opts.hop_s)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_start(opts)?;
+    let dec = FileDecoder::open(path)?;
+    classify_decoder(model, dec, path, opts)
+}
+
+/// Classifies audio held in memory (an upload), named `name` in errors and in the
+/// report.
+pub fn classify_bytes(
+    model: &Model,
+    name: &str,
+    bytes: Vec<u8>,
+    opts: &ClassifyOptions,
+) -> Result<FileReport> {
+    check_start(opts)?;
+    let dec = FileDecoder::from_bytes(name, bytes)?;
+    classify_decoder(model, dec, Path::new(name), opts)
+}
+
+fn check_start(opts: &ClassifyOptions) -> Result<()> {
     if !(opts.start_s.is_finite() && opts.start_s >= 0.0) {
         bail!(
             "--start {} must be a non-negative number of seconds",
             opts.start_s
         );
     }
-    let mut dec = FileDecoder::open(path)?;
+    Ok(())
+}
+
+fn classify_decoder(
+    model: &Model,
+    mut dec: FileDecoder,
+    path: &Path,
+    opts: &ClassifyOptions,
+) -> Result<FileReport> {
+    let plan = WindowPlan::from_manifest(model.manifest(), opts.window_s, opts.hop_s)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let rate = dec.info().sample_rate;
     let fe_params = &model.manifest().frontend;
     let mut rs = StreamResampler::new(rate, fe_params.sample_rate)?;
@@ -177,12 +204,18 @@ pub fn classify_file(model: &Model, path: &Path, opts: &ClassifyOptions) -> Resu
             });
         }
     };
-    // Anonymising needs the whole file at once (scramble shuffles all of it).
+    // Anonymising needs the whole file at once (scramble shuffles all of it), and
+    // works on every channel before they are mixed.
     let mut whole = match opts.anonymize {
         Some(a) => {
+            let channels = dec.info().channels;
+            dec.keep_channels();
             let mut all = Vec::new();
             while dec.next_chunk(&mut all)? {}
-            Some(a.apply(&all, 1, rate))
+            let done = a.apply(&all, channels, rate);
+            let mut mono = Vec::with_capacity(done.len() / channels.max(1));
+            crate::audio::mix_to_mono(&done, channels, &mut mono);
+            Some(mono)
         }
         None => None,
     };

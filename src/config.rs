@@ -41,6 +41,19 @@ pub const DEFAULT_GATE_DBFS: f32 = -70.0;
 pub const DEFAULT_WINDOW_S: f64 = 10.0;
 /// Default `model.hop_s`.
 pub const DEFAULT_HOP_S: f64 = 1.0;
+/// Whether the HTTP server may listen on `addr` with `token`: loopback always; any
+/// other address only with a token (it would otherwise answer anyone on the network).
+pub fn check_http_bind(addr: std::net::SocketAddr, token: &str) -> Result<(), String> {
+    if addr.ip().is_loopback() || !token.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the HTTP server would listen on {addr}, which is not loopback, without a token: \
+         set [http] token = \"<a long random string>\" (clients send Authorization: Bearer <token>) \
+         or listen on 127.0.0.1"
+    ))
+}
+
 /// Default `detection.status_interval_s`.
 pub const DEFAULT_STATUS_INTERVAL_S: f64 = 10.0;
 /// Node id used when no id is configured and the hostname yields nothing usable.
@@ -276,6 +289,117 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `[learning]`: the home store and `hearken adapt`.
     pub learning: LearningConfig,
+    /// `[http]`: the local API and web page.
+    pub http: HttpConfig,
+    /// `[privacy]`: evidence clips and the anonymisation methods.
+    pub privacy: PrivacyConfig,
+}
+
+/// `[http]`: the local HTTP API (`/model/predict`, `/events`, `/status`, `/metrics`)
+/// and the web page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of http settings")]
+pub struct HttpConfig {
+    /// Address to listen on (`host:port`); empty turns the server off. Any address
+    /// other than loopback needs a `token`.
+    pub listen: String,
+    /// Bearer token clients must send (`Authorization: Bearer …`); empty: none
+    /// (allowed on loopback only).
+    pub token: String,
+    /// Largest request body, MB (0.01..=200): an upload to `/model/predict`.
+    pub max_upload_mb: f64,
+    /// Classification requests (`/model/predict…`) allowed per minute (1..=10000),
+    /// across all clients.
+    pub predict_per_minute: u32,
+    /// Recent events kept in memory for `/events` (1..=10000).
+    pub events_kept: usize,
+}
+
+/// Default `[http] listen`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8765";
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: DEFAULT_HTTP_LISTEN.into(),
+            token: String::new(),
+            max_upload_mb: 20.0,
+            predict_per_minute: 30,
+            events_kept: 100,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The address to listen on, `None` when the server is off; errors name the key.
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .trim()
+            .parse::<std::net::SocketAddr>()
+            .map(Some)
+            .map_err(|_| {
+                format!(
+                    "{:?} is not an address to listen on: write host:port, e.g. \"127.0.0.1:8765\" (empty turns the server off)",
+                    self.listen
+                )
+            })
+    }
+}
+
+/// `[privacy]`: what the daemon may keep of the audio itself, and how the SIFIS-Home
+/// anonymisation routes work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table of privacy settings"
+)]
+pub struct PrivacyConfig {
+    /// Save a FLAC clip of each event in the state directory (off by default).
+    pub evidence_clips: bool,
+    /// Seconds of audio kept before an event's onset (0..=30).
+    pub clip_before_s: f64,
+    /// Seconds of audio kept after it (1..=60).
+    pub clip_after_s: f64,
+    /// Most clips kept; the oldest go first (1..=100000).
+    pub max_clips: usize,
+    /// Days a clip is kept (0.01..=3650).
+    pub max_age_days: f64,
+    /// Size bound of all clips, MB (1..=100000).
+    pub max_mb: f64,
+    /// A clip is not written when any of the model's speech classes reaches this
+    /// score in any of its windows (0..=1).
+    pub speech_threshold: f32,
+    /// Scramble saved clips (blocks of `scramble_block_s`) so words cannot be
+    /// followed even where speech was too faint to suppress the clip.
+    pub scramble_clips: bool,
+    /// Block length of `scramble`, seconds (0.05..=5; 0.5 or less breaks words).
+    pub scramble_block_s: f64,
+    /// Level of `dp_noise`'s noise below each channel's RMS, dB (-40..=60).
+    pub dp_noise_snr_db: f64,
+    /// Low-pass applied after `dp_noise`, Hz (500..=24000).
+    pub dp_noise_cutoff_hz: f64,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            evidence_clips: false,
+            clip_before_s: 5.0,
+            clip_after_s: 5.0,
+            max_clips: 100,
+            max_age_days: 30.0,
+            max_mb: 200.0,
+            speech_threshold: 0.5,
+            scramble_clips: false,
+            scramble_block_s: 0.5,
+            dp_noise_snr_db: 10.0,
+            dp_noise_cutoff_hz: 8000.0,
+        }
+    }
 }
 
 /// `[learning]`: what the daemon keeps of this home's sound (never audio) and the
@@ -519,6 +643,8 @@ impl Default for Config {
             detection: DetectionConfig::default(),
             mqtt: MqttConfig::default(),
             learning: LearningConfig::default(),
+            http: HttpConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }
@@ -757,6 +883,8 @@ struct FileConfig {
     detection: FileDetection,
     mqtt: MqttConfig,
     learning: LearningConfig,
+    http: HttpConfig,
+    privacy: PrivacyConfig,
 }
 
 #[derive(Deserialize)]
@@ -947,6 +1075,8 @@ impl Checker<'_, '_> {
             detection,
             mqtt,
             learning,
+            http,
+            privacy,
         } = file;
 
         if node.id.is_empty() {
@@ -1013,6 +1143,8 @@ impl Checker<'_, '_> {
             },
             mqtt,
             learning,
+            http,
+            privacy,
         };
         self.check(&cfg);
         cfg
@@ -1029,6 +1161,8 @@ impl Checker<'_, '_> {
             detection,
             mqtt,
             learning,
+            http,
+            privacy,
         } = cfg;
 
         // Text used as a path, a name to look up, a topic or an id: no control
@@ -1071,6 +1205,99 @@ impl Checker<'_, '_> {
             0.0,
             false,
             1.0,
+        );
+
+        // [http]
+        match http.addr() {
+            Err(m) => self.fail(&["http", "listen"], m),
+            Ok(Some(addr)) => {
+                if let Err(m) = check_text(&http.token) {
+                    self.fail(&["http", "token"], m);
+                } else if let Err(m) = check_http_bind(addr, &http.token) {
+                    self.fail(&["http", "listen"], m);
+                }
+            }
+            Ok(None) => {}
+        }
+        self.range(
+            &["http", "max_upload_mb"],
+            http.max_upload_mb,
+            0.01,
+            false,
+            200.0,
+        );
+        self.range(
+            &["http", "predict_per_minute"],
+            http.predict_per_minute,
+            1,
+            false,
+            10_000,
+        );
+        self.range(&["http", "events_kept"], http.events_kept, 1, false, 10_000);
+
+        // [privacy]
+        self.range(
+            &["privacy", "clip_before_s"],
+            privacy.clip_before_s,
+            0.0,
+            false,
+            30.0,
+        );
+        self.range(
+            &["privacy", "clip_after_s"],
+            privacy.clip_after_s,
+            1.0,
+            false,
+            60.0,
+        );
+        self.range(
+            &["privacy", "max_clips"],
+            privacy.max_clips,
+            1,
+            false,
+            100_000,
+        );
+        self.range(
+            &["privacy", "max_age_days"],
+            privacy.max_age_days,
+            0.01,
+            false,
+            3650.0,
+        );
+        self.range(
+            &["privacy", "max_mb"],
+            privacy.max_mb,
+            1.0,
+            false,
+            100_000.0,
+        );
+        self.range(
+            &["privacy", "speech_threshold"],
+            privacy.speech_threshold,
+            0.0,
+            false,
+            1.0,
+        );
+        self.range(
+            &["privacy", "scramble_block_s"],
+            privacy.scramble_block_s,
+            0.05,
+            false,
+            5.0,
+        );
+        self.range(
+            &["privacy", "dp_noise_snr_db"],
+            privacy.dp_noise_snr_db,
+            -40.0,
+            false,
+            60.0,
+        );
+        self.range(
+            &["privacy", "dp_noise_cutoff_hz"],
+            privacy.dp_noise_cutoff_hz,
+            500.0,
+            false,
+            24_000.0,
         );
 
         // [mqtt]

@@ -232,6 +232,11 @@ pub struct Event {
     /// (false) on every other message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// The evidence clip of this event (`[privacy] evidence_clips`), once its fate
+    /// is known: the file name under the state directory's `clips/`, or
+    /// `suppressed (speech)`. Absent when clips are off or not yet decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<String>,
 }
 
 struct Group {
@@ -473,6 +478,7 @@ impl Detector {
                     room: ident.room.clone(),
                     model: ident.model.clone(),
                     interrupted: false,
+                    clip: None,
                 };
                 // Short events wait for min_duration_s before they are announced.
                 g.announced = g.cfg.tuning.min_duration_s <= 0.0;

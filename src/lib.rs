@@ -6,9 +6,12 @@
 pub mod audio;
 pub mod bench;
 pub mod classify;
+pub mod clips;
 pub mod dsp;
 pub mod eval;
+pub mod http;
 pub mod learn;
+pub mod live;
 pub mod logging;
 pub mod model;
 pub mod privacy;

@@ -130,6 +130,10 @@ enum Command {
         /// Directory for state that must survive restarts (the MQTT outbox).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Serve the local HTTP API and page here (host:port; overrides [http]
+        /// listen; "" turns it off).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Validate a configuration file (and its labels against the configured model).
     CheckConfig {
@@ -444,11 +448,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             embedded_broker,
             node_id,
             state_dir,
+            http,
         } => run_daemon(
             config,
             source,
             fast,
             model,
+            http,
             print_events,
             Mqtt {
                 url: mqtt,
@@ -506,6 +512,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     source: None,
                     model,
                     node_id: None,
+                    http: None,
                 },
             )?;
             let split: hearken::eval::dataset::Split = split
@@ -601,6 +608,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     source: None,
                     model,
                     node_id: None,
+                    http: None,
                 },
             )?;
             let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
@@ -1490,6 +1498,7 @@ struct Overrides {
     source: Option<String>,
     model: Option<String>,
     node_id: Option<String>,
+    http: Option<String>,
 }
 
 /// Where the values of the configuration in force came from, so that an error found
@@ -1517,6 +1526,7 @@ impl Provenance {
         set(o.source.is_some(), &["audio.source"], "--source");
         set(o.model.is_some(), &["model.name"], "--model");
         set(o.node_id.is_some(), &["node.id"], "--node-id");
+        set(o.http.is_some(), &["http.listen"], "--http");
         set(
             flags.url.is_some(),
             &[
@@ -1587,6 +1597,9 @@ fn load_config(
     }
     if let Some(id) = &o.node_id {
         cfg.node.id = id.clone();
+    }
+    if let Some(h) = &o.http {
+        cfg.http.listen = h.clone();
     }
     let prov = Provenance::new(file, o, flags);
     cfg.validate()
@@ -2032,6 +2045,7 @@ fn run_daemon(
     source: Option<String>,
     fast: bool,
     model: Option<String>,
+    http: Option<String>,
     print_events: bool,
     mqtt: Mqtt,
 ) -> Result<ExitCode> {
@@ -2056,6 +2070,7 @@ fn run_daemon(
         source,
         model,
         node_id: mqtt.node_id.clone(),
+        http,
     };
     // Everything check-config checks, and only then devices and brokers.
     let Prepared {
@@ -2115,6 +2130,77 @@ fn run_daemon(
         }
         None => None,
     };
+    let live = Arc::new(hearken::live::Live::new(
+        &cfg.node.id,
+        model.name(),
+        cfg.http.events_kept,
+        &detector.group_names(),
+    ));
+    // Bound before any audio flows: an address in use refuses the start.
+    let http_server = match cfg.http.addr() {
+        Ok(Some(addr)) => {
+            let settings = hearken::http::HttpSettings::new(
+                addr,
+                &cfg.http,
+                &cfg.privacy,
+                state.join("clips"),
+            );
+            let chosen = overrides.http.is_some()
+                || cfg.http.listen != hearken::config::DEFAULT_HTTP_LISTEN;
+            match hearken::http::Server::start(settings, live.clone(), model.clone()) {
+                Ok(server) => {
+                    let auth = if cfg.http.token.is_empty() {
+                        "no token: loopback only"
+                    } else {
+                        "bearer token required"
+                    };
+                    info!(
+                        "HTTP API and page on http://{} ({auth}; e.g. curl -F \"audio=@clip.wav\" -XPOST http://{}/model/predict)",
+                        server.addr(),
+                        server.addr()
+                    );
+                    if !server.addr().ip().is_loopback() {
+                        warn!(
+                            "the HTTP server listens on {}, reachable from the network: every request needs the [http] token",
+                            server.addr()
+                        );
+                    }
+                    Some(server)
+                }
+                // The default address taken (another hearken running, say): this
+                // one still starts, without the API. An address the owner chose is
+                // refused like any other setting that cannot be applied.
+                Err(e) if !chosen => {
+                    warn!("{e:#}: the HTTP API is off for this run");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
+    };
+    let clips = if cfg.privacy.evidence_clips {
+        let dir = state.join("clips");
+        let w = hearken::clips::ClipWriter::start(
+            hearken::clips::ClipSettings {
+                privacy: cfg.privacy.clone(),
+                dir: dir.clone(),
+                window_s: cfg.model.window_s,
+                hop_s: cfg.model.hop_s,
+            },
+            model.clone(),
+            live.clone(),
+        )?;
+        info!(
+            "evidence clips on: {:.0} s before and {:.0} s after each event's onset, in {} (none where speech is heard)",
+            cfg.privacy.clip_before_s,
+            cfg.privacy.clip_after_s,
+            dir.display()
+        );
+        Some(w)
+    } else {
+        None
+    };
     let home = start_home_store(&cfg, &state);
     // Verdicts from the feedback topics go to the store (the publisher keeps this
     // sender until it stops, so the store outlives it).
@@ -2125,6 +2211,7 @@ fn run_daemon(
         .clone()
         .map(|s| hearken::publish::client::Publisher::start(s, feedback.clone()))
         .transpose()?;
+    live.set_publisher(publisher.as_ref().map(|p| p.stats()));
     let groups = detector.group_names().join(", ");
     let (tx, rx) = crossbeam_channel::unbounded();
     let pipeline = Pipeline::start(
@@ -2140,9 +2227,12 @@ fn run_daemon(
             status_interval_s: cfg.detection.status_interval_s,
             hop_tap: None,
             home_tap: home.as_ref().map(|h| h.0.clone()),
+            live: Some(live.clone()),
+            audio_tap: clips.as_ref().and_then(|c| c.audio_sender()),
         },
         tx,
     )?;
+    live.set_source(&pipeline.source_description, pipeline.source_stats.clone());
     // The pipeline and the publisher hold its senders now: the store ends when
     // both have.
     let home_thread = home.map(|(_, h)| h);
@@ -2163,6 +2253,8 @@ fn run_daemon(
     let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<bool>();
     let printer = {
         let events_seen = events_seen.clone();
+        let live = live.clone();
+        let clips = clips;
         let mut settings = mqtt_now.clone();
         std::thread::spawn(move || {
             let mut publisher = publisher;
@@ -2182,7 +2274,10 @@ fn run_daemon(
                     },
                     recv(pub_rx) -> s => {
                         match s {
-                            Ok(s) => swap_publisher(&mut publisher, &mut settings, s, &feedback),
+                            Ok(s) => {
+                                swap_publisher(&mut publisher, &mut settings, s, &feedback);
+                                live.set_publisher(publisher.as_ref().map(|p| p.stats()));
+                            }
                             Err(_) => pub_rx = crossbeam_channel::never(),
                         }
                         continue;
@@ -2198,6 +2293,14 @@ fn run_daemon(
                     Message::Event(e) => {
                         if e.state == hearken::detect::EventState::Start {
                             events_seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let mut e = e;
+                        if e.state == hearken::detect::EventState::End {
+                            e.clip = live.clip_of(e.id);
+                        }
+                        live.event(&e);
+                        if let Some(c) = &clips {
+                            c.event(&e);
                         }
                         if let Some(p) = &publisher {
                             p.send(e.clone());
@@ -2248,6 +2351,10 @@ fn run_daemon(
                         }
                     }
                 }
+            }
+            // The pipeline has ended: pending clips are cut with the audio there is.
+            if let Some(c) = clips {
+                c.stop();
             }
             publisher
         })
@@ -2367,6 +2474,9 @@ fn run_daemon(
     // Every sender of the store is gone now: it writes what it has and ends.
     if let Some(h) = home_thread {
         let _ = h.join();
+    }
+    if let Some(server) = http_server {
+        server.stop();
     }
     stopped?;
     info!(

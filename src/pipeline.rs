@@ -60,6 +60,13 @@ pub struct PipelineSettings {
     /// window's group scores, the embedding of those near an alarm, and events.
     /// Sent without waiting: when the store falls behind, windows are dropped.
     pub home_tap: Option<Sender<crate::learn::store::HomeMsg>>,
+    /// The live board the HTTP API reads: every window's view and every model
+    /// call's time are posted to it.
+    pub live: Option<Arc<crate::live::Live>>,
+    /// Receives the analysed audio itself (mono, at the model's rate, stream
+    /// sample 0 first), chunk by chunk, for evidence clips. Sent without waiting: a
+    /// clip writer that falls behind loses audio, never the pipeline.
+    pub audio_tap: Option<Sender<crate::clips::AudioChunk>>,
 }
 
 /// A periodic health and level report.
@@ -266,6 +273,8 @@ impl Pipeline {
             status_interval_s,
             hop_tap,
             home_tap,
+            live,
+            audio_tap,
         } = settings;
         let plan = WindowPlan::from_manifest(model.manifest(), window_s, hop_s)
             .map_err(|e| anyhow!("model window settings: {e}"))?;
@@ -304,6 +313,8 @@ impl Pipeline {
                 let mut buf = vec![0.0f32; 4096];
                 let mut resampled = Vec::new();
                 let mut warnings = ReplacedWarnings::new(warn_interval);
+                // Stream index of the next analysed sample (for the audio tap).
+                let mut tapped = 0u64;
                 // The source counts damaged samples (from its callback or reader);
                 // this thread, which may log, reports them.
                 let warn_replaced = |warnings: &mut ReplacedWarnings, at_end: bool| {
@@ -333,6 +344,12 @@ impl Pipeline {
                     warn_replaced(&mut warnings, false);
                     resampled.clear();
                     rs.push(&buf[..n], &mut resampled);
+                    if let Some(tap) = &audio_tap {
+                        if !resampled.is_empty() {
+                            let _ = tap.try_send((tapped, resampled.clone()));
+                        }
+                    }
+                    tapped += resampled.len() as u64;
                     let block = analyse(&mut fe, &mut meter, &resampled, false);
                     if !block.frames.is_empty() {
                         // Counted before the send, which blocks while inference is
@@ -361,7 +378,14 @@ impl Pipeline {
             .spawn(move || -> Result<Summary> {
                 let labels = model.labels();
                 let mut scorer = Scorer::new(plan).with_prefill().with_gate(gate_dbfs);
-                let mut run = |f: &[f32]| run_unit(&model, f);
+                let mut run = |f: &[f32]| {
+                    let t = Instant::now();
+                    let out = run_unit(&model, f);
+                    if let Some(live) = &live {
+                        live.model_call(t.elapsed());
+                    }
+                    out
+                };
                 let mut windows = Vec::new();
                 let mut events = Vec::new();
                 let mut summary = Summary::default();
@@ -530,6 +554,16 @@ impl Pipeline {
                     for ws in windows.drain(..) {
                         inf_progress.windows.fetch_add(1, Ordering::Relaxed);
                         step(&ws, &mut detector, &mut events, &home_floors);
+                        if let Some(live) = &live {
+                            live.window(&make_status(
+                                &scorer,
+                                &detector,
+                                Some(&ws),
+                                labels,
+                                &inf_stats,
+                                0.0,
+                            ));
+                        }
                         last_window = Some(ws);
                     }
                     inf_progress.blocks_done.fetch_add(1, Ordering::Relaxed);

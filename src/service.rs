@@ -332,6 +332,13 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.learning.max_mb != new.learning.max_mb {
         keys.push("learning.max_mb");
     }
+    // The HTTP server is bound, and the clip writer started, with these.
+    if old.http != new.http {
+        keys.push("http");
+    }
+    if old.privacy != new.privacy {
+        keys.push("privacy");
+    }
     keys
 }
 
@@ -351,6 +358,8 @@ pub fn keep_running_values(old: &Config, new: &mut Config) {
     new.learning.store = old.learning.store;
     new.learning.days = old.learning.days;
     new.learning.max_mb = old.learning.max_mb;
+    new.http = old.http.clone();
+    new.privacy = old.privacy.clone();
 }
 
 #[cfg(test)]

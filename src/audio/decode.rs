@@ -81,6 +81,7 @@ pub struct FileDecoder {
     track_id: u32,
     info: AudioInfo,
     interleaved: Vec<f32>,
+    mono: bool,
     frames_read: u64,
     replaced: u64,
     truncated: Option<String>,
@@ -100,17 +101,45 @@ impl FileDecoder {
                 path: path.to_path_buf(),
             });
         }
-        let unsupported = |detail: String| DecodeError::Unsupported {
+        check_wav_header(&mut file).map_err(|detail| DecodeError::Unsupported {
             path: path.to_path_buf(),
             detail,
-        };
-        check_wav_header(&mut file).map_err(unsupported)?;
+        })?;
         file.seek(SeekFrom::Start(0))
             .map_err(|source| DecodeError::Open {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        Self::from_media(path, Box::new(file))
+    }
+
+    /// Decodes `bytes` held in memory (an upload), named `name` in errors; the same
+    /// checks as [`FileDecoder::open`].
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, DecodeError> {
+        let path = Path::new(name);
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut cursor = std::io::Cursor::new(bytes);
+        check_wav_header(&mut cursor).map_err(|detail| DecodeError::Unsupported {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        cursor.set_position(0);
+        Self::from_media(path, Box::new(cursor))
+    }
+
+    fn from_media(
+        path: &Path,
+        media: Box<dyn symphonia::core::io::MediaSource>,
+    ) -> Result<Self, DecodeError> {
+        let unsupported = |detail: String| DecodeError::Unsupported {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mss = MediaSourceStream::new(media, Default::default());
         let fmt_err = |detail: String| DecodeError::Format {
             path: path.to_path_buf(),
             detail,
@@ -167,11 +196,18 @@ impl FileDecoder {
                 frames,
             },
             interleaved: Vec::new(),
+            mono: true,
             frames_read: 0,
             replaced: 0,
             truncated: None,
             done: false,
         })
+    }
+
+    /// From now on [`FileDecoder::next_chunk`] appends every channel, interleaved
+    /// ([`AudioInfo::channels`] per frame), instead of mixing them to mono.
+    pub fn keep_channels(&mut self) {
+        self.mono = false;
     }
 
     /// Facts from the header.
@@ -197,7 +233,8 @@ impl FileDecoder {
         self.truncated.as_deref()
     }
 
-    /// Appends the next packet's audio, mixed to mono, to `out`: every sample finite
+    /// Appends the next packet's audio, mixed to mono (unless
+    /// [`FileDecoder::keep_channels`]), to `out`: every sample finite
     /// and within ±[`super::SAMPLE_LIMIT`]. Returns `Ok(false)`
     /// at the end of the stream.
     pub fn next_chunk(&mut self, out: &mut Vec<f32>) -> Result<bool, DecodeError> {
@@ -247,7 +284,19 @@ impl FileDecoder {
                     self.interleaved.clear();
                     buf.copy_to_vec_interleaved(&mut self.interleaved);
                     self.replaced += sanitize(&mut self.interleaved) as u64;
-                    mix_to_mono(&self.interleaved, ch, out);
+                    if self.mono {
+                        mix_to_mono(&self.interleaved, ch, out);
+                    } else if ch == self.info.channels {
+                        out.extend_from_slice(&self.interleaved);
+                    } else {
+                        // A packet whose layout differs from the header's: its
+                        // mono mix goes to every channel, so frames stay whole.
+                        let mut m = Vec::with_capacity(frames);
+                        mix_to_mono(&self.interleaved, ch, &mut m);
+                        for v in m {
+                            out.extend(std::iter::repeat_n(v, self.info.channels));
+                        }
+                    }
                     self.frames_read += frames as u64;
                     return Ok(true);
                 }

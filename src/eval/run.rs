@@ -305,6 +305,8 @@ pub fn run_pipeline(
             status_interval_s: 3600.0,
             hop_tap: Some(hop_tx),
             home_tap: None,
+            live: None,
+            audio_tap: None,
         },
         tx,
     )?;

@@ -191,6 +191,19 @@ enum Item {
 pub struct Publisher {
     tx: Option<Sender<Item>>,
     handle: Option<JoinHandle<Result<()>>>,
+    stats: Arc<PublisherStats>,
+}
+
+/// What the publisher thread reports about itself (for `/status` and `/metrics`);
+/// refreshed at least every 100 ms.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    /// Connected to the broker now.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Messages waiting in the outbox.
+    pub outbox_depth: std::sync::atomic::AtomicU64,
+    /// The broker's address, `host:port`.
+    pub endpoint: std::sync::Mutex<String>,
 }
 
 /// What the publisher does with verdicts received on the feedback topics.
@@ -286,16 +299,36 @@ impl Publisher {
             }
         }
         let (tx, rx) = unbounded();
+        let stats = Arc::new(PublisherStats::default());
+        if let Ok(mut e) = stats.endpoint.lock() {
+            *e = s.endpoint();
+        }
+        let thread_stats = stats.clone();
         let handle = std::thread::Builder::new()
             .name("hearken-mqtt".into())
             .spawn(move || {
                 let feedback = feedback.unwrap_or_else(ignore_feedback);
-                run(s, tls, topics, outbox, journal, rx, feedback)
+                run(
+                    s,
+                    tls,
+                    topics,
+                    outbox,
+                    journal,
+                    rx,
+                    feedback,
+                    thread_stats,
+                )
             })?;
         Ok(Publisher {
             tx: Some(tx),
             handle: Some(handle),
+            stats,
         })
+    }
+
+    /// The publisher's own report: connected or not, outbox depth.
+    pub fn stats(&self) -> Arc<PublisherStats> {
+        self.stats.clone()
     }
 
     /// Queues an event for publishing.
@@ -526,6 +559,7 @@ fn acked(c: &mut Conn, outbox: &mut Outbox, seq: u64) {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the thread's whole state, handed over once
 fn run(
     s: MqttSettings,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -534,7 +568,9 @@ fn run(
     mut journal: OpenEvents,
     rx: Receiver<Item>,
     feedback: FeedbackSink,
+    stats: Arc<PublisherStats>,
 ) -> Result<()> {
+    use std::sync::atomic::Ordering;
     let current = discovery_messages(&topics, &node_info(&s));
     let mut conn: Option<Conn> = None;
     let mut retry_at = Instant::now();
@@ -706,6 +742,13 @@ fn run(
         if let Some(c) = conn.as_mut() {
             pump(c, &outbox);
         }
+        stats.connected.store(
+            conn.as_ref().is_some_and(|c| c.connected),
+            Ordering::Relaxed,
+        );
+        stats
+            .outbox_depth
+            .store(outbox.len() as u64, Ordering::Relaxed);
         if let Some(t) = closing {
             // Finish when everything is acknowledged, when the broker is down (no
             // attempt under way), or after a few seconds.
@@ -731,6 +774,7 @@ fn run(
                         outbox.len()
                     );
                 }
+                stats.connected.store(false, Ordering::Relaxed);
                 return Ok(());
             }
         }

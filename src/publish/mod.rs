@@ -198,6 +198,7 @@ mod tests {
             room: "kitchen".into(),
             model: "yamnet".into(),
             interrupted: false,
+            clip: None,
         }
     }
 

@@ -188,6 +188,7 @@ mod tests {
             room: "".into(),
             model: "m".into(),
             interrupted: false,
+            clip: None,
         }
     }
 
