@@ -37,14 +37,14 @@ pub const SUPPRESSED_SPEECH: &str = "suppressed (speech)";
 /// AudioSet classes that mean someone is talking (ids, so any model with AudioSet
 /// labels finds them).
 pub const SPEECH_CLASS_IDS: [&str; 9] = [
-    "/m/09x0r",  // Speech
-    "/m/05zppz", // Male speech, man speaking
-    "/m/02zsn",  // Female speech, woman speaking
-    "/m/0ytgt",  // Child speech, kid speaking
-    "/m/01h8n0", // Conversation
-    "/m/02qldy", // Narration, monologue
-    "/m/0261r1", // Babbling
-    "/m/0brhx",  // Speech synthesizer
+    "/m/09x0r",   // Speech
+    "/m/05zppz",  // Male speech, man speaking
+    "/m/02zsn",   // Female speech, woman speaking
+    "/m/0ytgt",   // Child speech, kid speaking
+    "/m/01h8n0",  // Conversation
+    "/m/02qldy",  // Narration, monologue
+    "/m/0261r1",  // Babbling
+    "/m/0brhx",   // Speech synthesizer
     "/m/02rtxlg", // Whispering
 ];
 
@@ -365,7 +365,15 @@ fn run(
             .partition(|c| done || history.end_s() >= c.event.start_s + p.clip_after_s);
         pending = wait;
         for c in ready {
-            finish(&s, &model, &live, plan.clone(), &classes, &history, &c.event);
+            finish(
+                &s,
+                &model,
+                &live,
+                plan.clone(),
+                &classes,
+                &history,
+                &c.event,
+            );
         }
     }
 }

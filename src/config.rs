@@ -393,7 +393,7 @@ impl Default for PrivacyConfig {
             max_clips: 100,
             max_age_days: 30.0,
             max_mb: 200.0,
-            speech_threshold: 0.5,
+            speech_threshold: 0.3,
             scramble_clips: false,
             scramble_block_s: 0.5,
             dp_noise_snr_db: 10.0,
@@ -1791,6 +1791,45 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../config/hearken.example.toml");
+
+    #[test]
+    fn the_http_server_stays_on_loopback_unless_a_token_is_set() {
+        let c = Config::from_str("", "t.toml").unwrap();
+        assert_eq!(
+            c.http.addr().unwrap(),
+            Some("127.0.0.1:8765".parse().unwrap())
+        );
+        assert_eq!(c.http, Config::from_str(EXAMPLE, "e").unwrap().http);
+        assert_eq!(c.privacy, Config::from_str(EXAMPLE, "e").unwrap().privacy);
+        let off = Config::from_str("[http]\nlisten = \"\"\n", "t.toml").unwrap();
+        assert_eq!(off.http.addr().unwrap(), None);
+        Config::from_str("[http]\nlisten = \"[::1]:9000\"\n", "t.toml").unwrap();
+        let e = assert_err("[http]\nlisten = \"0.0.0.0:8765\"\n", "http.listen", 2);
+        assert!(e.to_string().contains("token"), "{e}");
+        Config::from_str(
+            "[http]\nlisten = \"0.0.0.0:8765\"\ntoken = \"long-secret\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_err("[http]\nlisten = \"localhost\"\n", "http.listen", 2);
+        assert_err("[http]\nmax_upload_mb = 0\n", "http.max_upload_mb", 2);
+        assert_err(
+            "[http]\npredict_per_minute = 0\n",
+            "http.predict_per_minute",
+            2,
+        );
+        assert_err(
+            "[privacy]\nspeech_threshold = 1.5\n",
+            "privacy.speech_threshold",
+            2,
+        );
+        assert_err(
+            "[privacy]\nscramble_block_s = 0\n",
+            "privacy.scramble_block_s",
+            2,
+        );
+        assert_err("[privacy]\nclip_after_s = 0.5\n", "privacy.clip_after_s", 2);
+    }
 
     fn err(text: &str) -> ConfigError {
         match Config::from_str(text, "t.toml") {

@@ -436,9 +436,7 @@ impl Live {
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_default(),
-            outbox_depth: p
-                .as_ref()
-                .map(|p| p.outbox_depth.load(Ordering::Relaxed)),
+            outbox_depth: p.as_ref().map(|p| p.outbox_depth.load(Ordering::Relaxed)),
             broker_connected: p.as_ref().map(|p| p.connected.load(Ordering::Relaxed)),
             captured_samples: load(src.map(|s| &s.samples)),
             dropped_samples: load(src.map(|s| &s.overruns)),
@@ -655,7 +653,11 @@ mod tests {
     #[test]
     fn events_keep_one_entry_per_event_newest_first_with_its_clip() {
         let live = Live::new("n", "m", 2, &["glass", "scream"]);
-        let (a, b, c) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let (a, b, c) = (
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+        );
         live.event(&event("glass", EventState::Start, a));
         live.clip(a, "a.flac", true);
         live.event(&event("glass", EventState::End, a));
@@ -663,8 +665,16 @@ mod tests {
         let list = live.events(10);
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].event.id, b, "newest first");
-        assert_eq!(list[1].event.state, EventState::End, "the end replaced the start");
-        assert_eq!(list[1].event.clip.as_deref(), Some("a.flac"), "the clip stays");
+        assert_eq!(
+            list[1].event.state,
+            EventState::End,
+            "the end replaced the start"
+        );
+        assert_eq!(
+            list[1].event.clip.as_deref(),
+            Some("a.flac"),
+            "the clip stays"
+        );
         live.event(&event("glass", EventState::Start, c));
         assert_eq!(live.events(10).len(), 2, "bounded");
         assert_eq!(live.events(1)[0].event.id, c);

@@ -2145,8 +2145,8 @@ fn run_daemon(
                 &cfg.privacy,
                 state.join("clips"),
             );
-            let chosen = overrides.http.is_some()
-                || cfg.http.listen != hearken::config::DEFAULT_HTTP_LISTEN;
+            let chosen =
+                overrides.http.is_some() || cfg.http.listen != hearken::config::DEFAULT_HTTP_LISTEN;
             match hearken::http::Server::start(settings, live.clone(), model.clone()) {
                 Ok(server) => {
                     let auth = if cfg.http.token.is_empty() {

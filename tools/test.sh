@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # PulseAudio with a null sink stands in for a microphone in the capture tests;
 # mosquitto is the broker of the MQTT tests; PyTorch (Debian's CPU build) runs the
-# small seeded fine-tuning of `hearken train --method net`.
+# small seeded fine-tuning of `hearken train --method net`; Chromium loads the web
+# page in the HTTP tests and promtool (prometheus) checks /metrics.
 tools/system-deps.sh pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients openssl \
-  python3-torch python3-onnx python3-numpy
+  python3-torch python3-onnx python3-numpy chromium prometheus
 export HEARKEN_SHARED="${HEARKEN_SHARED:-$(cd .. && pwd)/shared}"
 if [ ! -d "$HEARKEN_SHARED/models" ]; then
   echo "error: $HEARKEN_SHARED/models not found; set HEARKEN_SHARED to the shared assets folder" >&2

@@ -334,7 +334,10 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render_metrics(&s.live.metrics()),
     )
         .into_response()
@@ -394,6 +397,17 @@ struct Upload {
     start_time: f64,
 }
 
+/// The error for a multipart body that could not be read.
+fn multipart_error(status: StatusCode, what: &str, detail: String) -> Response {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return error(
+            status,
+            "the upload is larger than the server's limit ([http] max_upload_mb)",
+        );
+    }
+    error(status, format!("{what}: {detail}"))
+}
+
 async fn read_upload(
     multipart: Result<Multipart, MultipartRejection>,
     query_start: Option<&str>,
@@ -414,18 +428,20 @@ async fn read_upload(
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                return Err(error(
+                return Err(multipart_error(
                     e.status(),
-                    format!("the multipart body cannot be read: {}", e.body_text()),
+                    "the multipart body cannot be read",
+                    e.body_text(),
                 ))
             }
         };
         let name = field.name().unwrap_or("").to_string();
         let file = field.file_name().unwrap_or("upload").to_string();
         let bytes = field.bytes().await.map_err(|e| {
-            error(
+            multipart_error(
                 e.status(),
-                format!("the multipart field {name:?} cannot be read: {}", e.body_text()),
+                &format!("the multipart field {name:?} cannot be read"),
+                e.body_text(),
             )
         })?;
         match name.as_str() {
@@ -557,7 +573,9 @@ async fn predict_anonymized(
         s.live.predict_request(false);
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown anonymization method {method:?}: use scramble (or scrample) or dp_noise"),
+            format!(
+                "unknown anonymization method {method:?}: use scramble (or scrample) or dp_noise"
+            ),
         );
     };
     let upload = match read_upload(multipart, q.start_time.as_deref()).await {

@@ -182,7 +182,7 @@ struct Conn {
 }
 
 enum Item {
-    Event(Event),
+    Event(Box<Event>),
     Top(TopReport),
     Listening(bool),
 }
@@ -308,16 +308,7 @@ impl Publisher {
             .name("hearken-mqtt".into())
             .spawn(move || {
                 let feedback = feedback.unwrap_or_else(ignore_feedback);
-                run(
-                    s,
-                    tls,
-                    topics,
-                    outbox,
-                    journal,
-                    rx,
-                    feedback,
-                    thread_stats,
-                )
+                run(s, tls, topics, outbox, journal, rx, feedback, thread_stats)
             })?;
         Ok(Publisher {
             tx: Some(tx),
@@ -334,7 +325,7 @@ impl Publisher {
     /// Queues an event for publishing.
     pub fn send(&self, e: Event) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Item::Event(e));
+            let _ = tx.send(Item::Event(Box::new(e)));
         }
     }
 
