@@ -131,17 +131,25 @@ struct Daemon {
 
 impl Daemon {
     fn start(tag: &str, config: &str, rate: u32) -> Daemon {
+        Daemon::start_on(tag, config, rate, Some(free_port()))
+    }
+
+    /// `port` None: no `--http`, so the daemon listens where the configuration
+    /// says (the default, 8765).
+    fn start_on(tag: &str, config: &str, rate: u32, port: Option<u16>) -> Daemon {
         let dir = tempdir(tag);
         let cfg = dir.join("hearken.toml");
         std::fs::write(&cfg, config).unwrap();
         let state = dir.join("state");
-        let port = free_port();
         let mut cmd = hearken();
         cmd.args(["run", "--print-events", "--config"])
             .arg(&cfg)
             .arg("--state-dir")
-            .arg(&state)
-            .args(["--http", &format!("127.0.0.1:{port}")]);
+            .arg(&state);
+        if let Some(p) = port {
+            cmd.args(["--http", &format!("127.0.0.1:{p}")]);
+        }
+        let port = port.unwrap_or(8765);
         let (mut child, stdin) = spawn_on_stdin(&mut cmd, rate);
         wait_healthy(port, &mut child);
         Daemon {
@@ -167,6 +175,9 @@ impl Daemon {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "hearken failed: {err}");
         assert!(!err.contains("panicked"), "{err}");
+        if let Some(dir) = self.state.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         err
     }
 }
@@ -212,10 +223,14 @@ fn has_gun_label(v: &Value) -> bool {
 #[test]
 fn max_and_sifis_curl_lines_and_the_live_routes_work_against_hearken_run() {
     let (rate, gun) = mono(&audio("gunshots.wav"));
-    let mut d = Daemon::start(
+    // On the default address when it is free (nothing else here listens there), so
+    // the curl lines below run exactly as docs/http.md and the issue write them.
+    let default_free = std::net::TcpListener::bind("127.0.0.1:8765").is_ok();
+    let mut d = Daemon::start_on(
         "api",
         "[privacy]\nevidence_clips = true\n[http]\nmax_upload_mb = 2\n",
         rate,
+        (!default_free).then(free_port),
     );
     let port = d.port;
     let base = format!("http://127.0.0.1:{port}");
@@ -332,15 +347,30 @@ fn max_and_sifis_curl_lines_and_the_live_routes_work_against_hearken_run() {
         String::from_utf8_lossy(&checked.stderr)
     );
 
-    // MAX's curl line, verbatim but for the port.
-    let gunshots = format!("audio=@{}", audio("gunshots.wav").display());
-    let predict = format!("{base}/model/predict");
-    let (code, body) = curl(&["-F", &gunshots, "-XPOST", &predict]);
-    assert_eq!(code, 200, "{body}");
+    // MAX's curl line, verbatim (from a folder with the shared assets at ../shared),
+    // but for the port when 8765 was taken.
+    let here = d.state.parent().unwrap().join("cwd");
+    std::fs::create_dir_all(&here).unwrap();
+    let _ = std::os::unix::fs::symlink(
+        common::shared().canonicalize().unwrap(),
+        here.parent().unwrap().join("shared"),
+    );
+    let line = format!(
+        "curl -F \"audio=@../shared/audio/gunshots.wav\" -XPOST http://127.0.0.1:{port}/model/predict"
+    );
+    let out = Command::new("sh")
+        .args(["-c", &line])
+        .current_dir(&here)
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{line}: {body}");
     let v = json(&body);
     assert_max_shape(&v, &[]);
     assert_eq!(v["predictions"][0]["label"], "Gunshot, gunfire", "{v}");
     assert_eq!(v["predictions"][0]["label_id"], "/m/032s66");
+    let gunshots = format!("audio=@{}", audio("gunshots.wav").display());
+    let predict = format!("{base}/model/predict");
 
     // start_time as MAX has it: past the shots, no gunshot on top.
     let (code, body) = curl(&["-F", &gunshots, "-F", "start_time=9.5", "-XPOST", &predict]);
@@ -533,6 +563,7 @@ fn a_clip_is_saved_for_an_alarm_and_suppressed_for_the_same_alarm_over_speech() 
     );
     assert!(clips.is_empty(), "no clip where speech is heard: {clips:?}");
     assert!(log.contains("not saved: speech heard"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -690,7 +721,8 @@ impl Drop for Browser {
 #[test]
 fn the_page_shows_the_level_moving_and_an_event_appearing_in_headless_chromium() {
     let dir = tempdir("page");
-    // Four seconds of rain, then the gunshots, played in real time from a file.
+    // Four seconds of rain, then the gunshots, then rain, played in real time from a
+    // file.
     let (rate, gun) = mono(&audio("gunshots.wav"));
     let (rrate, rain) = mono(&audio("rain.wav"));
     let mut clip: Vec<f32> = resample(&rain, rrate, rate)
@@ -698,6 +730,11 @@ fn the_page_shows_the_level_moving_and_an_event_appearing_in_headless_chromium()
         .take(4 * rate as usize)
         .collect();
     clip.extend_from_slice(&gun);
+    // More rain, so the daemon still runs while the page classifies a file.
+    let more: Vec<f32> = clip[..4 * rate as usize].to_vec();
+    for _ in 0..4 {
+        clip.extend_from_slice(&more);
+    }
     let file = dir.join("rain-then-gunshots.wav");
     write_wav(&file, rate, 1, &clip);
     let port = free_port();
@@ -743,10 +780,32 @@ fn the_page_shows_the_level_moving_and_an_event_appearing_in_headless_chromium()
         seen["groups"].as_str().unwrap().contains("gunshot"),
         "{seen}"
     );
+    // The file drop: a file given to the page's file input is classified through
+    // /model/predict and its labels shown.
+    let root = b.call("DOM.getDocument", serde_json::json!({}))["root"]["nodeId"].clone();
+    let input = b.call(
+        "DOM.querySelector",
+        serde_json::json!({ "nodeId": root, "selector": "#file" }),
+    )["nodeId"]
+        .clone();
+    b.call(
+        "DOM.setFileInputFiles",
+        // A plain absolute path: Chromium cannot read a file named through `..`.
+        serde_json::json!({
+            "nodeId": input,
+            "files": [audio("gunshots.wav").canonicalize().unwrap()]
+        }),
+    );
+
+    let shown = wait_until("the page shows the file's labels", 30, || {
+        let t = b.eval("document.getElementById('predictions').textContent");
+        t.contains("Gunshot, gunfire").then_some(t)
+    });
+    assert!(!shown.contains("classifying"), "{shown}");
     // A picture of it, for the record (target/, never committed).
     let shot = b.call(
         "Page.captureScreenshot",
-        serde_json::json!({ "format": "png" }),
+        serde_json::json!({ "format": "png", "captureBeyondViewport": true }),
     );
     let png = base64_decode(shot["data"].as_str().unwrap());
     assert_eq!(&png[1..4], b"PNG");
@@ -755,6 +814,7 @@ fn the_page_shows_the_level_moving_and_an_event_appearing_in_headless_chromium()
     drop(b);
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Standard base64 (DevTools' screenshots), without a dependency for one call.
