@@ -315,6 +315,7 @@ impl Pipeline {
                 let mut warnings = ReplacedWarnings::new(warn_interval);
                 // Stream index of the next analysed sample (for the audio tap).
                 let mut tapped = 0u64;
+                dsp_stats.set_consumer(std::thread::current());
                 // The source counts damaged samples (from its callback or reader);
                 // this thread, which may log, reports them.
                 let warn_replaced = |warnings: &mut ReplacedWarnings, at_end: bool| {
@@ -335,7 +336,9 @@ impl Pipeline {
                         if dsp_stats.finished.load(Ordering::Acquire) && cons.is_empty() {
                             break;
                         }
-                        std::thread::sleep(Duration::from_millis(5));
+                        // The source wakes this thread when samples arrive or it
+                        // ends; the timeout only bounds a missed wake-up.
+                        std::thread::park_timeout(Duration::from_millis(100));
                         continue;
                     }
                     dsp_progress
@@ -675,7 +678,7 @@ impl Pipeline {
             let stats = src.stats.clone();
             src.stop();
             // Whatever was captured still drains through the pipeline.
-            stats.finished.store(true, Ordering::Release);
+            stats.mark_finished();
         }
         let dsp = self.dsp.take().map(|h| h.join());
         let inf = self.inference.take().map(|h| h.join());

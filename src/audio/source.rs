@@ -170,6 +170,9 @@ impl fmt::Display for SourceSpec {
 /// the rest of the daemon. Atomics only, so the audio callback can update them.
 #[derive(Debug, Default)]
 pub struct SourceStats {
+    /// The thread that empties the ring (the DSP thread), woken when samples arrive
+    /// so that it can sleep until then instead of polling.
+    consumer: std::sync::OnceLock<std::thread::Thread>,
     /// Samples dropped because the ring was full.
     pub overruns: AtomicU64,
     /// Samples pushed into the ring.
@@ -214,9 +217,32 @@ impl SourceStats {
         }
     }
 
+    /// Names the thread that empties the ring: it is woken whenever samples arrive
+    /// and when the source finishes (it should still wake itself now and then).
+    pub fn set_consumer(&self, t: std::thread::Thread) {
+        let _ = self.consumer.set(t);
+    }
+
+    fn wake_consumer(&self) {
+        // An atomic load, and `unpark` is an atomic swap plus, only when the thread
+        // sleeps, one futex wake: it neither allocates, locks nor blocks, so the
+        // audio callback may call it.
+        if let Some(t) = self.consumer.get() {
+            t.unpark();
+        }
+    }
+
+    /// Marks the end of the source's audio (everything is in the ring) and wakes the
+    /// consumer to drain it.
+    pub fn mark_finished(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.wake_consumer();
+    }
+
     fn count(&self, pushed: usize, dropped: usize) {
         if pushed > 0 {
             self.samples.fetch_add(pushed as u64, Ordering::Relaxed);
+            self.wake_consumer();
         }
         if dropped > 0 {
             self.overruns.fetch_add(dropped as u64, Ordering::Relaxed);
@@ -656,7 +682,7 @@ fn file_feeder(
         control.set_error(t.to_string());
     }
     stats.touch();
-    stats.finished.store(true, Ordering::Release);
+    stats.mark_finished();
 }
 
 /// Converts whole frames of interleaved s16le PCM in `bytes` to mono `f32` (channels
@@ -718,7 +744,7 @@ fn pcm_feeder<R: Read>(
         }
     }
     stats.touch();
-    stats.finished.store(true, Ordering::Release);
+    stats.mark_finished();
 }
 
 /// What the audio callback owns: everything allocated before the stream starts.

@@ -1,0 +1,660 @@
+//! `hearken run`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+use super::*;
+
+/// Run the daemon: listen, classify rolling windows, detect and report events.
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Configuration file (TOML); without it, built-in defaults.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Audio source: default | device:NAME | file:PATH | stdin:RATE:CHANNELS.
+    #[arg(long)]
+    pub(crate) source: Option<String>,
+    /// With a file source, process as fast as possible instead of in real time.
+    #[arg(long)]
+    pub(crate) fast: bool,
+    /// Model name or directory (overrides the config).
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Print each event as a JSON line on stdout and a status line to stderr.
+    #[arg(long)]
+    pub(crate) print_events: bool,
+    /// Publish events to this MQTT broker: mqtt://[user:pass@]host[:port] or
+    /// mqtts://… (TLS).
+    #[arg(long)]
+    pub(crate) mqtt: Option<String>,
+    /// When no broker is configured, run the embedded one ([mqtt]
+    /// embedded_listen, 127.0.0.1:1883 by default) and publish to it.
+    #[arg(long)]
+    pub(crate) embedded_broker: bool,
+    /// Node id in MQTT topics (overrides node.id).
+    #[arg(long)]
+    pub(crate) node_id: Option<String>,
+    /// Directory for state that must survive restarts (the MQTT outbox).
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Serve the local HTTP API and page here (host:port; overrides [http]
+    /// listen; "" turns it off).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http: Option<String>,
+}
+
+/// Runs `hearken run`.
+pub(crate) fn run(a: RunArgs) -> Result<ExitCode> {
+    let RunArgs {
+        config,
+        source,
+        fast,
+        model,
+        print_events,
+        mqtt,
+        embedded_broker,
+        node_id,
+        state_dir,
+        http,
+    } = a;
+    run_daemon(
+        config,
+        source,
+        fast,
+        model,
+        http,
+        print_events,
+        Mqtt {
+            url: mqtt,
+            embedded_broker,
+            node_id,
+            state_dir,
+        },
+    )
+}
+
+/// Whether two publisher configurations differ.
+pub(crate) fn mqtt_changed(
+    a: &Option<hearken::publish::client::MqttSettings>,
+    b: &Option<hearken::publish::client::MqttSettings>,
+) -> bool {
+    a != b
+}
+
+/// What a reload needs and changes.
+pub(crate) struct Running {
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) overrides: Overrides,
+    pub(crate) mqtt_flags: Mqtt,
+    pub(crate) model: std::sync::Arc<Model>,
+    pub(crate) cfg: hearken::config::Config,
+    pub(crate) mqtt: Option<hearken::publish::client::MqttSettings>,
+}
+
+impl Running {
+    /// SIGHUP: re-reads the file, validates it completely and applies what can change
+    /// while running; on any error the running configuration stays.
+    pub(crate) fn reload(
+        &mut self,
+        pipeline: &hearken::pipeline::Pipeline,
+        publisher: &crossbeam_channel::Sender<Option<hearken::publish::client::MqttSettings>>,
+    ) {
+        use tracing::{error, info, warn};
+        let Some(file) = self.file.clone() else {
+            info!("SIGHUP: no --config file was given, so there is nothing to reload");
+            return;
+        };
+        let shown = file.display().to_string();
+        let prepared = (|| -> Result<_> {
+            let mut new = effective_config(Some(&file), &self.overrides)?;
+            hearken::train::adopt_window(&mut new, &self.model)?;
+            let restart = hearken::service::restart_keys(&self.cfg, &new);
+            hearken::service::keep_running_values(&self.cfg, &mut new);
+            let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
+            let state = daemon_state_dir(&new, &self.mqtt_flags);
+            let (detector, trained) = build_detector(&new, &self.model, &prov, &state)?;
+            let wanted = trained.iter().find_map(|d| d.net.as_ref());
+            let running = self.model.net().map(|(_, sha)| sha);
+            if wanted.map(|n| n.sha256.to_ascii_lowercase()).as_deref() != running {
+                bail!(
+                    "the detectors now read {}, the running daemon {}; restart to apply",
+                    wanted.map_or("no fine-tuned network".to_string(), |n| format!(
+                        "the fine-tuned network {}",
+                        n.path.display()
+                    )),
+                    self.model
+                        .net()
+                        .map_or("none".to_string(), |(p, _)| p.display().to_string())
+                );
+            }
+            for d in &trained {
+                info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
+            }
+            let mqtt = mqtt_settings(&new, &self.mqtt_flags, self.model.name())?;
+            Ok((new, restart, detector, mqtt))
+        })();
+        let (new, restart, detector, mqtt) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                error!(
+                    file = %shown,
+                    reason = %format!("{e:#}"),
+                    "cannot reload {shown}: {e:#}; keeping the current configuration"
+                );
+                return;
+            }
+        };
+        if !restart.is_empty() {
+            let keys = restart.join(", ");
+            warn!(file = %shown, keys = %keys, "{keys} changed in {shown}; restart to apply (keeping the running values)");
+        }
+        let groups = detector.group_names().join(", ");
+        if let Err(e) = pipeline.reconfigure(detector) {
+            error!("cannot apply the reloaded configuration: {e:#}");
+            return;
+        }
+        if mqtt_changed(&self.mqtt, &mqtt) {
+            info!("MQTT settings changed: restarting the publisher (queued events stay in the outbox)");
+            let _ = publisher.send(mqtt.clone());
+            self.mqtt = mqtt;
+        }
+        self.cfg = new;
+        info!(file = %shown, groups = %groups, "configuration reloaded from {shown} (groups: {groups})");
+    }
+}
+
+/// Replaces the running publisher: the old one flushes to its outbox and stops, then
+/// the new one opens the same outbox (nothing queued is lost). If the new one cannot
+/// start, the old settings are started again.
+pub(crate) fn swap_publisher(
+    current: &mut Option<hearken::publish::client::Publisher>,
+    settings: &mut Option<hearken::publish::client::MqttSettings>,
+    new: Option<hearken::publish::client::MqttSettings>,
+    feedback: &Option<hearken::publish::feedback::FeedbackSink>,
+) {
+    use hearken::publish::client::Publisher;
+    use tracing::{error, info, warn};
+    if let Some(p) = current.take() {
+        if let Err(e) = p.shutdown() {
+            warn!("stopping the MQTT publisher: {e:#}");
+        }
+    }
+    let Some(s) = new else {
+        info!("MQTT publishing is off");
+        *settings = None;
+        return;
+    };
+    match Publisher::take_over(s.clone(), feedback.clone()) {
+        Ok(p) => {
+            info!(host = %s.host, port = s.port, "MQTT publisher started for {}:{}", s.host, s.port);
+            *current = Some(p);
+            *settings = Some(s);
+        }
+        Err(e) => {
+            error!("cannot start the MQTT publisher with the new settings: {e:#}; keeping the previous ones");
+            if let Some(old) = settings.clone() {
+                match Publisher::take_over(old, feedback.clone()) {
+                    Ok(p) => *current = Some(p),
+                    Err(e) => error!("cannot restart the MQTT publisher: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn run_daemon(
+    config: Option<PathBuf>,
+    source: Option<String>,
+    fast: bool,
+    model: Option<String>,
+    http: Option<String>,
+    print_events: bool,
+    mqtt: Mqtt,
+) -> Result<ExitCode> {
+    use hearken::pipeline::{Message, Pipeline, PipelineSettings};
+    use hearken::service::{self, Health, Notifier, StallCheck};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tracing::{debug, error, info, warn};
+
+    // SIGHUP's default action is to terminate: take it over before anything else.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    let notifier = Notifier::from_env();
+    let watchdog = service::watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+
+    let overrides = Overrides {
+        source,
+        model,
+        node_id: mqtt.node_id.clone(),
+        http,
+    };
+    // Everything check-config checks, and only then devices and brokers.
+    let Prepared {
+        cfg,
+        source: spec,
+        model,
+        adopted,
+        detector,
+        trained,
+        state_dir: state,
+        broker,
+        mqtt: mqtt_now,
+    } = match prepare(config.as_deref(), &overrides, &mqtt) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("hearken: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    debug!(model = %model.name(), "model {} loaded", model.name());
+    if let Some((w, h)) = adopted {
+        info!(
+            "{}'s trained detectors use {w} s windows every {h} s",
+            model.name()
+        );
+    }
+    if let Some((net, _)) = model.net() {
+        info!(
+            "{} runs the fine-tuned network {} beside its own network",
+            model.name(),
+            net.display()
+        );
+    }
+    for d in &trained {
+        let adapted = if d.home.is_some() {
+            ", adapted to this home by `hearken adapt`"
+        } else {
+            ""
+        };
+        info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2}{adapted})", d.group, d.on, d.off);
+    }
+    let _broker = match broker {
+        Some(addr) => {
+            let login = (!cfg.mqtt.username.is_empty())
+                .then_some((cfg.mqtt.username.as_str(), cfg.mqtt.password.as_str()));
+            let b = hearken::publish::broker::EmbeddedBroker::start(addr, login)?;
+            info!(
+                "embedded MQTT broker listening on {} (subscribe: mosquitto_sub -h {} -p {} -t '{}/#' -v)",
+                b.addr,
+                b.addr.ip(),
+                b.addr.port(),
+                cfg.mqtt.base_topic
+            );
+            Some(b)
+        }
+        None => None,
+    };
+    let live = Arc::new(hearken::live::Live::new(
+        &cfg.node.id,
+        model.name(),
+        cfg.http.events_kept,
+        &detector.group_names(),
+    ));
+    // Bound before any audio flows: an address in use refuses the start.
+    let http_server = match cfg.http.addr() {
+        Ok(Some(addr)) => {
+            let settings = hearken::http::HttpSettings::new(
+                addr,
+                &cfg.http,
+                &cfg.privacy,
+                state.join("clips"),
+            );
+            let chosen =
+                overrides.http.is_some() || cfg.http.listen != hearken::config::DEFAULT_HTTP_LISTEN;
+            match hearken::http::Server::start(settings, live.clone(), model.clone()) {
+                Ok(server) => {
+                    let auth = if cfg.http.token.is_empty() {
+                        "no token: loopback only"
+                    } else {
+                        "bearer token required"
+                    };
+                    info!(
+                        "HTTP API and page on http://{} ({auth}; e.g. curl -F \"audio=@clip.wav\" -XPOST http://{}/model/predict)",
+                        server.addr(),
+                        server.addr()
+                    );
+                    if !server.addr().ip().is_loopback() {
+                        warn!(
+                            "the HTTP server listens on {}, reachable from the network: every request needs the [http] token",
+                            server.addr()
+                        );
+                    }
+                    Some(server)
+                }
+                // The default address taken (another hearken running, say): this
+                // one still starts, without the API. An address the owner chose is
+                // refused like any other setting that cannot be applied.
+                Err(e) if !chosen => {
+                    warn!("{e:#}: the HTTP API is off for this run");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
+    };
+    let clips = if cfg.privacy.evidence_clips {
+        let dir = state.join("clips");
+        let w = hearken::clips::ClipWriter::start(
+            hearken::clips::ClipSettings {
+                privacy: cfg.privacy.clone(),
+                dir: dir.clone(),
+                window_s: cfg.model.window_s,
+                hop_s: cfg.model.hop_s,
+            },
+            model.clone(),
+            live.clone(),
+        )?;
+        info!(
+            "evidence clips on: {:.0} s before and {:.0} s after each event's onset, in {} (none where speech is heard)",
+            cfg.privacy.clip_before_s,
+            cfg.privacy.clip_after_s,
+            dir.display()
+        );
+        Some(w)
+    } else {
+        None
+    };
+    let home = start_home_store(&cfg, &state);
+    // Verdicts from the feedback topics go to the store (the publisher keeps this
+    // sender until it stops, so the store outlives it).
+    let feedback = home
+        .as_ref()
+        .map(|(tx, _)| hearken::learn::store::feedback_sink(tx.clone()));
+    let publisher = mqtt_now
+        .clone()
+        .map(|s| hearken::publish::client::Publisher::start(s, feedback.clone()))
+        .transpose()?;
+    live.set_publisher(publisher.as_ref().map(|p| p.stats()));
+    let groups = detector.group_names().join(", ");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let pipeline = Pipeline::start(
+        PipelineSettings {
+            model: model.clone(),
+            source: spec.clone(),
+            realtime: !fast,
+            ring_seconds: cfg.audio.ring_seconds,
+            gate_dbfs: Some(cfg.audio.gate_dbfs),
+            window_s: Some(cfg.model.window_s),
+            hop_s: Some(cfg.model.hop_s),
+            detector,
+            status_interval_s: cfg.detection.status_interval_s,
+            hop_tap: None,
+            home_tap: home.as_ref().map(|h| h.0.clone()),
+            live: Some(live.clone()),
+            audio_tap: clips.as_ref().and_then(|c| c.audio_sender()),
+        },
+        tx,
+    )?;
+    live.set_source(&pipeline.source_description, pipeline.source_stats.clone());
+    // The pipeline and the publisher hold its senders now: the store ends when
+    // both have.
+    let home_thread = home.map(|(_, h)| h);
+    let stop = pipeline.stop_flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    info!(
+        source = %pipeline.source_description,
+        model = %model.name(),
+        groups = %groups,
+        "listening on {} with {} (groups: {groups})",
+        pipeline.source_description,
+        model.name()
+    );
+    let events_seen = Arc::new(AtomicU64::new(0));
+    let (pub_tx, pub_rx) = crossbeam_channel::unbounded();
+    let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<bool>();
+    let printer = {
+        let events_seen = events_seen.clone();
+        let live = live.clone();
+        let clips = clips;
+        let mut settings = mqtt_now.clone();
+        std::thread::spawn(move || {
+            let mut publisher = publisher;
+            let mut pub_rx = pub_rx;
+            let mut last_overruns = 0;
+            loop {
+                let msg = crossbeam_channel::select! {
+                    recv(rx) -> m => match m {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    },
+                    recv(audio_rx) -> ok => {
+                        if let (Ok(ok), Some(p)) = (ok, &publisher) {
+                            p.set_listening(ok);
+                        }
+                        continue;
+                    },
+                    recv(pub_rx) -> s => {
+                        match s {
+                            Ok(s) => {
+                                swap_publisher(&mut publisher, &mut settings, s, &feedback);
+                                live.set_publisher(publisher.as_ref().map(|p| p.stats()));
+                            }
+                            Err(_) => pub_rx = crossbeam_channel::never(),
+                        }
+                        continue;
+                    },
+                };
+                if let (Message::Status(s), Some(p)) = (&msg, &publisher) {
+                    p.send_top(hearken::publish::TopReport {
+                        top: s.top.clone(),
+                        dbfs: s.dbfs,
+                    });
+                }
+                match msg {
+                    Message::Event(e) => {
+                        if e.state == hearken::detect::EventState::Start {
+                            events_seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let mut e = e;
+                        if e.state == hearken::detect::EventState::End {
+                            e.clip = live.clip_of(e.id);
+                        }
+                        live.event(&e);
+                        if let Some(c) = &clips {
+                            c.event(&e);
+                        }
+                        if let Some(p) = &publisher {
+                            p.send(e.clone());
+                        }
+                        let text = format!(
+                            "event {:?} {} {} at {:.2} s (score {:.2})",
+                            e.state, e.group, e.id, e.start_s, e.peak_score
+                        );
+                        if print_events {
+                            if let Ok(line) = serde_json::to_string(&e) {
+                                println!("{line}");
+                            }
+                            debug!(group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
+                        } else {
+                            info!(group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
+                        }
+                    }
+                    Message::Status(s) if print_events => {
+                        let top: Vec<String> = s
+                            .top
+                            .iter()
+                            .map(|p| format!("{} {:.2}", p.label, p.probability))
+                            .collect();
+                        info!(
+                            stream_s = s.t_s,
+                            dbfs = s.dbfs,
+                            cpu_percent = s.cpu_percent,
+                            overruns = s.overruns,
+                            "status t={:.0}s level={:.1} dBFS top=[{}] cpu={:.1}% overruns={} gated={}/{}",
+                            s.t_s,
+                            s.dbfs,
+                            top.join(", "),
+                            s.cpu_percent,
+                            s.overruns,
+                            s.gated_calls,
+                            s.gated_calls + s.model_calls
+                        );
+                    }
+                    // Without --print-events, only news worth a line: dropped audio.
+                    Message::Status(s) => {
+                        if s.overruns > last_overruns {
+                            warn!(
+                                dropped = s.overruns - last_overruns,
+                                "{} samples dropped at capture since the last report (the pipeline fell behind)",
+                                s.overruns - last_overruns
+                            );
+                            last_overruns = s.overruns;
+                        }
+                    }
+                }
+            }
+            // The pipeline has ended: pending clips are cut with the audio there is.
+            if let Some(c) = clips {
+                c.stop();
+            }
+            publisher
+        })
+    };
+
+    // The control loop: readiness, the watchdog, status and reloads.
+    let mut running = Running {
+        file: config,
+        overrides,
+        mqtt_flags: mqtt,
+        model: model.clone(),
+        cfg,
+        mqtt: mqtt_now,
+    };
+    let status_line = |stalled: Option<service::Stage>| {
+        let n = events_seen.load(Ordering::Relaxed);
+        let base = format!(
+            "listening on {} with {}, {n} events",
+            pipeline.source_description,
+            model.name()
+        );
+        match stalled {
+            Some(stage) => format!("{base}; {stage} stalled"),
+            None => base,
+        }
+    };
+    const STATUS_EVERY: Duration = Duration::from_secs(10);
+    let t0 = Instant::now();
+    let mut ready = false;
+    let mut check: Option<StallCheck> = None;
+    let mut stalled: Option<service::Stage> = None;
+    let mut next_ping = Instant::now();
+    let mut next_status = Instant::now() + STATUS_EVERY;
+    let mut device_lost = false;
+    while !stop.load(Ordering::Acquire) && !pipeline.source_finished() {
+        // The capture thread logs the loss and reopens the device; here the MQTT
+        // availability and systemd's status line follow it.
+        let lost = pipeline.source_stats.device_lost.load(Ordering::Acquire);
+        if lost != device_lost {
+            device_lost = lost;
+            let _ = audio_tx.send(!lost);
+            let line = if lost {
+                format!("{}; audio device lost, reconnecting", status_line(stalled))
+            } else {
+                status_line(stalled)
+            };
+            let _ = notifier.send(&service::status_message(&line));
+        }
+        if hup.swap(false, Ordering::AcqRel) {
+            let _ = notifier.send(&service::reloading_message(service::monotonic_usec()));
+            running.reload(&pipeline, &pub_tx);
+            if ready {
+                let _ = notifier.send(&service::ready_message(&status_line(stalled)));
+            }
+        }
+        let now = Instant::now();
+        if !ready && pipeline.source_stats.samples.load(Ordering::Relaxed) > 0 {
+            ready = true;
+            let _ = notifier.send(&service::ready_message(&status_line(None)));
+            debug!("audio flows: ready");
+            if let Some(wd) = watchdog {
+                let limit = wd.as_secs_f64();
+                check = Some(StallCheck::new(
+                    t0.elapsed().as_secs_f64(),
+                    pipeline.snapshot(),
+                    limit,
+                    (2.0 * pipeline.hop_s + 1.0).max(limit),
+                ));
+                info!(
+                    watchdog_s = limit,
+                    "watchdog enabled: pinging every {:.1} s while capture, DSP and inference make progress",
+                    limit / 2.0
+                );
+            }
+        }
+        if let (Some(c), Some(wd)) = (check.as_mut(), watchdog) {
+            if now >= next_ping {
+                next_ping = now + wd / 2;
+                match c.observe(t0.elapsed().as_secs_f64(), pipeline.snapshot()) {
+                    Health::Healthy => {
+                        let _ = notifier.send(service::WATCHDOG_MESSAGE);
+                        if let Some(stage) = stalled.take() {
+                            info!(stage = %stage, "the {stage} stage is making progress again; watchdog pings resume");
+                            let _ = notifier.send(&service::status_message(&status_line(None)));
+                        }
+                    }
+                    Health::Stalled { stage, idle_s } => {
+                        if stalled.is_none() {
+                            error!(
+                                stage = %stage,
+                                idle_s = idle_s,
+                                "the {stage} stage has made no progress for {idle_s:.1} s; no longer pinging the watchdog (systemd will restart hearken)"
+                            );
+                            stalled = Some(stage);
+                            let _ = notifier.send(&service::status_message(&status_line(stalled)));
+                        }
+                    }
+                }
+            }
+        }
+        if ready && now >= next_status {
+            next_status = now + STATUS_EVERY;
+            let _ = notifier.send(&service::status_message(&status_line(stalled)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = notifier.send(&service::stopping_message(
+        "stopping: draining the pipeline",
+    ));
+    let summary = pipeline.wait()?;
+    drop(pub_tx);
+    // The pipeline has closed every event; the publisher flushes and says offline.
+    let stopped = match printer.join() {
+        Ok(Some(p)) => p.shutdown(),
+        _ => Ok(()),
+    };
+    // Every sender of the store is gone now: it writes what it has and ends.
+    if let Some(h) = home_thread {
+        let _ = h.join();
+    }
+    if let Some(server) = http_server {
+        server.stop();
+    }
+    stopped?;
+    info!(
+        audio_s = summary.audio_s,
+        events = summary.events,
+        model_calls = summary.model_calls,
+        gated_calls = summary.gated_calls,
+        overruns = summary.overruns,
+        "stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} samples dropped",
+        summary.audio_s,
+        summary.events,
+        summary.model_calls,
+        summary.gated_calls,
+        summary.overruns
+    );
+    Ok(ExitCode::SUCCESS)
+}
