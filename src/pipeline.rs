@@ -269,7 +269,7 @@ impl Pipeline {
             gate_dbfs,
             window_s,
             hop_s,
-            mut detector,
+            detector,
             status_interval_s,
             hop_tap,
             home_tap,
@@ -283,7 +283,7 @@ impl Pipeline {
             let silence = vec![plan.silence_value; plan.window_frames * plan.n_mels];
             model.run_window(&silence).context("warming up the model")?;
         }
-        let (src, mut cons) = Source::start(
+        let (src, cons) = Source::start(
             &source,
             &SourceOptions {
                 ring_seconds,
@@ -299,327 +299,41 @@ impl Pipeline {
         let (rtx, rrx): (Sender<Detector>, Receiver<Detector>) = crossbeam_channel::unbounded();
         let plan_hop_s = plan.hop_frames as f64 * plan.frame_hop_s;
 
-        let fe_params = model.manifest().frontend.clone();
-        let dsp_stats = stats.clone();
-        let dsp_progress = progress.clone();
-        let dsp_source = source.to_string();
-        let warn_interval = Duration::from_secs_f64(status_interval_s.max(1.0));
+        let dsp_stage = DspStage {
+            rate,
+            fe_params: model.manifest().frontend.clone(),
+            stats: stats.clone(),
+            progress: progress.clone(),
+            source: source.to_string(),
+            warn_interval: Duration::from_secs_f64(status_interval_s.max(1.0)),
+            cons,
+            btx,
+            audio_tap,
+        };
         let dsp = std::thread::Builder::new()
             .name("hearken-dsp".into())
-            .spawn(move || -> Result<()> {
-                let mut rs = StreamResampler::new(rate, fe_params.sample_rate)?;
-                let mut fe = LogMel::new(&fe_params);
-                let mut meter = LevelMeter::new(fe_params.hop_length);
-                let mut buf = vec![0.0f32; 4096];
-                let mut resampled = Vec::new();
-                let mut warnings = ReplacedWarnings::new(warn_interval);
-                // Stream index of the next analysed sample (for the audio tap).
-                let mut tapped = 0u64;
-                dsp_stats.set_consumer(std::thread::current());
-                // The source counts damaged samples (from its callback or reader);
-                // this thread, which may log, reports them.
-                let warn_replaced = |warnings: &mut ReplacedWarnings, at_end: bool| {
-                    let count = dsp_stats.replaced.load(Ordering::Relaxed);
-                    if let Some(n) = warnings.check(count, Instant::now(), at_end) {
-                        tracing::warn!(
-                            source = dsp_source.as_str(),
-                            replaced_samples = n,
-                            "{dsp_source}: {n} NaN, infinite or out-of-range samples replaced \
-                             so far: the audio is damaged; they were silenced or clamped and \
-                             the rest is analysed"
-                        );
-                    }
-                };
-                loop {
-                    let n = cons.pop_slice(&mut buf);
-                    if n == 0 {
-                        if dsp_stats.finished.load(Ordering::Acquire) && cons.is_empty() {
-                            break;
-                        }
-                        // The source wakes this thread when samples arrive or it
-                        // ends; the timeout only bounds a missed wake-up.
-                        std::thread::park_timeout(Duration::from_millis(100));
-                        continue;
-                    }
-                    dsp_progress
-                        .dsp_samples
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    warn_replaced(&mut warnings, false);
-                    resampled.clear();
-                    rs.push(&buf[..n], &mut resampled);
-                    if let Some(tap) = &audio_tap {
-                        if !resampled.is_empty() {
-                            let _ = tap.try_send((tapped, resampled.clone()));
-                        }
-                    }
-                    tapped += resampled.len() as u64;
-                    let block = analyse(&mut fe, &mut meter, &resampled, false);
-                    if !block.frames.is_empty() {
-                        // Counted before the send, which blocks while inference is
-                        // behind: the watchdog sees the block waiting.
-                        dsp_progress.blocks_sent.fetch_add(1, Ordering::Relaxed);
-                        if btx.send(block).is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-                warn_replaced(&mut warnings, true);
-                resampled.clear();
-                rs.finish(&mut resampled);
-                let block = analyse(&mut fe, &mut meter, &resampled, true);
-                if !block.frames.is_empty() {
-                    dsp_progress.blocks_sent.fetch_add(1, Ordering::Relaxed);
-                    let _ = btx.send(block);
-                }
-                Ok(())
-            })?;
+            .spawn(move || dsp_stage.run())?;
 
-        let inf_progress = progress.clone();
-        let inf_stats = stats.clone();
+        let inf_stage = InferStage {
+            model,
+            plan,
+            gate_dbfs,
+            status_interval_s,
+            realtime,
+            rate,
+            detector,
+            hop_tap,
+            home_tap,
+            live,
+            brx,
+            rrx,
+            tx,
+            progress: progress.clone(),
+            stats: stats.clone(),
+        };
         let inference = std::thread::Builder::new()
             .name("hearken-infer".into())
-            .spawn(move || -> Result<Summary> {
-                let labels = model.labels();
-                let mut scorer = Scorer::new(plan).with_prefill().with_gate(gate_dbfs);
-                let mut run = |f: &[f32]| {
-                    let t = Instant::now();
-                    let out = run_unit(&model, f);
-                    if let Some(live) = &live {
-                        live.model_call(t.elapsed());
-                    }
-                    out
-                };
-                let mut windows = Vec::new();
-                let mut events = Vec::new();
-                let mut summary = Summary::default();
-                let hop_s = scorer.plan().hop_frames as f64 * scorer.plan().frame_hop_s;
-                let interval = Duration::from_secs_f64(status_interval_s.max(0.1));
-                let mut last_status = Instant::now();
-                let mut first_status_due = true;
-                let mut last_cpu = crate::bench::cpu_seconds();
-                let t0_wall = SystemTime::now();
-                let mut last_window = None;
-                let model_name = model.name().to_string();
-                let embedding_dim = model.manifest().io.embedding_dim as u32;
-                // Tells the home store which groups the windows' views belong to.
-                let home_groups = |detector: &Detector| {
-                    if let Some(tap) = &home_tap {
-                        let _ = tap.try_send(HomeMsg::Groups(Record::Header {
-                            groups: detector
-                                .group_names()
-                                .iter()
-                                .map(|g| g.to_string())
-                                .collect(),
-                            embedding_dim,
-                            hop_s: hop_s as f32,
-                            model: model_name.clone(),
-                        }));
-                    }
-                };
-                home_groups(&detector);
-                let mut home_floors = detector.home_floors();
-                // Starts and ends for the home store, stamped on the wall clock
-                // (`wall` is the time of stream second `end_s`).
-                let home_events = |events: &[Event], end_s: f64, wall: SystemTime| {
-                    let Some(tap) = &home_tap else {
-                        return;
-                    };
-                    let wall_ms = wall
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    let at =
-                        |s: f64| wall_ms.saturating_sub(((end_s - s).max(0.0) * 1000.0) as u64);
-                    for e in events {
-                        let _ = tap.try_send(HomeMsg::Event(match e.state {
-                            crate::detect::EventState::Start => Record::EventStart {
-                                id: e.id,
-                                wall_ms: at(e.start_s),
-                                group: e.group.clone(),
-                            },
-                            crate::detect::EventState::End => Record::EventEnd {
-                                id: e.id,
-                                wall_ms: at(e.end_s.unwrap_or(end_s)),
-                            },
-                        }));
-                    }
-                };
-                let send_events = |events: &mut Vec<Event>, summary: &mut Summary| -> bool {
-                    for e in events.drain(..) {
-                        if e.state == crate::detect::EventState::Start {
-                            summary.events += 1;
-                        }
-                        if tx.send(Message::Event(e)).is_err() {
-                            return false;
-                        }
-                    }
-                    true
-                };
-                let step = |ws: &crate::scoring::WindowScore,
-                            detector: &mut Detector,
-                            events: &mut Vec<Event>,
-                            home_floors: &[f32]| {
-                    // Wall clock of the window end; files run fast are stamped as if
-                    // they had started when the pipeline did.
-                    let wall = if realtime {
-                        SystemTime::now()
-                    } else {
-                        t0_wall + Duration::from_secs_f64(ws.end_s)
-                    };
-                    let hop = Hop {
-                        start_s: ws.start_s,
-                        end_s: ws.end_s,
-                        hop_s,
-                        scores_mean: &ws.scores_mean,
-                        scores_max: &ws.scores_max,
-                        dbfs: ws.dbfs,
-                        embedding: &ws.embedding,
-                        heads: &ws.heads,
-                        net_scores: &ws.net_scores,
-                        wall,
-                    };
-                    if let Some(tap) = &hop_tap {
-                        let _ = tap.send(crate::detect::OwnedHop::of(&hop));
-                    }
-                    let before = events.len();
-                    detector.step(&hop, labels, events);
-                    if let Some(tap) = &home_tap {
-                        let ms = |t: SystemTime| {
-                            t.duration_since(UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as u64)
-                        };
-                        let views = detector.home_views();
-                        let keep = crate::learn::store::is_candidate(&views, home_floors);
-                        let _ = tap.try_send(HomeMsg::Window(Record::Window {
-                            wall_ms: ms(wall),
-                            dbfs: ws.dbfs,
-                            views,
-                            embedding: if keep {
-                                ws.embedding.clone()
-                            } else {
-                                Vec::new()
-                            },
-                            classes: if keep {
-                                ws.scores_max.iter().map(|&p| log_odds(p)).collect()
-                            } else {
-                                Vec::new()
-                            },
-                        }));
-                    }
-                    home_events(&events[before..], ws.end_s, wall);
-                };
-                let mut rrx = rrx;
-                loop {
-                    // A new detector takes over before any later block: pending ones
-                    // first, then whichever arrives.
-                    let block = match rrx.try_recv() {
-                        Ok(d) => Err(d),
-                        Err(_) => crossbeam_channel::select! {
-                            recv(brx) -> b => match b {
-                                Ok(b) => Ok(b),
-                                Err(_) => break,
-                            },
-                            recv(rrx) -> d => match d {
-                                Ok(d) => Err(d),
-                                Err(_) => {
-                                    rrx = crossbeam_channel::never();
-                                    continue;
-                                }
-                            },
-                        },
-                    };
-                    let block = match block {
-                        Ok(b) => b,
-                        Err(new) => {
-                            let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
-                            let wall = if realtime {
-                                SystemTime::now()
-                            } else {
-                                t0_wall + Duration::from_secs_f64(end_s)
-                            };
-                            detector.reconfigure(new, end_s, wall, &mut events);
-                            // Ends of removed groups' events: the store closes them too.
-                            home_events(&events, end_s, wall);
-                            home_groups(&detector);
-                            home_floors = detector.home_floors();
-                            tracing::info!(
-                                stream_s = end_s,
-                                groups = %detector.group_names().join(", "),
-                                "detector reconfigured at {end_s:.1} s of audio (groups: {})",
-                                detector.group_names().join(", ")
-                            );
-                            if !send_events(&mut events, &mut summary) {
-                                break;
-                            }
-                            continue;
-                        }
-                    };
-                    scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
-                    for ws in windows.drain(..) {
-                        inf_progress.windows.fetch_add(1, Ordering::Relaxed);
-                        step(&ws, &mut detector, &mut events, &home_floors);
-                        if let Some(live) = &live {
-                            live.window(&make_status(
-                                &scorer,
-                                &detector,
-                                Some(&ws),
-                                labels,
-                                &inf_stats,
-                                0.0,
-                            ));
-                        }
-                        last_window = Some(ws);
-                    }
-                    inf_progress.blocks_done.fetch_add(1, Ordering::Relaxed);
-                    if !send_events(&mut events, &mut summary) {
-                        break;
-                    }
-                    // The first report goes out with the first window, so that the
-                    // top-sound and loudness sensors are not unknown for a whole interval.
-                    let first = first_status_due && last_window.is_some();
-                    if first || last_status.elapsed() >= interval {
-                        first_status_due = false;
-                        let cpu = crate::bench::cpu_seconds();
-                        let wall = last_status.elapsed().as_secs_f64();
-                        let status = make_status(
-                            &scorer,
-                            &detector,
-                            last_window.as_ref(),
-                            labels,
-                            &inf_stats,
-                            100.0 * (cpu - last_cpu) / wall.max(1e-6),
-                        );
-                        last_cpu = cpu;
-                        last_status = Instant::now();
-                        if tx.send(Message::Status(status)).is_err() {
-                            break;
-                        }
-                    }
-                }
-                // End of stream: score the tail, then close what is open.
-                scorer.finish(&mut run, &mut windows)?;
-                for ws in windows.drain(..) {
-                    step(&ws, &mut detector, &mut events, &home_floors);
-                }
-                let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
-                let wall = if realtime {
-                    SystemTime::now()
-                } else {
-                    t0_wall + Duration::from_secs_f64(end_s)
-                };
-                let before = events.len();
-                detector.finish(end_s, wall, &mut events);
-                home_events(&events[before..], end_s, wall);
-                send_events(&mut events, &mut summary);
-                // The real audio, not `end_s`: a short clip is padded by the
-                // frontend to the model's minimum length (10 s for mn04).
-                summary.audio_s =
-                    inf_progress.dsp_samples.load(Ordering::Relaxed) as f64 / rate as f64;
-                summary.replaced_samples = inf_stats.replaced.load(Ordering::Relaxed);
-                summary.model_calls = scorer.model_calls();
-                summary.gated_calls = scorer.gated_calls();
-                summary.overruns = inf_stats.overruns.load(Ordering::Relaxed);
-                Ok(summary)
-            })?;
+            .spawn(move || inf_stage.run())?;
 
         Ok(Pipeline {
             source: Some(src),
@@ -689,6 +403,387 @@ impl Pipeline {
             Some(r) => r.map_err(|_| anyhow!("the inference thread panicked"))?,
             None => Ok(Summary::default()),
         }
+    }
+}
+
+/// The DSP stage: takes the source's samples off the capture ring, resamples them,
+/// measures levels and computes log-mel frames, and hands blocks of frames to the
+/// inference stage (and the analysed audio to the clip writer, if any).
+struct DspStage {
+    rate: u32,
+    fe_params: crate::dsp::FrontendParams,
+    stats: Arc<SourceStats>,
+    progress: Arc<Progress>,
+    source: String,
+    warn_interval: Duration,
+    cons: crate::audio::source::SourceConsumer,
+    btx: Sender<Block>,
+    audio_tap: Option<Sender<crate::clips::AudioChunk>>,
+}
+
+impl DspStage {
+    /// Runs until the source has finished and the ring is empty, or the inference
+    /// stage is gone.
+    fn run(self) -> Result<()> {
+        let DspStage {
+            rate,
+            fe_params,
+            stats: dsp_stats,
+            progress: dsp_progress,
+            source: dsp_source,
+            warn_interval,
+            mut cons,
+            btx,
+            audio_tap,
+        } = self;
+        let mut rs = StreamResampler::new(rate, fe_params.sample_rate)?;
+        let mut fe = LogMel::new(&fe_params);
+        let mut meter = LevelMeter::new(fe_params.hop_length);
+        let mut buf = vec![0.0f32; 4096];
+        let mut resampled = Vec::new();
+        let mut warnings = ReplacedWarnings::new(warn_interval);
+        // Stream index of the next analysed sample (for the audio tap).
+        let mut tapped = 0u64;
+        dsp_stats.set_consumer(std::thread::current());
+        // The source counts damaged samples (from its callback or reader);
+        // this thread, which may log, reports them.
+        let warn_replaced = |warnings: &mut ReplacedWarnings, at_end: bool| {
+            let count = dsp_stats.replaced.load(Ordering::Relaxed);
+            if let Some(n) = warnings.check(count, Instant::now(), at_end) {
+                tracing::warn!(
+                    source = dsp_source.as_str(),
+                    replaced_samples = n,
+                    "{dsp_source}: {n} NaN, infinite or out-of-range samples replaced \
+                     so far: the audio is damaged; they were silenced or clamped and \
+                     the rest is analysed"
+                );
+            }
+        };
+        loop {
+            let n = cons.pop_slice(&mut buf);
+            if n == 0 {
+                if dsp_stats.finished.load(Ordering::Acquire) && cons.is_empty() {
+                    break;
+                }
+                // The source wakes this thread when samples arrive or it
+                // ends; the timeout only bounds a missed wake-up.
+                std::thread::park_timeout(Duration::from_millis(100));
+                continue;
+            }
+            dsp_progress
+                .dsp_samples
+                .fetch_add(n as u64, Ordering::Relaxed);
+            warn_replaced(&mut warnings, false);
+            resampled.clear();
+            rs.push(&buf[..n], &mut resampled);
+            if let Some(tap) = &audio_tap {
+                if !resampled.is_empty() {
+                    let _ = tap.try_send((tapped, resampled.clone()));
+                }
+            }
+            tapped += resampled.len() as u64;
+            let block = analyse(&mut fe, &mut meter, &resampled, false);
+            if !block.frames.is_empty() {
+                // Counted before the send, which blocks while inference is
+                // behind: the watchdog sees the block waiting.
+                dsp_progress.blocks_sent.fetch_add(1, Ordering::Relaxed);
+                if btx.send(block).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        warn_replaced(&mut warnings, true);
+        resampled.clear();
+        rs.finish(&mut resampled);
+        let block = analyse(&mut fe, &mut meter, &resampled, true);
+        if !block.frames.is_empty() {
+            dsp_progress.blocks_sent.fetch_add(1, Ordering::Relaxed);
+            let _ = btx.send(block);
+        }
+        Ok(())
+    }
+}
+
+/// The inference stage: scores rolling windows with the model, runs the detector on
+/// each, and sends events and status reports; at the end of the stream it scores the
+/// tail, closes what is open and returns the totals. A new detector arriving on
+/// `rrx` takes over between two blocks.
+struct InferStage {
+    model: Arc<Model>,
+    plan: WindowPlan,
+    gate_dbfs: Option<f32>,
+    status_interval_s: f64,
+    realtime: bool,
+    rate: u32,
+    detector: Detector,
+    hop_tap: Option<Sender<crate::detect::OwnedHop>>,
+    home_tap: Option<Sender<HomeMsg>>,
+    live: Option<Arc<crate::live::Live>>,
+    brx: Receiver<Block>,
+    rrx: Receiver<Detector>,
+    tx: Sender<Message>,
+    progress: Arc<Progress>,
+    stats: Arc<SourceStats>,
+}
+
+impl InferStage {
+    /// Runs until the DSP stage ends (or the caller stops listening).
+    fn run(self) -> Result<Summary> {
+        let InferStage {
+            model,
+            plan,
+            gate_dbfs,
+            status_interval_s,
+            realtime,
+            rate,
+            mut detector,
+            hop_tap,
+            home_tap,
+            live,
+            brx,
+            rrx,
+            tx,
+            progress: inf_progress,
+            stats: inf_stats,
+        } = self;
+        let labels = model.labels();
+        let mut scorer = Scorer::new(plan).with_prefill().with_gate(gate_dbfs);
+        let mut run = |f: &[f32]| {
+            let t = Instant::now();
+            let out = run_unit(&model, f);
+            if let Some(live) = &live {
+                live.model_call(t.elapsed());
+            }
+            out
+        };
+        let mut windows = Vec::new();
+        let mut events = Vec::new();
+        let mut summary = Summary::default();
+        let hop_s = scorer.plan().hop_frames as f64 * scorer.plan().frame_hop_s;
+        let interval = Duration::from_secs_f64(status_interval_s.max(0.1));
+        let mut last_status = Instant::now();
+        let mut first_status_due = true;
+        let mut last_cpu = crate::bench::cpu_seconds();
+        let t0_wall = SystemTime::now();
+        let mut last_window = None;
+        let model_name = model.name().to_string();
+        let embedding_dim = model.manifest().io.embedding_dim as u32;
+        // Tells the home store which groups the windows' views belong to.
+        let home_groups = |detector: &Detector| {
+            if let Some(tap) = &home_tap {
+                let _ = tap.try_send(HomeMsg::Groups(Record::Header {
+                    groups: detector
+                        .group_names()
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect(),
+                    embedding_dim,
+                    hop_s: hop_s as f32,
+                    model: model_name.clone(),
+                }));
+            }
+        };
+        home_groups(&detector);
+        let mut home_floors = detector.home_floors();
+        // Starts and ends for the home store, stamped on the wall clock
+        // (`wall` is the time of stream second `end_s`).
+        let home_events = |events: &[Event], end_s: f64, wall: SystemTime| {
+            let Some(tap) = &home_tap else {
+                return;
+            };
+            let wall_ms = wall
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let at = |s: f64| wall_ms.saturating_sub(((end_s - s).max(0.0) * 1000.0) as u64);
+            for e in events {
+                let _ = tap.try_send(HomeMsg::Event(match e.state {
+                    crate::detect::EventState::Start => Record::EventStart {
+                        id: e.id,
+                        wall_ms: at(e.start_s),
+                        group: e.group.clone(),
+                    },
+                    crate::detect::EventState::End => Record::EventEnd {
+                        id: e.id,
+                        wall_ms: at(e.end_s.unwrap_or(end_s)),
+                    },
+                }));
+            }
+        };
+        let send_events = |events: &mut Vec<Event>, summary: &mut Summary| -> bool {
+            for e in events.drain(..) {
+                if e.state == crate::detect::EventState::Start {
+                    summary.events += 1;
+                }
+                if tx.send(Message::Event(e)).is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let step = |ws: &crate::scoring::WindowScore,
+                    detector: &mut Detector,
+                    events: &mut Vec<Event>,
+                    home_floors: &[f32]| {
+            // Wall clock of the window end; files run fast are stamped as if
+            // they had started when the pipeline did.
+            let wall = if realtime {
+                SystemTime::now()
+            } else {
+                t0_wall + Duration::from_secs_f64(ws.end_s)
+            };
+            let hop = Hop {
+                start_s: ws.start_s,
+                end_s: ws.end_s,
+                hop_s,
+                scores_mean: &ws.scores_mean,
+                scores_max: &ws.scores_max,
+                dbfs: ws.dbfs,
+                embedding: &ws.embedding,
+                heads: &ws.heads,
+                net_scores: &ws.net_scores,
+                wall,
+            };
+            if let Some(tap) = &hop_tap {
+                let _ = tap.send(crate::detect::OwnedHop::of(&hop));
+            }
+            let before = events.len();
+            detector.step(&hop, labels, events);
+            if let Some(tap) = &home_tap {
+                let ms = |t: SystemTime| {
+                    t.duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                };
+                let views = detector.home_views();
+                let keep = crate::learn::store::is_candidate(&views, home_floors);
+                let _ = tap.try_send(HomeMsg::Window(Record::Window {
+                    wall_ms: ms(wall),
+                    dbfs: ws.dbfs,
+                    views,
+                    embedding: if keep {
+                        ws.embedding.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    classes: if keep {
+                        ws.scores_max.iter().map(|&p| log_odds(p)).collect()
+                    } else {
+                        Vec::new()
+                    },
+                }));
+            }
+            home_events(&events[before..], ws.end_s, wall);
+        };
+        let mut rrx = rrx;
+        loop {
+            // A new detector takes over before any later block: pending ones
+            // first, then whichever arrives.
+            let block = match rrx.try_recv() {
+                Ok(d) => Err(d),
+                Err(_) => crossbeam_channel::select! {
+                    recv(brx) -> b => match b {
+                        Ok(b) => Ok(b),
+                        Err(_) => break,
+                    },
+                    recv(rrx) -> d => match d {
+                        Ok(d) => Err(d),
+                        Err(_) => {
+                            rrx = crossbeam_channel::never();
+                            continue;
+                        }
+                    },
+                },
+            };
+            let block = match block {
+                Ok(b) => b,
+                Err(new) => {
+                    let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
+                    let wall = if realtime {
+                        SystemTime::now()
+                    } else {
+                        t0_wall + Duration::from_secs_f64(end_s)
+                    };
+                    detector.reconfigure(new, end_s, wall, &mut events);
+                    // Ends of removed groups' events: the store closes them too.
+                    home_events(&events, end_s, wall);
+                    home_groups(&detector);
+                    home_floors = detector.home_floors();
+                    tracing::info!(
+                        stream_s = end_s,
+                        groups = %detector.group_names().join(", "),
+                        "detector reconfigured at {end_s:.1} s of audio (groups: {})",
+                        detector.group_names().join(", ")
+                    );
+                    if !send_events(&mut events, &mut summary) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
+            for ws in windows.drain(..) {
+                inf_progress.windows.fetch_add(1, Ordering::Relaxed);
+                step(&ws, &mut detector, &mut events, &home_floors);
+                if let Some(live) = &live {
+                    live.window(&make_status(
+                        &scorer,
+                        &detector,
+                        Some(&ws),
+                        labels,
+                        &inf_stats,
+                        0.0,
+                    ));
+                }
+                last_window = Some(ws);
+            }
+            inf_progress.blocks_done.fetch_add(1, Ordering::Relaxed);
+            if !send_events(&mut events, &mut summary) {
+                break;
+            }
+            // The first report goes out with the first window, so that the
+            // top-sound and loudness sensors are not unknown for a whole interval.
+            let first = first_status_due && last_window.is_some();
+            if first || last_status.elapsed() >= interval {
+                first_status_due = false;
+                let cpu = crate::bench::cpu_seconds();
+                let wall = last_status.elapsed().as_secs_f64();
+                let status = make_status(
+                    &scorer,
+                    &detector,
+                    last_window.as_ref(),
+                    labels,
+                    &inf_stats,
+                    100.0 * (cpu - last_cpu) / wall.max(1e-6),
+                );
+                last_cpu = cpu;
+                last_status = Instant::now();
+                if tx.send(Message::Status(status)).is_err() {
+                    break;
+                }
+            }
+        }
+        // End of stream: score the tail, then close what is open.
+        scorer.finish(&mut run, &mut windows)?;
+        for ws in windows.drain(..) {
+            step(&ws, &mut detector, &mut events, &home_floors);
+        }
+        let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
+        let wall = if realtime {
+            SystemTime::now()
+        } else {
+            t0_wall + Duration::from_secs_f64(end_s)
+        };
+        let before = events.len();
+        detector.finish(end_s, wall, &mut events);
+        home_events(&events[before..], end_s, wall);
+        send_events(&mut events, &mut summary);
+        // The real audio, not `end_s`: a short clip is padded by the
+        // frontend to the model's minimum length (10 s for mn04).
+        summary.audio_s = inf_progress.dsp_samples.load(Ordering::Relaxed) as f64 / rate as f64;
+        summary.replaced_samples = inf_stats.replaced.load(Ordering::Relaxed);
+        summary.model_calls = scorer.model_calls();
+        summary.gated_calls = scorer.gated_calls();
+        summary.overruns = inf_stats.overruns.load(Ordering::Relaxed);
+        Ok(summary)
     }
 }
 
