@@ -17,7 +17,7 @@ pub mod model;
 pub mod privacy;
 pub mod scoring;
 pub mod service;
-pub mod train;
+pub mod store;
 
 /// Root of the shared assets (models, recordings): `$HEARKEN_SHARED`, or `../shared`
 /// next to the source tree.

@@ -23,7 +23,6 @@ use serde::Serialize;
 
 use crate::audio::source::SourceStats;
 use crate::detect::{Event, EventState};
-use crate::pipeline::Status;
 use crate::publish::client::PublisherStats;
 
 /// Upper bounds of the inference-time histogram, seconds.
@@ -115,7 +114,18 @@ pub struct Now {
     /// The latest window was skipped by the loudness gate.
     pub gated: bool,
     /// Each group's latest score and whether its event is open.
-    pub groups: Vec<crate::pipeline::GroupStatus>,
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One group's state in a status report.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub group: String,
+    /// Latest score.
+    pub score: f32,
+    /// An event of this group is open.
+    pub active: bool,
 }
 
 /// What `/status` answers.
@@ -299,18 +309,11 @@ impl Live {
     }
 
     /// The latest window's view (from the inference thread).
-    pub fn window(&self, s: &Status) {
+    pub fn window(&self, now: Now) {
         self.windows.fetch_add(1, Ordering::Relaxed);
-        if s.gated {
+        if now.gated {
             self.gated_windows.fetch_add(1, Ordering::Relaxed);
         }
-        let now = Now {
-            t_s: s.t_s,
-            dbfs: s.dbfs,
-            top: s.top.clone(),
-            gated: s.gated,
-            groups: s.groups.clone(),
-        };
         self.broadcast("status", &now);
         if let Ok(mut n) = self.now.lock() {
             *n = now;

@@ -29,9 +29,9 @@ use crate::audio::StreamResampler;
 use crate::classify::{run_unit, top_k, Prediction};
 use crate::detect::{Detector, Event, Hop};
 use crate::dsp::LogMel;
-use crate::learn::store::{log_odds, HomeMsg, Record};
 use crate::model::Model;
 use crate::scoring::{Scorer, WindowPlan, LEVEL_SILENCE};
+use crate::store::{log_odds, HomeMsg, Record};
 
 /// Everything the pipeline needs to start.
 pub struct PipelineSettings {
@@ -56,10 +56,10 @@ pub struct PipelineSettings {
     /// Receives a copy of every hop the detector sees (evaluation; `None` in the
     /// daemon).
     pub hop_tap: Option<Sender<crate::detect::OwnedHop>>,
-    /// Receives what the home store keeps (see [`crate::learn::store`]): every
+    /// Receives what the home store keeps (see [`crate::store`]): every
     /// window's group scores, the embedding of those near an alarm, and events.
     /// Sent without waiting: when the store falls behind, windows are dropped.
-    pub home_tap: Option<Sender<crate::learn::store::HomeMsg>>,
+    pub home_tap: Option<Sender<crate::store::HomeMsg>>,
     /// The live board the HTTP API reads: every window's view and every model
     /// call's time are posted to it.
     pub live: Option<Arc<crate::live::Live>>,
@@ -96,15 +96,7 @@ pub struct Status {
 }
 
 /// One group's state in a [`Status`].
-#[derive(Debug, Clone, Serialize)]
-pub struct GroupStatus {
-    /// Group name.
-    pub group: String,
-    /// Latest score.
-    pub score: f32,
-    /// An event of this group is open.
-    pub active: bool,
-}
+pub use crate::live::GroupStatus;
 
 /// What the pipeline sends to its caller.
 #[derive(Debug, Clone)]
@@ -654,7 +646,7 @@ impl InferStage {
                         .map_or(0, |d| d.as_millis() as u64)
                 };
                 let views = detector.home_views();
-                let keep = crate::learn::store::is_candidate(&views, home_floors);
+                let keep = crate::store::is_candidate(&views, home_floors);
                 let _ = tap.try_send(HomeMsg::Window(Record::Window {
                     wall_ms: ms(wall),
                     dbfs: ws.dbfs,
@@ -724,14 +716,14 @@ impl InferStage {
                 inf_progress.windows.fetch_add(1, Ordering::Relaxed);
                 step(&ws, &mut detector, &mut events, &home_floors);
                 if let Some(live) = &live {
-                    live.window(&make_status(
-                        &scorer,
-                        &detector,
-                        Some(&ws),
-                        labels,
-                        &inf_stats,
-                        0.0,
-                    ));
+                    let s = make_status(&scorer, &detector, Some(&ws), labels, &inf_stats, 0.0);
+                    live.window(crate::live::Now {
+                        t_s: s.t_s,
+                        dbfs: s.dbfs,
+                        top: s.top,
+                        gated: s.gated,
+                        groups: s.groups,
+                    });
                 }
                 last_window = Some(ws);
             }

@@ -248,7 +248,7 @@ fn a_run_fills_the_home_store_and_the_next_run_adds_to_it() {
         ))
     };
     let first = run();
-    let c = hearken::learn::store::read(&state.join("home")).unwrap();
+    let c = hearken::store::read(&state.join("home")).unwrap();
     let wav = hound::WavReader::open(audio("gunshots.wav")).unwrap();
     let duration = wav.duration() as f64 / wav.spec().sample_rate as f64;
     // Windows are counted up to the model's minimum length (10 s for mn04).
@@ -279,7 +279,7 @@ fn a_run_fills_the_home_store_and_the_next_run_adds_to_it() {
         assert_eq!(p.extension().and_then(|e| e.to_str()), Some("hks"), "{p:?}");
     }
     run();
-    let again = hearken::learn::store::read(&state.join("home")).unwrap();
+    let again = hearken::store::read(&state.join("home")).unwrap();
     assert_eq!(again.files, 2, "each run adds its own segment");
     assert!((again.observed_s - 2.0 * c.observed_s).abs() < 1.0);
     let _ = std::fs::remove_dir_all(&state);

@@ -985,7 +985,7 @@ fn a_false_alarm_press_marks_the_event_in_the_home_store() {
         .is_some());
     assert!(d.finish(Duration::from_secs(60)).success());
 
-    let c = hearken::learn::store::read(&state.join("home")).unwrap();
+    let c = hearken::store::read(&state.join("home")).unwrap();
     let marks: Vec<(String, bool)> = c
         .marks
         .iter()

@@ -48,7 +48,9 @@ pub(crate) fn run(a: AdaptArgs) -> Result<ExitCode> {
         json,
     } = a;
     let config = config.as_deref();
-    use hearken::learn::{adapt, store, validation::ValidationSet};
+    use hearken::eval::validation::ValidationSet;
+    use hearken::learn::adapt;
+    use hearken::store;
     let overrides = Overrides {
         model,
         ..Default::default()
@@ -82,7 +84,7 @@ pub(crate) fn run(a: AdaptArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(dir) = hearken::train::detectors_dir(&p.cfg, &p.model)? else {
+    let Some(dir) = hearken::detect::trained::detectors_dir(&p.cfg, &p.model)? else {
         bail!("[detection] detectors = \"off\": there are no trained detectors to adapt");
     };
     // The shipped detectors with the household's enrolled ones over them: what

@@ -15,17 +15,17 @@ pub(crate) fn daemon_state_dir(cfg: &hearken::config::Config, flags: &Mqtt) -> P
     state_dir(flags.state_dir.clone().or(configured))
 }
 
-/// Starts the home store's writer in `state/home` (see [`hearken::learn::store`]);
+/// Starts the home store's writer in `state/home` (see [`hearken::store`]);
 /// `None`, with the reason logged, when `[learning] store` is off or the folder
 /// cannot be made: the daemon listens and alarms without it.
 pub(crate) fn start_home_store(
     cfg: &hearken::config::Config,
     state: &std::path::Path,
 ) -> Option<(
-    crossbeam_channel::Sender<hearken::learn::store::HomeMsg>,
+    crossbeam_channel::Sender<hearken::store::HomeMsg>,
     std::thread::JoinHandle<()>,
 )> {
-    use hearken::learn::store;
+    use hearken::store;
     if !cfg.learning.store {
         return None;
     }
@@ -292,7 +292,7 @@ pub(crate) struct Prepared {
     /// The detector of the enabled groups.
     pub(crate) detector: hearken::detect::Detector,
     /// The trained detectors it uses.
-    pub(crate) trained: Vec<hearken::train::LinearDetector>,
+    pub(crate) trained: Vec<hearken::detect::trained::LinearDetector>,
     /// The state directory (home store, adapted detectors, outbox).
     pub(crate) state_dir: PathBuf,
     /// Where the embedded broker listens, if it runs.
@@ -366,13 +366,15 @@ pub(crate) fn prepare(
     // Detectors that read a fine-tuned network bring it: the daemon runs it in
     // place of the model's own network.
     let model = match (model, &scoring) {
-        (Some(m), Some((_, _, trained))) => match hearken::train::model_for(&m, trained) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                errors.push(prov.error("detection.detectors", &format!("{e:#}")));
-                None
+        (Some(m), Some((_, _, trained))) => {
+            match hearken::detect::trained::model_for(&m, trained) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    errors.push(prov.error("detection.detectors", &format!("{e:#}")));
+                    None
+                }
             }
-        },
+        }
         (m, _) => m,
     };
     match (source, model, scoring) {
@@ -405,11 +407,11 @@ pub(crate) fn prepare_scoring(
     (
         Option<(f64, f64)>,
         hearken::detect::Detector,
-        Vec<hearken::train::LinearDetector>,
+        Vec<hearken::detect::trained::LinearDetector>,
     ),
     hearken::config::ConfigError,
 > {
-    let adopted = hearken::train::adopt_window(cfg, model)
+    let adopted = hearken::detect::trained::adopt_window(cfg, model)
         .map_err(|e| prov.error("detection.detectors", &format!("{e:#}")))?;
     hearken::scoring::WindowPlan::from_manifest(
         model.manifest(),
@@ -432,7 +434,7 @@ pub(crate) fn build_detector(
 ) -> Result<
     (
         hearken::detect::Detector,
-        Vec<hearken::train::LinearDetector>,
+        Vec<hearken::detect::trained::LinearDetector>,
     ),
     hearken::config::ConfigError,
 > {
@@ -444,7 +446,7 @@ pub(crate) fn build_detector(
         room: cfg.node.room.clone(),
         model: model.name().to_string(),
     };
-    let trained = hearken::train::configured(cfg, model).map_err(|e| {
+    let trained = hearken::detect::trained::configured(cfg, model).map_err(|e| {
         // The folder and its files are read whatever the groups; with none enabled
         // only the match of windows is left out. So if that still fails, the folder
         // is to blame, else the window.
@@ -454,7 +456,7 @@ pub(crate) fn build_detector(
             .groups
             .values_mut()
             .for_each(|g| g.enabled = false);
-        let key = if hearken::train::configured(&folder_only, model).is_err() {
+        let key = if hearken::detect::trained::configured(&folder_only, model).is_err() {
             "detection.detectors"
         } else {
             "model.window_s"

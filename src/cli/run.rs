@@ -109,7 +109,7 @@ impl Running {
         let shown = file.display().to_string();
         let prepared = (|| -> Result<_> {
             let mut new = effective_config(Some(&file), &self.overrides)?;
-            hearken::train::adopt_window(&mut new, &self.model)?;
+            hearken::detect::trained::adopt_window(&mut new, &self.model)?;
             let restart = hearken::service::restart_keys(&self.cfg, &new);
             hearken::service::keep_running_values(&self.cfg, &mut new);
             let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
@@ -370,7 +370,7 @@ pub(crate) fn run_daemon(
     // sender until it stops, so the store outlives it).
     let feedback = home
         .as_ref()
-        .map(|(tx, _)| hearken::learn::store::feedback_sink(tx.clone()));
+        .map(|(tx, _)| hearken::store::feedback_sink(tx.clone()));
     let publisher = mqtt_now
         .clone()
         .map(|s| hearken::publish::client::Publisher::start(s, feedback.clone()))

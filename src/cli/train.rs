@@ -171,7 +171,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
     cfg.check_labels(model.labels())?;
     {
         use hearken::config::{DEFAULT_HOP_S, DEFAULT_WINDOW_S};
-        use hearken::train::{TRAIN_HOP_S, TRAIN_WINDOW_S};
+        use hearken::detect::trained::{TRAIN_HOP_S, TRAIN_WINDOW_S};
         let default = (cfg.model.window_s, cfg.model.hop_s) == (DEFAULT_WINDOW_S, DEFAULT_HOP_S);
         let (w, h) = if default {
             (TRAIN_WINDOW_S, TRAIN_HOP_S)
@@ -223,7 +223,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
         features: features
             .iter()
             .map(|f| {
-                hearken::train::Features::ALL
+                hearken::detect::trained::Features::ALL
                     .into_iter()
                     .find(|k| k.name() == f)
                     .ok_or_else(|| {

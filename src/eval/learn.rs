@@ -30,14 +30,12 @@ use super::mix::{self, MixSpec, Signal};
 use super::net::{self, NetOptions};
 use super::run::{detections, load_clips, replay, run_pipeline, write_wav};
 use crate::config::Config;
+use crate::detect::trained::log_odds;
+use crate::detect::trained::{Features, Gate, Hidden, LinearDetector, NetRef};
 use crate::detect::{Detector, Fixed, Identity, OwnedHop};
-use crate::learn::store::log_odds;
-use crate::learn::validation::{Header as ValHeader, ValEvent, ValHop, ValidationSet};
+use crate::eval::fit::{fit_logistic, fit_mlp, standardisation, window_label};
+use crate::eval::validation::{Header as ValHeader, ValEvent, ValHop, ValidationSet};
 use crate::model::Model;
-use crate::train::{
-    fit_logistic, fit_mlp, standardisation, window_label, Features, Gate, Hidden, LinearDetector,
-    NetRef,
-};
 
 /// A labelled source of clips.
 #[derive(Debug, Clone)]

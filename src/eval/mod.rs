@@ -13,6 +13,7 @@
 //!   [`crate::pipeline::Pipeline`], the code path of `hearken run --fast`.
 
 pub mod dataset;
+pub mod fit;
 pub mod hopcache;
 pub mod learn;
 pub mod metrics;
@@ -20,3 +21,4 @@ pub mod mix;
 pub mod net;
 pub mod plot;
 pub mod run;
+pub mod validation;

@@ -25,14 +25,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::store::Contents;
-use super::validation::{ValEvent, ValidationSet};
 use crate::config::GroupConfig;
+use crate::detect::trained::{HomeCorrection, LinearDetector};
 use crate::detect::{apply_trained, Detector, Fixed, Identity, OwnedHop};
 use crate::eval::metrics::{Matching, TruthEvent};
 use crate::eval::run::{detections, replay};
+use crate::eval::validation::{ValEvent, ValidationSet};
 use crate::model::Labels;
-use crate::train::{HomeCorrection, LinearDetector};
+use crate::store::Contents;
 
 /// Folder of the adapted detectors inside the state directory.
 pub const ADAPTED_DIR: &str = "adapted";
@@ -211,7 +211,7 @@ fn fit_correction(rows: &[Row<'_>], l2: f64, iterations: usize) -> Option<HomeCo
         return None;
     }
     let xs: Vec<&[f32]> = rows.iter().map(|r| r.x).collect();
-    let (mean, scale) = crate::train::standardisation(&xs);
+    let (mean, scale) = crate::eval::fit::standardisation(&xs);
     let d = mean.len();
     let x: Vec<Vec<f32>> = rows
         .iter()
@@ -230,7 +230,7 @@ fn fit_correction(rows: &[Row<'_>], l2: f64, iterations: usize) -> Option<HomeCo
     let mut w = vec![0f64; d];
     // Starts as a correction of about −0.05 log-odds: nearly nothing.
     let mut b = 3.0f64;
-    let mut adam = crate::train::Adam::new(d, 0.05);
+    let mut adam = crate::eval::fit::Adam::new(d, 0.05);
     let mut g = vec![0f64; d + 1];
     for _ in 0..iterations {
         g.iter_mut().for_each(|x| *x = 0.0);

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::Config;
+use crate::detect::trained::{configured, detectors_dir, load_dir, LinearDetector};
 use crate::model::{Labels, Model};
-use crate::train::{configured, detectors_dir, load_dir, LinearDetector};
 
 /// Folder of the enrolled detectors in the state directory.
 pub const DIR: &str = "enrolled";
@@ -518,7 +518,7 @@ pub fn train(
         max_per_group: Some(req.max_shipped.max(copies * files.len())),
         repeats: 1,
         target_fa_per_hour: req.target_fa_per_hour,
-        features: crate::train::Features::ALL.to_vec(),
+        features: crate::detect::trained::Features::ALL.to_vec(),
         l2s: vec![0.0003, 0.003, 0.03],
         hidden_units: vec![0, 16],
         iterations: 300,

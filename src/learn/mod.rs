@@ -5,5 +5,3 @@
 
 pub mod adapt;
 pub mod enroll;
-pub mod store;
-pub mod validation;

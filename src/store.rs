@@ -70,16 +70,8 @@ pub struct Limits {
     pub max_age: Duration,
 }
 
-/// One group's view of a window.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GroupView {
-    /// Score before any home correction (what the shipped detector says).
-    pub base: f32,
-    /// Score the daemon acted on.
-    pub score: f32,
-    /// Whether an event of the group was open at this window.
-    pub active: bool,
-}
+/// One group's view of a window (what the detector reports for the store).
+pub use crate::detect::GroupView;
 
 /// A record of the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,7 +186,7 @@ pub fn encode(r: &Record) -> Vec<u8> {
                 b.push(v.active as u8);
             }
             for v in [embedding, classes] {
-                let (scale, q) = super::validation::quantise(v);
+                let (scale, q) = quantise(v);
                 b.extend_from_slice(&(q.len() as u32).to_le_bytes());
                 b.extend_from_slice(&scale.to_le_bytes());
                 b.extend(q.iter().map(|&v| v as u8));
@@ -788,7 +780,7 @@ pub enum HomeMsg {
     },
 }
 
-pub use crate::train::log_odds;
+pub use crate::detect::trained::log_odds;
 
 /// The publisher's [`FeedbackSink`](crate::publish::feedback::FeedbackSink) for a
 /// store fed by `tx`: each verdict becomes a [`HomeMsg::Mark`], stamped now. It
@@ -937,6 +929,27 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
     }
     close_tally(&mut w, &mut tally);
     report(w.flush(true));
+}
+
+/// `e` as 8-bit values and their scale (`e ≈ q × scale`).
+pub fn quantise(e: &[f32]) -> (f32, Vec<i8>) {
+    let peak = e
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+    let q = e
+        .iter()
+        .map(|&x| {
+            let q = if x.is_finite() {
+                (x / scale).round()
+            } else {
+                0.0
+            };
+            q.clamp(-127.0, 127.0) as i8
+        })
+        .collect();
+    (scale, q)
 }
 
 #[cfg(test)]

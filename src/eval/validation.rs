@@ -78,26 +78,7 @@ pub struct ValidationSet {
     pub events: Vec<ValEvent>,
 }
 
-/// `e` as 8-bit values and their scale (`e ≈ q × scale`).
-pub fn quantise(e: &[f32]) -> (f32, Vec<i8>) {
-    let peak = e
-        .iter()
-        .filter(|x| x.is_finite())
-        .fold(0f32, |m, x| m.max(x.abs()));
-    let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
-    let q = e
-        .iter()
-        .map(|&x| {
-            let q = if x.is_finite() {
-                (x / scale).round()
-            } else {
-                0.0
-            };
-            q.clamp(-127.0, 127.0) as i8
-        })
-        .collect();
-    (scale, q)
-}
+pub use crate::store::quantise;
 
 impl ValidationSet {
     /// The set as file bytes.

@@ -12,6 +12,8 @@
 //! Scores come in through [`GroupScorer`], so a trained per-group detector can
 //! replace the pooled AudioSet scores without touching the event logic.
 
+pub mod trained;
+
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
@@ -193,6 +195,17 @@ pub enum EventState {
     End,
 }
 
+/// One group's view of a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupView {
+    /// Score before any home correction (what the shipped detector says).
+    pub base: f32,
+    /// Score the daemon acted on.
+    pub score: f32,
+    /// Whether an event of the group was open at this window.
+    pub active: bool,
+}
+
 /// A home event, as published (JSON) when it starts and again when it ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -256,7 +269,7 @@ struct Group {
 
 /// A group's settings with a trained detector's thresholds and onset rule (the
 /// raw-score ones mean nothing on its scale); cooldown and timing stay the group's.
-pub fn apply_trained(cfg: &mut GroupConfig, d: &crate::train::LinearDetector) {
+pub fn apply_trained(cfg: &mut GroupConfig, d: &trained::LinearDetector) {
     cfg.tuning.on = d.on;
     cfg.tuning.off = d.off;
     if d.onset_hops > 0 {
@@ -356,7 +369,7 @@ impl Detector {
         groups: impl IntoIterator<Item = (&'a String, &'a GroupConfig)>,
         labels: &Labels,
         ident: Identity,
-        trained: &[crate::train::LinearDetector],
+        trained: &[trained::LinearDetector],
     ) -> Result<Self, String> {
         let mut v = Vec::new();
         for (name, cfg) in groups {
@@ -367,7 +380,7 @@ impl Detector {
             let scorer: Box<dyn GroupScorer> = match trained.iter().find(|d| &d.group == name) {
                 Some(d) => {
                     apply_trained(&mut cfg, d);
-                    Box::new(crate::train::LinearScorer::new(d.clone()))
+                    Box::new(trained::LinearScorer::new(d.clone()))
                 }
                 None => Box::new(ClassScorer::new(name, &cfg, labels)?),
             };
@@ -383,10 +396,10 @@ impl Detector {
 
     /// What the home store records of the last hop: each group's score before and
     /// after any home correction, and whether an event of it is open.
-    pub fn home_views(&self) -> Vec<crate::learn::store::GroupView> {
+    pub fn home_views(&self) -> Vec<GroupView> {
         self.groups
             .iter()
-            .map(|g| crate::learn::store::GroupView {
+            .map(|g| GroupView {
                 base: g.scorer.base().map_or(g.last_score, |b| b.0),
                 score: g.last_score,
                 active: g.active.is_some(),
