@@ -523,25 +523,7 @@ mod tests {
 
     #[test]
     fn clip_names_are_plain_file_names() {
-        let e = Event {
-            id: uuid::Uuid::nil(),
-            group: "smoke alarm/x".into(),
-            state: EventState::Start,
-            safety: true,
-            start_s: 1.0,
-            end_s: None,
-            detected_s: 1.5,
-            started_at: "2026-12-07T10:15:00.123Z".into(),
-            ended_at: None,
-            peak_score: 0.9,
-            labels: vec![],
-            dbfs: -20.0,
-            node: "n".into(),
-            room: "r".into(),
-            model: "m".into(),
-            interrupted: false,
-            clip: None,
-        };
+        let e = Event::for_test("smoke alarm/x", EventState::Start, uuid::Uuid::nil());
         assert_eq!(
             clip_name(&e),
             "20261207T101500Z-smoke_alarm_x-00000000-0000-0000-0000-000000000000.flac"

@@ -472,16 +472,22 @@ fn number(v: f64) -> String {
     }
 }
 
+/// One metric family: `# HELP`, `# TYPE`, then each sample as `name<suffix> value`
+/// (the suffix holds `{labels}`, or `_bucket{…}`, `_sum`, `_count`).
+fn write_family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (suffix, v) in samples {
+        let _ = writeln!(out, "{name}{suffix} {}", number(*v));
+    }
+}
+
 /// `m` in the Prometheus text exposition format (version 0.0.4): one `# HELP` and
 /// `# TYPE` per family, counters named `_total`.
 pub fn render_metrics(m: &MetricsSnapshot) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {}", number(*v));
-        }
+        write_family(&mut out, name, kind, help, samples)
     };
     let one = |v: f64| vec![(String::new(), v)];
     family(
@@ -524,18 +530,16 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
         samples.push(("_bucket{le=\"+Inf\"}".into(), h.count as f64));
         samples.push(("_sum".into(), h.sum_s));
         samples.push(("_count".into(), h.count as f64));
-        let _ = writeln!(out, "# HELP {name} Time per model call, seconds.");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (suffix, v) in samples {
-            let _ = writeln!(out, "{name}{suffix} {}", number(v));
-        }
+        write_family(
+            &mut out,
+            name,
+            "histogram",
+            "Time per model call, seconds.",
+            &samples,
+        );
     }
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {}", number(*v));
-        }
+        write_family(&mut out, name, kind, help, samples)
     };
     let events: Vec<(String, f64)> = m
         .events
@@ -618,25 +622,7 @@ mod tests {
     use super::*;
 
     fn event(group: &str, state: EventState, id: uuid::Uuid) -> Event {
-        Event {
-            id,
-            group: group.into(),
-            state,
-            safety: true,
-            start_s: 1.0,
-            end_s: (state == EventState::End).then_some(3.0),
-            detected_s: 1.5,
-            started_at: "2026-12-07T00:00:00Z".into(),
-            ended_at: None,
-            peak_score: 0.9,
-            labels: vec![],
-            dbfs: -20.0,
-            node: "n".into(),
-            room: "r".into(),
-            model: "m".into(),
-            interrupted: false,
-            clip: None,
-        }
+        Event::for_test(group, state, id)
     }
 
     #[test]

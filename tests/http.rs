@@ -9,21 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{audio, models_dir, spawn_on_stdin, succeeds};
+use common::{audio, free_port, models_dir, spawn_on_stdin, succeeds};
+use hearken::eval::run::write_wav;
 use serde_json::Value;
 
 fn hearken() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hearken"));
     c.env("HEARKEN_MODELS", models_dir());
     c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -104,21 +97,6 @@ fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
     rs.push(samples, &mut out);
     rs.finish(&mut out);
     out
-}
-
-fn write_wav(path: &Path, rate: u32, channels: u16, interleaved: &[f32]) {
-    let spec = hound::WavSpec {
-        channels,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for v in interleaved {
-        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
 }
 
 /// The daemon on piped stdin (mono at `rate`), serving HTTP on a free port.
@@ -393,11 +371,10 @@ fn max_and_sifis_curl_lines_and_the_live_routes_work_against_hearken_run() {
         assert_eq!(a["request_id"], "req-1");
         assert_eq!(a["settings"]["block_s"], 0.5);
     }
-    // dp_noise on a stereo file: both channels carry the shots.
+    // dp_noise on a stereo file: noise is added to each channel before the mix.
     let dir = d.state.parent().unwrap().to_path_buf();
     let stereo = dir.join("stereo.wav");
-    let interleaved: Vec<f32> = gun.iter().flat_map(|&v| [v, 0.5 * v]).collect();
-    write_wav(&stereo, rate, 2, &interleaved);
+    write_wav(&stereo, &gun, rate, 2).unwrap();
     let url = format!("{base}/model/predict/anonymized_audio/dp_noise/hub-7/service/42");
     let (code, body) = curl(&[
         "-F",
@@ -507,8 +484,8 @@ fn a_clip_is_saved_for_an_alarm_and_suppressed_for_the_same_alarm_over_speech() 
     mixed.iter_mut().for_each(|v| *v *= 0.9 / peak);
     let plain = dir.join("alarm.wav");
     let over_speech = dir.join("alarm-over-speech.wav");
-    write_wav(&plain, rate, 1, &alarm);
-    write_wav(&over_speech, rate, 1, &mixed);
+    write_wav(&plain, &alarm, rate, 1).unwrap();
+    write_wav(&over_speech, &mixed, rate, 1).unwrap();
     let cfg = dir.join("hearken.toml");
     std::fs::write(
         &cfg,
@@ -541,13 +518,13 @@ fn a_clip_is_saved_for_an_alarm_and_suppressed_for_the_same_alarm_over_speech() 
         )
     };
 
-    let (events, clips, log) = run(&plain, &dir.join("state-plain"));
-    assert!(
+    let alarm_found = |events: &[Value]| {
         events
             .iter()
-            .any(|e| e["group"] == "smoke_alarm" && e["state"] == "start"),
-        "{events:?}"
-    );
+            .any(|e| e["group"] == "smoke_alarm" && e["state"] == "start")
+    };
+    let (events, clips, log) = run(&plain, &dir.join("state-plain"));
+    assert!(alarm_found(&events), "{events:?}");
     assert_eq!(clips.len(), 1, "{clips:?}\n{log}");
     assert!(clips[0].to_string_lossy().contains("-smoke_alarm-"));
     let (_, audio) = mono(&clips[0]);
@@ -556,9 +533,7 @@ fn a_clip_is_saved_for_an_alarm_and_suppressed_for_the_same_alarm_over_speech() 
 
     let (events, clips, log) = run(&over_speech, &dir.join("state-speech"));
     assert!(
-        events
-            .iter()
-            .any(|e| e["group"] == "smoke_alarm" && e["state"] == "start"),
+        alarm_found(&events),
         "the alarm is still found over speech: {events:?}"
     );
     assert!(clips.is_empty(), "no clip where speech is heard: {clips:?}");
@@ -736,7 +711,7 @@ fn the_page_shows_the_level_moving_and_an_event_appearing_in_headless_chromium()
         clip.extend_from_slice(&more);
     }
     let file = dir.join("rain-then-gunshots.wav");
-    write_wav(&file, rate, 1, &clip);
+    write_wav(&file, &clip, rate, 1).unwrap();
     let port = free_port();
     let mut child = hearken()
         .args(["run", "--source"])

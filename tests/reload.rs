@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::free_port;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -250,14 +252,6 @@ fn sighup_without_a_config_file_is_harmless() {
     wait_reload(&mut d, 0, "nothing to reload");
     let st = d.finish(Duration::from_secs(60));
     assert!(st.success(), "{}", d.stderr.text());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Kills the child when dropped.

@@ -252,6 +252,33 @@ pub struct Event {
     pub clip: Option<String>,
 }
 
+impl Event {
+    /// An event of `group` for unit tests: stream second 1 to 3 (open for a start),
+    /// score 0.9, no labels.
+    #[cfg(test)]
+    pub(crate) fn for_test(group: &str, state: EventState, id: uuid::Uuid) -> Event {
+        Event {
+            id,
+            group: group.into(),
+            state,
+            safety: true,
+            start_s: 1.0,
+            end_s: (state == EventState::End).then_some(3.0),
+            detected_s: 1.5,
+            started_at: "2026-12-07T10:15:00.123Z".into(),
+            ended_at: None,
+            peak_score: 0.9,
+            labels: vec![],
+            dbfs: -20.0,
+            node: "n".into(),
+            room: "r".into(),
+            model: "m".into(),
+            interrupted: false,
+            clip: None,
+        }
+    }
+}
+
 struct Group {
     name: String,
     cfg: GroupConfig,

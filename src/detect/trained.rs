@@ -285,6 +285,21 @@ pub(crate) fn sigmoid(z: f64) -> f64 {
 }
 
 impl LinearDetector {
+    /// A glass detector on `w.len()` standardised inputs for unit tests (10 s
+    /// windows, on 0.6, off 0.4).
+    #[cfg(test)]
+    pub(crate) fn for_test(w: Vec<f32>, b: f32) -> LinearDetector {
+        LinearDetector {
+            group: "glass".into(),
+            model: "m".into(),
+            window_s: 10.0,
+            hop_s: 1.0,
+            on: 0.6,
+            off: 0.4,
+            ..LinearDetector::on_standardised(w.len(), w, b, None)
+        }
+    }
+
     /// A detector over `dim` features that are standardised already (mean 0, scale
     /// 1), as training scores its rows; no group, model or thresholds yet.
     pub fn on_standardised(
@@ -744,15 +759,7 @@ mod tests {
     use super::*;
 
     fn det(w: Vec<f32>, b: f32) -> LinearDetector {
-        LinearDetector {
-            group: "glass".into(),
-            model: "m".into(),
-            window_s: 10.0,
-            hop_s: 1.0,
-            on: 0.6,
-            off: 0.4,
-            ..LinearDetector::on_standardised(w.len(), w, b, None)
-        }
+        LinearDetector::for_test(w, b)
     }
 
     #[test]

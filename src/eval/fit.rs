@@ -249,15 +249,7 @@ mod tests {
     use crate::detect::trained::LinearDetector;
 
     fn det(w: Vec<f32>, b: f32) -> LinearDetector {
-        LinearDetector {
-            group: "glass".into(),
-            model: "m".into(),
-            window_s: 10.0,
-            hop_s: 1.0,
-            on: 0.6,
-            off: 0.4,
-            ..LinearDetector::on_standardised(w.len(), w, b, None)
-        }
+        LinearDetector::for_test(w, b)
     }
 
     #[test]

@@ -185,3 +185,12 @@ pub fn detectors_config(path: &Path, detectors: &Path) -> PathBuf {
     .unwrap();
     path.to_path_buf()
 }
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
