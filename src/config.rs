@@ -293,6 +293,123 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[privacy]`: evidence clips and the anonymisation methods.
     pub privacy: PrivacyConfig,
+    /// `[[sources]]`: several microphones in one daemon (empty: the one source of
+    /// `[audio] source`).
+    pub sources: Vec<SourceConfig>,
+}
+
+/// A `[[sources]]` entry: one microphone (or file, or stdin) with a pipeline and a
+/// Home Assistant device of its own. Every source shares the model, the detectors
+/// and the publisher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of source settings")]
+pub struct SourceConfig {
+    /// Name in events (`"source"`), topics and Home Assistant: `[a-z0-9_]{1,32}`.
+    pub name: String,
+    /// `default`, `device:NAME`, `file:PATH` or `stdin:RATE:CHANNELS`.
+    pub source: String,
+    /// Room of this microphone (events' `room`, the device's area); `[node] room`
+    /// when empty.
+    #[serde(default)]
+    pub room: String,
+    /// Gain applied before analysis, dB (-40..=40).
+    #[serde(default)]
+    pub gain_db: f32,
+    /// The groups this source watches (each an enabled group); all enabled groups
+    /// when absent.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// Per-group `on` thresholds for this source (group name → (0, 1]); a group's
+    /// `off` is lowered to it when higher.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f32>,
+}
+
+/// Name of the one source of a configuration without `[[sources]]`.
+pub const SINGLE_SOURCE_NAME: &str = "default";
+/// Names a source cannot have: the node's own topic levels.
+pub const RESERVED_SOURCE_NAMES: [&str; 4] = ["event", "status", "top", "problem"];
+/// Most `[[sources]]` one daemon runs.
+pub const MAX_SOURCES: usize = 16;
+
+/// One source as the daemon runs it: a `[[sources]]` entry, or `[audio] source`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcePlan {
+    /// Name (events' `"source"`).
+    pub name: String,
+    /// The source spec.
+    pub spec: String,
+    /// Room (events' `room`).
+    pub room: String,
+    /// Linear gain.
+    pub gain: f32,
+    /// The enabled groups it watches.
+    pub groups: Vec<String>,
+    /// Per-group `on` thresholds.
+    pub thresholds: BTreeMap<String, f32>,
+    /// From `[[sources]]`: its topics and Home Assistant device are its own
+    /// (`<base>/<name>/…`). False for the single `[audio] source`, whose topics are
+    /// the node's.
+    pub scoped: bool,
+}
+
+/// Applies the command line's `--source` values to `cfg`: one plain spec (`file:x`)
+/// replaces every source with that one (`[audio] source`, topics of the node);
+/// `NAME=SPEC` values become the `[[sources]]`, each keeping the room, gain, groups
+/// and thresholds of the configured source of that name. Mixing the two forms, a
+/// repeated name or several plain specs is an error.
+pub fn apply_source_flags(cfg: &mut Config, flags: &[String]) -> Result<(), String> {
+    if flags.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<Option<(&str, &str)>> = flags.iter().map(|f| split_named_source(f)).collect();
+    if named.iter().all(Option::is_none) {
+        if flags.len() > 1 {
+            return Err(format!(
+                "give one --source SPEC, or name each: --source NAME=SPEC (got {})",
+                flags.join(", ")
+            ));
+        }
+        cfg.audio.source = flags[0].clone();
+        cfg.sources.clear();
+        return Ok(());
+    }
+    if let Some(i) = named.iter().position(Option::is_none) {
+        return Err(format!(
+            "{:?}: with several sources every --source is NAME=SPEC",
+            flags[i]
+        ));
+    }
+    let mut out: Vec<SourceConfig> = Vec::new();
+    for (name, spec) in named.into_iter().flatten() {
+        if out.iter().any(|s| s.name == name) {
+            return Err(format!("source {name:?} is given twice"));
+        }
+        let mut s = cfg
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .unwrap_or(SourceConfig {
+                name: name.to_string(),
+                source: String::new(),
+                room: String::new(),
+                gain_db: 0.0,
+                groups: None,
+                thresholds: BTreeMap::new(),
+            });
+        s.source = spec.to_string();
+        out.push(s);
+    }
+    cfg.sources = out;
+    Ok(())
+}
+
+/// `Some((name, spec))` for `NAME=SPEC`, where NAME has no `:` (so `file:a=b.wav`
+/// stays a plain spec).
+fn split_named_source(flag: &str) -> Option<(&str, &str)> {
+    let (name, spec) = flag.split_once('=')?;
+    (!name.is_empty() && !name.contains(':')).then_some((name, spec))
 }
 
 /// `[http]`: the local HTTP API (`/model/predict`, `/events`, `/status`, `/metrics`)
@@ -645,6 +762,7 @@ impl Default for Config {
             learning: LearningConfig::default(),
             http: HttpConfig::default(),
             privacy: PrivacyConfig::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -719,6 +837,41 @@ impl Config {
                 (g.tuning.on, g.tuning.off, g.tuning.pooling) = b.thresholds_for(name);
             }
         }
+    }
+
+    /// The sources the daemon runs: the `[[sources]]`, or the one `[audio] source`.
+    pub fn source_plans(&self) -> Vec<SourcePlan> {
+        let enabled: Vec<String> = self.enabled_groups().map(|(n, _)| n.clone()).collect();
+        if self.sources.is_empty() {
+            return vec![SourcePlan {
+                name: SINGLE_SOURCE_NAME.to_string(),
+                spec: self.audio.source.clone(),
+                room: self.node.room.clone(),
+                gain: 1.0,
+                groups: enabled,
+                thresholds: BTreeMap::new(),
+                scoped: false,
+            }];
+        }
+        self.sources
+            .iter()
+            .map(|s| SourcePlan {
+                name: s.name.clone(),
+                spec: s.source.clone(),
+                room: if s.room.is_empty() {
+                    self.node.room.clone()
+                } else {
+                    s.room.clone()
+                },
+                gain: 10f32.powf(s.gain_db / 20.0),
+                groups: match &s.groups {
+                    Some(g) => enabled.iter().filter(|e| g.contains(e)).cloned().collect(),
+                    None => enabled.clone(),
+                },
+                thresholds: s.thresholds.clone(),
+                scoped: true,
+            })
+            .collect()
     }
 
     /// The enabled groups, by key.
@@ -885,6 +1038,7 @@ struct FileConfig {
     learning: LearningConfig,
     http: HttpConfig,
     privacy: PrivacyConfig,
+    sources: Vec<SourceConfig>,
 }
 
 #[derive(Deserialize)]
@@ -1077,6 +1231,7 @@ impl Checker<'_, '_> {
             learning,
             http,
             privacy,
+            sources,
         } = file;
 
         if node.id.is_empty() {
@@ -1145,6 +1300,7 @@ impl Checker<'_, '_> {
             learning,
             http,
             privacy,
+            sources,
         };
         self.check(&cfg);
         cfg
@@ -1163,6 +1319,7 @@ impl Checker<'_, '_> {
             learning,
             http,
             privacy,
+            sources,
         } = cfg;
 
         // Text used as a path, a name to look up, a topic or an id: no control
@@ -1436,6 +1593,84 @@ impl Checker<'_, '_> {
         );
         for (name, g) in &detection.groups {
             self.group(name, g);
+        }
+
+        // [[sources]]
+        if !sources.is_empty() && self.present(&["audio", "source"]) {
+            self.fail(
+                &["audio", "source"],
+                "is not used when [[sources]] are given: set each source's `source` instead"
+                    .to_string(),
+            );
+        }
+        if sources.len() > MAX_SOURCES {
+            self.fail(
+                &["sources"],
+                format!("at most {MAX_SOURCES} sources, got {}", sources.len()),
+            );
+        }
+        for (i, src) in sources.iter().enumerate() {
+            self.source(i, src, sources, detection);
+        }
+    }
+
+    fn source(&mut self, i: usize, s: &SourceConfig, all: &[SourceConfig], d: &DetectionConfig) {
+        let index = i.to_string();
+        let k = |f: &'static str| ["sources", index.as_str(), f];
+        if !valid_group_name(&s.name) {
+            self.fail(
+                &k("name"),
+                format!("source name must match [a-z0-9_]{{1,32}}, got {:?}", s.name),
+            );
+        } else if RESERVED_SOURCE_NAMES.contains(&s.name.as_str()) {
+            self.fail(
+                &k("name"),
+                format!(
+                    "{:?} is a topic name of the node; choose another (not {})",
+                    s.name,
+                    RESERVED_SOURCE_NAMES.join(", ")
+                ),
+            );
+        } else if all[..i].iter().any(|o| o.name == s.name) {
+            self.fail(&k("name"), format!("source {:?} is named twice", s.name));
+        }
+        match check_text(&s.source) {
+            Err(m) => self.fail(&k("source"), m),
+            Ok(()) => {
+                if let Err(m) = check_source(&s.source) {
+                    self.fail(&k("source"), format!("source {:?}: {m}", s.name));
+                }
+            }
+        }
+        if let Err(m) = check_text(&s.room) {
+            self.fail(&k("room"), m);
+        }
+        self.range(&k("gain_db"), s.gain_db, -40.0, false, 40.0);
+        let enabled = |g: &str| d.groups.get(g).is_some_and(|c| c.enabled);
+        if let Some(groups) = &s.groups {
+            for g in groups {
+                if !enabled(g) {
+                    self.fail(
+                        &k("groups"),
+                        format!("source {:?}: {g:?} is not an enabled group", s.name),
+                    );
+                }
+            }
+        }
+        for (g, &on) in &s.thresholds {
+            let key = ["sources", index.as_str(), "thresholds", g.as_str()];
+            let watched = s.groups.as_ref().is_none_or(|l| l.contains(g));
+            if !enabled(g) || !watched {
+                self.fail(
+                    &key,
+                    format!(
+                        "source {:?}: {g:?} is not a group this source watches",
+                        s.name
+                    ),
+                );
+            } else {
+                self.range(&key, on, 0.0, true, 1.0);
+            }
         }
     }
 
@@ -1748,15 +1983,29 @@ fn entries<'a, 'i>(
 fn locate(doc: &DeTable<'_>, key: &[&str]) -> Option<(usize, bool)> {
     let mut table = doc;
     let mut found = None;
-    for (i, seg) in key.iter().enumerate() {
-        let Some((_, v, offset)) = entries(table).find(|(k, _, _)| k == seg) else {
+    let mut i = 0;
+    while i < key.len() {
+        let Some((_, v, offset)) = entries(table).find(|(k, _, _)| *k == key[i]) else {
             return found.map(|o| (o, false));
         };
         found = Some(offset);
-        match v.get_ref() {
-            DeValue::Table(t) => table = t,
-            _ => return Some((offset, i + 1 == key.len())),
+        let mut value = v.get_ref();
+        // An array of tables (`[[sources]]`) is entered by a numeric segment.
+        while let (DeValue::Array(a), Some(n)) =
+            (value, key.get(i + 1).and_then(|s| s.parse::<usize>().ok()))
+        {
+            let Some(item) = a.get(n) else {
+                return Some((offset, false));
+            };
+            found = Some(item.span().start);
+            value = item.get_ref();
+            i += 1;
         }
+        match value {
+            DeValue::Table(t) => table = t,
+            _ => return found.map(|o| (o, i + 1 == key.len())),
+        }
+        i += 1;
     }
     found.map(|o| (o, true))
 }
@@ -1771,8 +2020,21 @@ fn key_at(doc: &DeTable<'_>, offset: usize) -> Option<String> {
             if (covers(k.span()) || covers(v.span())) && path.len() > best.len() {
                 *best = path.clone();
             }
-            if let DeValue::Table(inner) = v.get_ref() {
-                walk(inner, offset, path, best);
+            match v.get_ref() {
+                DeValue::Table(inner) => walk(inner, offset, path, best),
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let DeValue::Table(inner) = item.get_ref() {
+                            path.push(i.to_string());
+                            if covers(item.span()) && path.len() > best.len() {
+                                *best = path.clone();
+                            }
+                            walk(inner, offset, path, best);
+                            path.pop();
+                        }
+                    }
+                }
+                _ => {}
             }
             path.pop();
         }

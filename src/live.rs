@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -105,6 +105,8 @@ pub struct EventView {
 /// Each group's state and latest score, the latest level and top labels.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Now {
+    /// The source that heard it.
+    pub source: String,
     /// Stream time of the latest window, seconds.
     pub t_s: f64,
     /// Loudness of the latest window, dBFS.
@@ -157,8 +159,32 @@ pub struct StatusView {
     pub dropped_samples: u64,
     /// Over/underruns the audio device reported.
     pub xruns: u64,
-    /// The audio device is lost and being reopened.
+    /// The audio device is lost and being reopened (any source's).
     pub device_lost: bool,
+    /// Every source, with its own latest window.
+    pub sources: Vec<SourceView>,
+}
+
+/// One source in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceView {
+    /// Its name.
+    pub name: String,
+    /// The source, as the pipeline describes it ("" until it has started).
+    pub description: String,
+    /// Its device is lost and being reopened, or it has not started yet.
+    pub device_lost: bool,
+    /// Samples dropped because its capture ring was full.
+    pub dropped_samples: u64,
+    /// Its latest window.
+    pub now: Now,
+}
+
+/// One source on the board.
+struct LiveSource {
+    name: String,
+    description: String,
+    stats: Option<Arc<SourceStats>>,
 }
 
 /// Everything `/metrics` reports, read at one moment.
@@ -213,8 +239,8 @@ pub struct Live {
     started: Instant,
     node: String,
     model: String,
-    source: Mutex<String>,
-    now: Mutex<Now>,
+    sources: Mutex<Vec<LiveSource>>,
+    now: Mutex<BTreeMap<String, Now>>,
     events: Mutex<VecDeque<EventView>>,
     events_kept: usize,
     events_by_group: Mutex<BTreeMap<String, u64>>,
@@ -227,7 +253,6 @@ pub struct Live {
     clips_suppressed: AtomicU64,
     predict_ok: AtomicU64,
     predict_err: AtomicU64,
-    source_stats: OnceLock<Arc<SourceStats>>,
     publisher: Mutex<Option<Arc<PublisherStats>>>,
 }
 
@@ -240,11 +265,8 @@ impl Live {
             started: Instant::now(),
             node: node.into(),
             model: model.into(),
-            source: Mutex::new(String::new()),
-            now: Mutex::new(Now {
-                dbfs: crate::scoring::LEVEL_SILENCE,
-                ..Now::default()
-            }),
+            sources: Mutex::new(Vec::new()),
+            now: Mutex::new(BTreeMap::new()),
             events: Mutex::new(VecDeque::new()),
             events_kept: events_kept.max(1),
             events_by_group: Mutex::new(groups.iter().map(|g| (g.to_string(), 0)).collect()),
@@ -257,17 +279,56 @@ impl Live {
             clips_suppressed: AtomicU64::new(0),
             predict_ok: AtomicU64::new(0),
             predict_err: AtomicU64::new(0),
-            source_stats: OnceLock::new(),
             publisher: Mutex::new(None),
         }
     }
 
-    /// Names the running source and hands over its counters.
-    pub fn set_source(&self, description: &str, stats: Arc<SourceStats>) {
-        if let Ok(mut s) = self.source.lock() {
-            *s = description.to_string();
+    /// Lists source `name` (before its pipeline starts: shown as not listening).
+    pub fn add_source(&self, name: &str) {
+        if let Ok(mut list) = self.sources.lock() {
+            if !list.iter().any(|s| s.name == name) {
+                list.push(LiveSource {
+                    name: name.to_string(),
+                    description: String::new(),
+                    stats: None,
+                });
+            }
         }
-        let _ = self.source_stats.set(stats);
+    }
+
+    /// Source `name` runs: its description and counters.
+    pub fn set_source(&self, name: &str, description: &str, stats: Arc<SourceStats>) {
+        self.add_source(name);
+        if let Ok(mut list) = self.sources.lock() {
+            if let Some(s) = list.iter_mut().find(|s| s.name == name) {
+                s.description = description.to_string();
+                s.stats = Some(stats);
+            }
+        }
+    }
+
+    /// Sums a counter over the sources that run.
+    fn source_sum(&self, f: impl Fn(&SourceStats) -> u64) -> u64 {
+        self.sources
+            .lock()
+            .map(|l| l.iter().filter_map(|s| s.stats.as_deref()).map(&f).sum())
+            .unwrap_or(0)
+    }
+
+    /// The latest window of the first source (the one the page's meter shows).
+    fn first_now(&self) -> Now {
+        let first = self
+            .sources
+            .lock()
+            .ok()
+            .and_then(|l| l.first().map(|s| s.name.clone()));
+        let now = self.now.lock().ok();
+        first
+            .and_then(|f| now.as_ref().and_then(|n| n.get(&f).cloned()))
+            .unwrap_or(Now {
+                dbfs: crate::scoring::LEVEL_SILENCE,
+                ..Now::default()
+            })
     }
 
     /// The publisher whose counters `/status` and `/metrics` read (`None`: MQTT off).
@@ -316,7 +377,7 @@ impl Live {
         }
         self.broadcast("status", &now);
         if let Ok(mut n) = self.now.lock() {
-            *n = now;
+            n.insert(now.source.clone(), now);
         }
     }
 
@@ -390,15 +451,43 @@ impl Live {
     /// What `/status` answers now.
     pub fn status(&self) -> StatusView {
         let p = self.publisher();
-        let src = self.source_stats.get();
         let load = |a: Option<&AtomicU64>| a.map_or(0, |a| a.load(Ordering::Relaxed));
+        let nows = self.now.lock().map(|n| n.clone()).unwrap_or_default();
+        let sources: Vec<SourceView> = self
+            .sources
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .map(|s| SourceView {
+                        name: s.name.clone(),
+                        description: s.description.clone(),
+                        device_lost: s
+                            .stats
+                            .as_ref()
+                            .is_none_or(|st| st.device_lost.load(Ordering::Relaxed)),
+                        dropped_samples: s
+                            .stats
+                            .as_ref()
+                            .map_or(0, |st| st.overruns.load(Ordering::Relaxed)),
+                        now: nows.get(&s.name).cloned().unwrap_or(Now {
+                            source: s.name.clone(),
+                            dbfs: crate::scoring::LEVEL_SILENCE,
+                            ..Now::default()
+                        }),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         StatusView {
             status: "ok",
             node: self.node.clone(),
-            source: self.source.lock().map(|s| s.clone()).unwrap_or_default(),
+            source: sources
+                .first()
+                .map(|s| s.description.clone())
+                .unwrap_or_default(),
             model: self.model.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            now: self.now.lock().map(|n| n.clone()).unwrap_or_default(),
+            now: self.first_now(),
             events: self
                 .events_by_group
                 .lock()
@@ -413,23 +502,22 @@ impl Live {
                 .as_ref()
                 .and_then(|p| p.endpoint.lock().ok().map(|e| e.clone())),
             outbox_depth: load(p.as_ref().map(|p| &p.outbox_depth)),
-            dropped_samples: load(src.map(|s| &s.overruns)),
-            xruns: load(src.map(|s| &s.xruns)),
-            device_lost: src.is_some_and(|s| s.device_lost.load(Ordering::Relaxed)),
+            dropped_samples: self.source_sum(|s| s.overruns.load(Ordering::Relaxed)),
+            xruns: self.source_sum(|s| s.xruns.load(Ordering::Relaxed)),
+            device_lost: sources.iter().any(|s| s.device_lost),
+            sources,
         }
     }
 
     /// What `/metrics` reports now.
     pub fn metrics(&self) -> MetricsSnapshot {
         let p = self.publisher();
-        let src = self.source_stats.get();
-        let load = |a: Option<&AtomicU64>| a.map_or(0, |a| a.load(Ordering::Relaxed));
         let mut predict = BTreeMap::new();
         predict.insert("ok".into(), self.predict_ok.load(Ordering::Relaxed));
         predict.insert("error".into(), self.predict_err.load(Ordering::Relaxed));
         MetricsSnapshot {
             uptime_s: self.started.elapsed().as_secs_f64(),
-            level_dbfs: self.now.lock().map(|n| n.dbfs as f64).unwrap_or(0.0),
+            level_dbfs: self.first_now().dbfs as f64,
             model_calls: self.model_calls.load(Ordering::Relaxed),
             gated_windows: self.gated_windows.load(Ordering::Relaxed),
             windows: self.windows.load(Ordering::Relaxed),
@@ -441,10 +529,10 @@ impl Live {
                 .unwrap_or_default(),
             outbox_depth: p.as_ref().map(|p| p.outbox_depth.load(Ordering::Relaxed)),
             broker_connected: p.as_ref().map(|p| p.connected.load(Ordering::Relaxed)),
-            captured_samples: load(src.map(|s| &s.samples)),
-            dropped_samples: load(src.map(|s| &s.overruns)),
-            xruns: load(src.map(|s| &s.xruns)),
-            replaced_samples: load(src.map(|s| &s.replaced)),
+            captured_samples: self.source_sum(|s| s.samples.load(Ordering::Relaxed)),
+            dropped_samples: self.source_sum(|s| s.overruns.load(Ordering::Relaxed)),
+            xruns: self.source_sum(|s| s.xruns.load(Ordering::Relaxed)),
+            replaced_samples: self.source_sum(|s| s.replaced.load(Ordering::Relaxed)),
             clips_saved: self.clips_saved.load(Ordering::Relaxed),
             clips_suppressed: self.clips_suppressed.load(Ordering::Relaxed),
             predict_requests: predict,

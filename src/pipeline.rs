@@ -39,6 +39,10 @@ pub struct PipelineSettings {
     pub model: Arc<Model>,
     /// Where audio comes from.
     pub source: SourceSpec,
+    /// The source's name (in status reports and the live board).
+    pub name: String,
+    /// Linear gain applied to the source's samples before analysis.
+    pub gain: f32,
     /// Pace files in real time (false: as fast as possible, losing nothing).
     pub realtime: bool,
     /// Capture ring capacity, seconds.
@@ -72,6 +76,8 @@ pub struct PipelineSettings {
 /// A periodic health and level report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// The source's name.
+    pub source: String,
     /// Stream time, seconds.
     pub t_s: f64,
     /// Loudness of the latest window, dBFS.
@@ -256,6 +262,8 @@ impl Pipeline {
         let PipelineSettings {
             model,
             source,
+            name,
+            gain,
             realtime,
             ring_seconds,
             gate_dbfs,
@@ -297,6 +305,7 @@ impl Pipeline {
             stats: stats.clone(),
             progress: progress.clone(),
             source: source.to_string(),
+            gain,
             warn_interval: Duration::from_secs_f64(status_interval_s.max(1.0)),
             cons,
             btx,
@@ -307,6 +316,7 @@ impl Pipeline {
             .spawn(move || dsp_stage.run())?;
 
         let inf_stage = InferStage {
+            name,
             model,
             plan,
             gate_dbfs,
@@ -407,6 +417,7 @@ struct DspStage {
     stats: Arc<SourceStats>,
     progress: Arc<Progress>,
     source: String,
+    gain: f32,
     warn_interval: Duration,
     cons: crate::audio::source::SourceConsumer,
     btx: Sender<Block>,
@@ -423,6 +434,7 @@ impl DspStage {
             stats: dsp_stats,
             progress: dsp_progress,
             source: dsp_source,
+            gain,
             warn_interval,
             mut cons,
             btx,
@@ -466,6 +478,9 @@ impl DspStage {
                 .dsp_samples
                 .fetch_add(n as u64, Ordering::Relaxed);
             warn_replaced(&mut warnings, false);
+            if gain != 1.0 {
+                buf[..n].iter_mut().for_each(|x| *x *= gain);
+            }
             resampled.clear();
             rs.push(&buf[..n], &mut resampled);
             if let Some(tap) = &audio_tap {
@@ -501,6 +516,7 @@ impl DspStage {
 /// tail, closes what is open and returns the totals. A new detector arriving on
 /// `rrx` takes over between two blocks.
 struct InferStage {
+    name: String,
     model: Arc<Model>,
     plan: WindowPlan,
     gate_dbfs: Option<f32>,
@@ -522,6 +538,7 @@ impl InferStage {
     /// Runs until the DSP stage ends (or the caller stops listening).
     fn run(self) -> Result<Summary> {
         let InferStage {
+            name,
             model,
             plan,
             gate_dbfs,
@@ -716,8 +733,17 @@ impl InferStage {
                 inf_progress.windows.fetch_add(1, Ordering::Relaxed);
                 step(&ws, &mut detector, &mut events, &home_floors);
                 if let Some(live) = &live {
-                    let s = make_status(&scorer, &detector, Some(&ws), labels, &inf_stats, 0.0);
+                    let s = make_status(
+                        &name,
+                        &scorer,
+                        &detector,
+                        Some(&ws),
+                        labels,
+                        &inf_stats,
+                        0.0,
+                    );
                     live.window(crate::live::Now {
+                        source: s.source,
                         t_s: s.t_s,
                         dbfs: s.dbfs,
                         top: s.top,
@@ -739,6 +765,7 @@ impl InferStage {
                 let cpu = crate::bench::cpu_seconds();
                 let wall = last_status.elapsed().as_secs_f64();
                 let status = make_status(
+                    &name,
                     &scorer,
                     &detector,
                     last_window.as_ref(),
@@ -793,6 +820,7 @@ fn analyse(fe: &mut LogMel, meter: &mut LevelMeter, samples: &[f32], end: bool) 
 }
 
 fn make_status(
+    source: &str,
     scorer: &Scorer,
     detector: &Detector,
     last: Option<&crate::scoring::WindowScore>,
@@ -806,6 +834,7 @@ fn make_status(
         None => (LEVEL_SILENCE, Vec::new(), false),
     };
     Status {
+        source: source.to_string(),
         t_s: scorer.total_frames() as f64 * scorer.plan().frame_hop_s,
         dbfs,
         top,

@@ -307,6 +307,9 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.audio.source != new.audio.source {
         keys.push("audio.source");
     }
+    if !same_pipelines(old, new) {
+        keys.push("sources");
+    }
     if old.audio.ring_seconds != new.audio.ring_seconds {
         keys.push("audio.ring_seconds");
     }
@@ -342,6 +345,18 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
+/// Whether two configurations run the same pipelines: the same sources, by name,
+/// spec and gain, in the same order.
+fn same_pipelines(old: &Config, new: &Config) -> bool {
+    let key = |c: &Config| -> Vec<(String, String, u32)> {
+        c.sources
+            .iter()
+            .map(|s| (s.name.clone(), s.source.clone(), s.gain_db.to_bits()))
+            .collect()
+    };
+    key(old) == key(new)
+}
+
 /// Puts `old`'s values back into `new` for every key of [`restart_keys`], so a reload
 /// applies the rest and keeps what is running. Group thresholds that follow the model
 /// are re-derived for the running model.
@@ -352,6 +367,11 @@ pub fn keep_running_values(old: &Config, new: &mut Config) {
     new.model.window_s = old.model.window_s;
     new.model.hop_s = old.model.hop_s;
     new.audio = old.audio.clone();
+    // Each source's pipeline runs on: its groups, thresholds and room follow the
+    // file, but not a new list of sources, specs or gains.
+    if !same_pipelines(old, new) {
+        new.sources = old.sources.clone();
+    }
     new.detection.status_interval_s = old.detection.status_interval_s;
     new.mqtt.embedded_broker = old.mqtt.embedded_broker;
     new.mqtt.embedded_listen = old.mqtt.embedded_listen.clone();

@@ -71,12 +71,26 @@ fn start_broker_with(port: u16, tag: &str, extra: &str) -> Broker {
 }
 
 /// Subscribes to everything and collects `topic payload` lines until killed.
-fn subscribe(port: u16) -> Child {
+fn subscribe(port: u16) -> Sub {
     subscribe_with(port, &[])
 }
 
+/// A running mosquitto_sub, writing to a file (a pipe nobody reads until the end
+/// would fill at 64 KiB and stall it).
+struct Sub {
+    child: Child,
+    out: PathBuf,
+}
+
 /// [`subscribe`] with extra mosquitto_sub arguments (TLS, login).
-fn subscribe_with(port: u16, extra: &[&str]) -> Child {
+fn subscribe_with(port: u16, extra: &[&str]) -> Sub {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let out = std::env::temp_dir().join(format!(
+        "hearken-mqtt-sub-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let child = Command::new("mosquitto_sub")
         .args(extra)
         .args([
@@ -90,19 +104,21 @@ fn subscribe_with(port: u16, extra: &[&str]) -> Child {
             "-q",
             "1",
         ])
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto_sub");
     std::thread::sleep(Duration::from_millis(300));
-    child
+    Sub { child, out }
 }
 
-fn collect(mut sub: Child) -> Vec<(String, String)> {
+fn collect(mut sub: Sub) -> Vec<(String, String)> {
     std::thread::sleep(Duration::from_millis(500));
-    let _ = sub.kill();
-    let out = sub.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    let _ = sub.child.kill();
+    let _ = sub.child.wait();
+    let text = std::fs::read(&sub.out).unwrap();
+    let _ = std::fs::remove_file(&sub.out);
+    String::from_utf8_lossy(&text)
         .lines()
         .filter_map(|l| {
             l.split_once(' ')
@@ -993,5 +1009,145 @@ fn a_false_alarm_press_marks_the_event_in_the_home_store() {
         .collect();
     assert_eq!(marks, [(latest.clone(), false), (first_id.clone(), true)]);
     assert!(c.events.iter().any(|e| e.id.to_string() == latest));
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The messages of `topic`, parsed.
+fn json_on(msgs: &[(String, String)], topic: &str) -> Vec<Value> {
+    msgs.iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn several_sources_are_home_assistant_devices_with_their_own_events() {
+    let port = free_port();
+    let _broker = start_broker(port, "sources");
+    let sub = subscribe(port);
+    let state = tmp("state-sources");
+    let cfg = state.join("hearken.toml");
+    let gun = audio("gunshots.wav");
+    // Three microphones: two hear gunshots; the garage's listens for glass and
+    // smoke alarms only, so the same shots raise nothing there.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nid = \"testnode\"\nroom = \"House\"\n\n\
+             [[sources]]\nname = \"kitchen\"\nsource = \"file:{g}\"\nroom = \"Kitchen\"\n\n\
+             [[sources]]\nname = \"hall\"\nsource = \"file:{g}\"\ngain_db = -3.0\n\n\
+             [[sources]]\nname = \"garage\"\nsource = \"file:{g}\"\ngroups = [\"glass\", \"smoke_alarm\"]\n",
+            g = gun.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hearken"));
+    c.env("HEARKEN_MODELS", models_dir())
+        .args(["run", "--fast", "--http", "", "--config"])
+        .arg(&cfg)
+        .args(["--mqtt", &format!("mqtt://127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state.join("st"));
+    run_ok(c);
+    let msgs = collect(sub);
+    let topics: Vec<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();
+
+    // Each source's own events, naming it and its room; none on the node's topic.
+    for (source, room) in [("kitchen", "Kitchen"), ("hall", "House")] {
+        let ev = json_on(&msgs, &format!("hearken/testnode/{source}/event/gunshot"));
+        assert_eq!(ev.len(), 2, "{source}: {ev:#?}");
+        assert_eq!(ev[0]["id"], ev[1]["id"]);
+        for e in &ev {
+            assert_eq!(e["source"], source);
+            assert_eq!(e["room"], room);
+        }
+        let states: Vec<&str> = msgs
+            .iter()
+            .filter(|(t, _)| *t == format!("hearken/testnode/{source}/gunshot/state"))
+            .map(|(_, p)| p.as_str())
+            .collect();
+        assert_eq!(states, vec!["OFF", "ON", "OFF"], "{source}");
+        assert!(
+            msgs.iter()
+                .any(|(t, p)| *t == format!("hearken/testnode/{source}/status") && p == "online"),
+            "{source} availability: {topics:?}"
+        );
+    }
+    assert!(
+        !topics
+            .iter()
+            .any(|t| t.starts_with("hearken/testnode/garage/event/")
+                || t.starts_with("hearken/testnode/event/")),
+        "{topics:?}"
+    );
+
+    // Discovery: one device per source, via the node's device.
+    let config = |t: &str| -> Value {
+        serde_json::from_str(
+            &msgs
+                .iter()
+                .find(|(x, _)| x == t)
+                .unwrap_or_else(|| panic!("no {t}: {topics:?}"))
+                .1,
+        )
+        .unwrap()
+    };
+    let kitchen = config("homeassistant/binary_sensor/testnode/kitchen--gunshot/config");
+    assert_eq!(
+        kitchen["device"]["identifiers"][0],
+        "hearken_testnode_kitchen"
+    );
+    assert_eq!(kitchen["device"]["via_device"], "hearken_testnode");
+    assert_eq!(kitchen["device"]["suggested_area"], "Kitchen");
+    assert_eq!(
+        kitchen["state_topic"],
+        "hearken/testnode/kitchen/gunshot/state"
+    );
+    assert_eq!(kitchen["availability_mode"], "all");
+    let hall = config("homeassistant/sensor/testnode/hall--loudness/config");
+    assert_eq!(hall["device"]["identifiers"][0], "hearken_testnode_hall");
+    assert_eq!(hall["state_topic"], "hearken/testnode/hall/top");
+    let button = config("homeassistant/button/testnode/kitchen--glass/config");
+    assert_eq!(
+        button["command_topic"],
+        "hearken/testnode/kitchen/glass/feedback"
+    );
+    config("homeassistant/binary_sensor/testnode/garage--glass/config");
+    assert!(
+        !topics.contains(&"homeassistant/binary_sensor/testnode/garage--gunshot/config"),
+        "the garage does not watch gunshots"
+    );
+    let problem = config("homeassistant/binary_sensor/testnode/node-problem/config");
+    assert_eq!(problem["device"]["identifiers"][0], "hearken_testnode");
+    assert!(
+        !topics.contains(&"homeassistant/binary_sensor/testnode/gunshot/config"),
+        "no node-level group entities with [[sources]]"
+    );
+
+    // Every config passes Home Assistant's own discovery schemas.
+    let configs: Vec<Value> = msgs
+        .iter()
+        .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
+        .collect();
+    // 10 groups × 3 entities + 2 sensors for two sources, 2 × 3 + 2 for the
+    // garage, and the node's problem sensor.
+    assert_eq!(configs.len(), 2 * 32 + 8 + 1, "{topics:?}");
+    let file = state.join("discovery.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
+    let check = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tools/ha-schema-check.py"
+        ))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && report.contains("all valid"),
+        "Home Assistant rejects a discovery config:\n{report}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -86,7 +86,7 @@ pub(crate) fn run(a: EnrollArgs) -> Result<ExitCode> {
         bail!("--snr needs at least one ratio in dB and --placements must be above 0");
     }
     let overrides = Overrides {
-        source: a.source.clone(),
+        source: a.source.clone().into_iter().collect(),
         model: a.daemon.model.clone(),
         ..Default::default()
     };
@@ -172,11 +172,11 @@ pub(crate) fn run(a: EnrollArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| enroll::prompt_for(&group).to_string());
         eprintln!(
             "Recording {n} takes of {:.0} s from {} (the level is shown as it comes).",
-            a.seconds, p.source
+            a.seconds, p.sources[0].spec
         );
 
         let mut stderr = std::io::stderr();
-        let mut recorder = enroll::Recorder::start(&p.source).map_err(|e| {
+        let mut recorder = enroll::Recorder::start(&p.sources[0].spec).map_err(|e| {
             anyhow::anyhow!("{e:#}; or give the examples as files: hearken enroll {group} --file A.wav B.wav C.wav")
         })?;
         for k in 1..=n {

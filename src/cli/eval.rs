@@ -81,7 +81,7 @@ pub(crate) fn run(a: EvalArgs) -> Result<ExitCode> {
     let mut cfg = effective_config(
         config.as_deref(),
         &Overrides {
-            source: None,
+            source: Vec::new(),
             model,
             node_id: None,
             http: None,

@@ -135,10 +135,22 @@ pub(crate) fn mqtt_settings(
     s.prefix = m.base_topic.clone();
     s.discovery_prefix = m.discovery_prefix.clone();
     s.outbox_max_bytes = m.outbox_max_mib << 20;
-    s.groups = cfg
-        .enabled_groups()
-        .map(|(n, g)| (n.clone(), g.safety))
-        .collect();
+    let safety = |name: &String| cfg.detection.groups.get(name).is_some_and(|g| g.safety);
+    s.groups.clear();
+    s.sources.clear();
+    for plan in cfg.source_plans() {
+        let groups: Vec<(String, bool)> =
+            plan.groups.iter().map(|g| (g.clone(), safety(g))).collect();
+        if plan.scoped {
+            s.sources.push(hearken::publish::discovery::SourceInfo {
+                name: plan.name,
+                room: plan.room,
+                groups,
+            });
+        } else {
+            s.groups = groups;
+        }
+    }
     s.model = model.to_string();
     s.room = cfg.node.room.clone();
     // Three missed reports (or a minute) before Home Assistant calls the level stale.
@@ -156,7 +168,8 @@ pub(crate) fn mqtt_settings(
 /// every reload.
 #[derive(Default)]
 pub(crate) struct Overrides {
-    pub(crate) source: Option<String>,
+    /// `--source` values: one plain spec, or `NAME=SPEC` for each source.
+    pub(crate) source: Vec<String>,
     pub(crate) model: Option<String>,
     pub(crate) node_id: Option<String>,
     pub(crate) http: Option<String>,
@@ -184,7 +197,11 @@ impl Provenance {
                 cli.extend(keys.iter().map(|k| (*k, flag)));
             }
         };
-        set(o.source.is_some(), &["audio.source"], "--source");
+        set(
+            !o.source.is_empty(),
+            &["audio.source", "sources"],
+            "--source",
+        );
         set(o.model.is_some(), &["model.name"], "--model");
         set(o.node_id.is_some(), &["node.id"], "--node-id");
         set(o.http.is_some(), &["http.listen"], "--http");
@@ -214,10 +231,12 @@ impl Provenance {
 
     /// `e` attributed to where its key's value came from.
     pub(crate) fn locate(&self, e: hearken::config::ConfigError) -> hearken::config::ConfigError {
-        let flag = e
-            .key
-            .as_deref()
-            .and_then(|k| self.cli.iter().find(|(key, _)| *key == k));
+        // `sources` stands for every key under it (`sources.0.source`).
+        let flag = e.key.as_deref().and_then(|k| {
+            self.cli.iter().find(|(key, _)| {
+                k == *key || k.strip_prefix(*key).is_some_and(|r| r.starts_with('.'))
+            })
+        });
         match (flag, &self.file) {
             (Some((_, flag)), _) => e.on_command_line(flag),
             (None, Some((name, text))) => e.in_file(name, text),
@@ -250,8 +269,9 @@ pub(crate) fn load_config(
         Some(p) => hearken::config::Config::load_all(p)?,
         None => hearken::config::Config::default(),
     };
-    if let Some(s) = &o.source {
-        cfg.audio.source = s.clone();
+    let prov = Provenance::new(file, o, flags);
+    if let Err(m) = hearken::config::apply_source_flags(&mut cfg, &o.source) {
+        return Err(vec![prov.error("sources", &m)]);
     }
     if let Some(m) = &o.model {
         cfg.set_model(m);
@@ -262,7 +282,6 @@ pub(crate) fn load_config(
     if let Some(h) = &o.http {
         cfg.http.listen = h.clone();
     }
-    let prov = Provenance::new(file, o, flags);
     cfg.validate()
         .map_err(|errs| errs.into_iter().map(|e| prov.locate(e)).collect::<Vec<_>>())?;
     Ok((cfg, prov))
@@ -283,14 +302,12 @@ pub(crate) fn effective_config(
 pub(crate) struct Prepared {
     /// The configuration in force (with the trained detectors' window adopted).
     pub(crate) cfg: hearken::config::Config,
-    /// The audio source.
-    pub(crate) source: hearken::audio::source::SourceSpec,
+    /// The sources, each with its spec parsed and its detector.
+    pub(crate) sources: Vec<PreparedSource>,
     /// The model, loaded.
     pub(crate) model: std::sync::Arc<Model>,
     /// The window and hop taken from the model's trained detectors, if any.
     pub(crate) adopted: Option<(f64, f64)>,
-    /// The detector of the enabled groups.
-    pub(crate) detector: hearken::detect::Detector,
     /// The trained detectors it uses.
     pub(crate) trained: Vec<hearken::detect::trained::LinearDetector>,
     /// The state directory (home store, adapted detectors, outbox).
@@ -299,6 +316,14 @@ pub(crate) struct Prepared {
     pub(crate) broker: Option<std::net::SocketAddr>,
     /// The publisher's settings, if hearken publishes.
     pub(crate) mqtt: Option<hearken::publish::client::MqttSettings>,
+}
+
+/// One source, ready to start: what the configuration says of it, its parsed spec
+/// and its detector.
+pub(crate) struct PreparedSource {
+    pub(crate) plan: hearken::config::SourcePlan,
+    pub(crate) spec: hearken::audio::source::SourceSpec,
+    pub(crate) detector: hearken::detect::Detector,
 }
 
 /// The whole start-up validation of `hearken run`, shared with `hearken
@@ -316,17 +341,20 @@ pub(crate) fn prepare(
 ) -> Result<Prepared, Vec<hearken::config::ConfigError>> {
     let (mut cfg, prov) = load_config(file, o, flags)?;
     let mut errors = Vec::new();
-    let source = match cfg
-        .audio
-        .source
-        .parse::<hearken::audio::source::SourceSpec>()
-    {
-        Ok(s) => Some(s),
-        Err(e) => {
-            errors.push(prov.error("audio.source", &e.to_string()));
-            None
+    let mut specs = Vec::new();
+    for (i, plan) in cfg.source_plans().into_iter().enumerate() {
+        match plan.spec.parse::<hearken::audio::source::SourceSpec>() {
+            Ok(s) => specs.push(s),
+            Err(e) => {
+                let key = if plan.scoped {
+                    format!("sources.{i}.source")
+                } else {
+                    "audio.source".to_string()
+                };
+                errors.push(prov.error(&key, &e.to_string()));
+            }
         }
-    };
+    }
     let model = match Model::open(&cfg.model.name) {
         Ok(m) => Some(std::sync::Arc::new(m)),
         Err(e) => {
@@ -377,14 +405,22 @@ pub(crate) fn prepare(
         }
         (m, _) => m,
     };
-    match (source, model, scoring) {
-        (Some(source), Some(model), Some((adopted, detector, trained))) if errors.is_empty() => {
+    match (model, scoring) {
+        (Some(model), Some((adopted, detectors, trained))) if errors.is_empty() => {
+            let sources = detectors
+                .into_iter()
+                .zip(specs)
+                .map(|((plan, detector), spec)| PreparedSource {
+                    plan,
+                    spec,
+                    detector,
+                })
+                .collect();
             Ok(Prepared {
                 cfg,
-                source,
+                sources,
                 model,
                 adopted,
-                detector,
                 trained,
                 state_dir: state,
                 broker,
@@ -396,7 +432,7 @@ pub(crate) fn prepare(
 }
 
 /// What the model decides: the window the trained detectors bring (adopted into
-/// `cfg`), the window plan, and the detector with its trained detectors.
+/// `cfg`), the window plan, and each source's detector with the trained detectors.
 #[allow(clippy::type_complexity)]
 pub(crate) fn prepare_scoring(
     cfg: &mut hearken::config::Config,
@@ -406,7 +442,7 @@ pub(crate) fn prepare_scoring(
 ) -> Result<
     (
         Option<(f64, f64)>,
-        hearken::detect::Detector,
+        Vec<(hearken::config::SourcePlan, hearken::detect::Detector)>,
         Vec<hearken::detect::trained::LinearDetector>,
     ),
     hearken::config::ConfigError,
@@ -423,9 +459,11 @@ pub(crate) fn prepare_scoring(
     Ok((adopted, detector, trained))
 }
 
-/// Checks `cfg` against the running model and builds its detector, with the trained
-/// detectors it uses (those `hearken adapt` adapted in `state` in place of the
-/// shipped ones); errors name the file (and line) or option the value came from.
+/// Checks `cfg` against the running model and builds each source's detector, with
+/// the trained detectors they use (those `hearken adapt` adapted in `state` in place
+/// of the shipped ones); errors name the file (and line) or option the value came
+/// from.
+#[allow(clippy::type_complexity)]
 pub(crate) fn build_detector(
     cfg: &hearken::config::Config,
     model: &Model,
@@ -433,19 +471,13 @@ pub(crate) fn build_detector(
     state: &std::path::Path,
 ) -> Result<
     (
-        hearken::detect::Detector,
+        Vec<(hearken::config::SourcePlan, hearken::detect::Detector)>,
         Vec<hearken::detect::trained::LinearDetector>,
     ),
     hearken::config::ConfigError,
 > {
-    use hearken::detect::{Detector, Identity};
     cfg.check_labels(model.labels())
         .map_err(|e| prov.locate(e))?;
-    let ident = Identity {
-        node: cfg.node.id.clone(),
-        room: cfg.node.room.clone(),
-        model: model.name().to_string(),
-    };
     let trained = hearken::detect::trained::configured(cfg, model).map_err(|e| {
         // The folder and its files are read whatever the groups; with none enabled
         // only the match of windows is left out. So if that still fails, the folder
@@ -471,9 +503,55 @@ pub(crate) fn build_detector(
         tracing::warn!("{m}");
     }
     let trained = loaded.detectors;
-    let detector = Detector::with_trained(cfg.enabled_groups(), model.labels(), ident, &trained)
-        .map_err(|e| prov.general(&e))?;
-    Ok((detector, trained))
+    let detectors = cfg
+        .source_plans()
+        .into_iter()
+        .map(|plan| {
+            let d = source_detector(cfg, model, &trained, &plan).map_err(|e| prov.general(&e))?;
+            Ok((plan, d))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((detectors, trained))
+}
+
+/// The detector of one source: the groups it watches, with its thresholds over
+/// the group's (or the trained detector's), stamping its name and room on every
+/// event.
+pub(crate) fn source_detector(
+    cfg: &hearken::config::Config,
+    model: &Model,
+    trained: &[hearken::detect::trained::LinearDetector],
+    plan: &hearken::config::SourcePlan,
+) -> Result<hearken::detect::Detector, String> {
+    use hearken::detect::{Detector, Identity};
+    let mut groups: Vec<(String, hearken::config::GroupConfig)> = cfg
+        .enabled_groups()
+        .filter(|(n, _)| plan.groups.contains(n))
+        .map(|(n, g)| (n.clone(), g.clone()))
+        .collect();
+    let mut trained = trained.to_vec();
+    for (group, &on) in &plan.thresholds {
+        for (_, g) in groups.iter_mut().filter(|(n, _)| n == group) {
+            g.tuning.on = on;
+            g.tuning.off = g.tuning.off.min(on);
+        }
+        for d in trained.iter_mut().filter(|d| &d.group == group) {
+            d.on = on;
+            d.off = d.off.min(on);
+        }
+    }
+    let ident = Identity {
+        node: cfg.node.id.clone(),
+        room: plan.room.clone(),
+        source: plan.name.clone(),
+        model: model.name().to_string(),
+    };
+    Detector::with_trained(
+        groups.iter().map(|(n, g)| (n, g)),
+        model.labels(),
+        ident,
+        &trained,
+    )
 }
 
 /// What the publisher checks when it starts, checked without starting it: the
@@ -589,11 +667,26 @@ pub(crate) fn check_config(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let enabled = p.detector.group_names();
-    let groups = match enabled.len() {
+    let enabled: Vec<&String> = p.cfg.enabled_groups().map(|(n, _)| n).collect();
+    let mut groups = match enabled.len() {
         0 => "no groups enabled".to_string(),
-        n => format!("{n} groups enabled: {}", enabled.join(", ")),
+        n => format!(
+            "{n} groups enabled: {}",
+            enabled
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
+    if p.sources.len() > 1 || p.sources.iter().any(|s| s.plan.scoped) {
+        let names: Vec<String> = p
+            .sources
+            .iter()
+            .map(|s| format!("{} ({})", s.plan.name, s.spec))
+            .collect();
+        groups.push_str(&format!("; sources: {}", names.join(", ")));
+    }
     let mut model = format!("model {}, labels checked", p.model.name());
     if let Some((net, _)) = p.model.net() {
         model.push_str(&format!(", fine-tuned network {}", net.display()));

@@ -14,8 +14,10 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
     /// Audio source: default | device:NAME | file:PATH | stdin:RATE:CHANNELS.
-    #[arg(long)]
-    pub(crate) source: Option<String>,
+    /// Repeat as NAME=SPEC to run several sources, each its own Home Assistant
+    /// device (replaces the file's [[sources]]; a name there keeps its settings).
+    #[arg(long, value_name = "[NAME=]SPEC")]
+    pub(crate) source: Vec<String>,
     /// With a file source, process as fast as possible instead of in real time.
     #[arg(long)]
     pub(crate) fast: bool,
@@ -91,14 +93,16 @@ pub(crate) struct Running {
     pub(crate) model: std::sync::Arc<Model>,
     pub(crate) cfg: hearken::config::Config,
     pub(crate) mqtt: Option<hearken::publish::client::MqttSettings>,
+    /// The trained detectors in force (a source that opens late starts with them).
+    pub(crate) trained: Vec<hearken::detect::trained::LinearDetector>,
 }
 
 impl Running {
     /// SIGHUP: re-reads the file, validates it completely and applies what can change
     /// while running; on any error the running configuration stays.
-    pub(crate) fn reload(
+    fn reload(
         &mut self,
-        pipeline: &hearken::pipeline::Pipeline,
+        runs: &mut [SourceRun],
         publisher: &crossbeam_channel::Sender<Option<hearken::publish::client::MqttSettings>>,
     ) {
         use tracing::{error, info, warn};
@@ -114,7 +118,7 @@ impl Running {
             hearken::service::keep_running_values(&self.cfg, &mut new);
             let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
             let state = daemon_state_dir(&new, &self.mqtt_flags);
-            let (detector, trained) = build_detector(&new, &self.model, &prov, &state)?;
+            let (detectors, trained) = build_detector(&new, &self.model, &prov, &state)?;
             let wanted = trained.iter().find_map(|d| d.net.as_ref());
             let running = self.model.net().map(|(_, sha)| sha);
             if wanted.map(|n| n.sha256.to_ascii_lowercase()).as_deref() != running {
@@ -133,9 +137,9 @@ impl Running {
                 info!(group = %d.group, "group {}: trained detector (on {:.2}, off {:.2})", d.group, d.on, d.off);
             }
             let mqtt = mqtt_settings(&new, &self.mqtt_flags, self.model.name())?;
-            Ok((new, restart, detector, mqtt))
+            Ok((new, restart, detectors, trained, mqtt))
         })();
-        let (new, restart, detector, mqtt) = match prepared {
+        let (new, restart, detectors, trained, mqtt) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 error!(
@@ -150,11 +154,26 @@ impl Running {
             let keys = restart.join(", ");
             warn!(file = %shown, keys = %keys, "{keys} changed in {shown}; restart to apply (keeping the running values)");
         }
-        let groups = detector.group_names().join(", ");
-        if let Err(e) = pipeline.reconfigure(detector) {
-            error!("cannot apply the reloaded configuration: {e:#}");
-            return;
+        let groups: Vec<&str> = new.enabled_groups().map(|(n, _)| n.as_str()).collect();
+        let groups = groups.join(", ");
+        // The sources are the same ones (a changed list waits for a restart).
+        for (plan, detector) in detectors {
+            let Some(r) = runs.iter_mut().find(|r| r.plan.name == plan.name) else {
+                continue;
+            };
+            r.plan = plan;
+            match (&r.pipeline, &mut r.waiting) {
+                (Some(p), _) => {
+                    if let Err(e) = p.reconfigure(detector) {
+                        error!("cannot apply the reloaded configuration: {e:#}");
+                        return;
+                    }
+                }
+                (None, Some((d, _))) => *d = detector,
+                (None, None) => {}
+            }
         }
+        self.trained = trained;
         if mqtt_changed(&self.mqtt, &mqtt) {
             info!("MQTT settings changed: restarting the publisher (queued events stay in the outbox)");
             let _ = publisher.send(mqtt.clone());
@@ -204,17 +223,94 @@ pub(crate) fn swap_publisher(
     }
 }
 
+/// One source of the daemon: its pipeline once it runs, or what it needs to start
+/// again while its device cannot be opened.
+struct SourceRun {
+    plan: hearken::config::SourcePlan,
+    spec: hearken::audio::source::SourceSpec,
+    pipeline: Option<hearken::pipeline::Pipeline>,
+    /// Not started yet: the detector to start with, and when to try again.
+    waiting: Option<(hearken::detect::Detector, std::time::Instant)>,
+    /// Sends its analysed audio to its clip writer.
+    audio_tap: Option<crossbeam_channel::Sender<hearken::clips::AudioChunk>>,
+    device_lost: bool,
+    ready: bool,
+    check: Option<hearken::service::StallCheck>,
+}
+
+/// Whether `spec` is a capture device (which may be unplugged and come back).
+fn is_device(spec: &hearken::audio::source::SourceSpec) -> bool {
+    use hearken::audio::source::SourceSpec;
+    matches!(spec, SourceSpec::Default | SourceSpec::Device(_))
+}
+
+/// How often a source whose device cannot be opened is tried again.
+const SOURCE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What every source's pipeline shares.
+struct Shared<'a> {
+    model: &'a std::sync::Arc<Model>,
+    cfg: &'a hearken::config::Config,
+    fast: bool,
+    home: Option<crossbeam_channel::Sender<hearken::store::HomeMsg>>,
+    live: &'a std::sync::Arc<hearken::live::Live>,
+    tx: &'a crossbeam_channel::Sender<hearken::pipeline::Message>,
+}
+
+impl SourceRun {
+    /// Starts the pipeline with `detector`; on failure keeps the detector to try
+    /// again.
+    fn start(&mut self, detector: hearken::detect::Detector, sh: &Shared<'_>) -> Result<()> {
+        use hearken::pipeline::{Pipeline, PipelineSettings};
+        let cfg = sh.cfg;
+        let started = Pipeline::start(
+            PipelineSettings {
+                model: sh.model.clone(),
+                source: self.spec.clone(),
+                name: self.plan.name.clone(),
+                gain: self.plan.gain,
+                realtime: !sh.fast,
+                ring_seconds: cfg.audio.ring_seconds,
+                gate_dbfs: Some(cfg.audio.gate_dbfs),
+                window_s: Some(cfg.model.window_s),
+                hop_s: Some(cfg.model.hop_s),
+                detector,
+                status_interval_s: cfg.detection.status_interval_s,
+                hop_tap: None,
+                home_tap: sh.home.clone(),
+                live: Some(sh.live.clone()),
+                audio_tap: self.audio_tap.clone(),
+            },
+            sh.tx.clone(),
+        );
+        match started {
+            Ok(p) => {
+                sh.live.set_source(
+                    &self.plan.name,
+                    &p.source_description,
+                    p.source_stats.clone(),
+                );
+                self.pipeline = Some(p);
+                self.waiting = None;
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!("source {}", self.plan.name))),
+        }
+    }
+}
+
 pub(crate) fn run_daemon(
     config: Option<PathBuf>,
-    source: Option<String>,
+    source: Vec<String>,
     fast: bool,
     model: Option<String>,
     http: Option<String>,
     print_events: bool,
     mqtt: Mqtt,
 ) -> Result<ExitCode> {
-    use hearken::pipeline::{Message, Pipeline, PipelineSettings};
+    use hearken::pipeline::Message;
     use hearken::service::{self, Health, Notifier, StallCheck};
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -223,6 +319,11 @@ pub(crate) fn run_daemon(
     // SIGHUP's default action is to terminate: take it over before anything else.
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
+    // Stops every source (SIGINT/SIGTERM).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
     let notifier = Notifier::from_env();
     let watchdog = service::watchdog_interval(
         std::env::var("WATCHDOG_USEC").ok().as_deref(),
@@ -239,10 +340,9 @@ pub(crate) fn run_daemon(
     // Everything check-config checks, and only then devices and brokers.
     let Prepared {
         cfg,
-        source: spec,
+        sources,
         model,
         adopted,
-        detector,
         trained,
         state_dir: state,
         broker,
@@ -294,12 +394,16 @@ pub(crate) fn run_daemon(
         }
         None => None,
     };
+    let all_groups: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
     let live = Arc::new(hearken::live::Live::new(
         &cfg.node.id,
         model.name(),
         cfg.http.events_kept,
-        &detector.group_names(),
+        &all_groups,
     ));
+    for s in &sources {
+        live.add_source(&s.plan.name);
+    }
     // Bound before any audio flows: an address in use refuses the start.
     let http_server = match cfg.http.addr() {
         Ok(Some(addr)) => {
@@ -343,28 +447,30 @@ pub(crate) fn run_daemon(
         }
         _ => None,
     };
-    let clips = if cfg.privacy.evidence_clips {
+    // One clip writer per source: each keeps its own source's recent audio.
+    let mut clips: HashMap<String, hearken::clips::ClipWriter> = HashMap::new();
+    if cfg.privacy.evidence_clips {
         let dir = state.join("clips");
-        let w = hearken::clips::ClipWriter::start(
-            hearken::clips::ClipSettings {
-                privacy: cfg.privacy.clone(),
-                dir: dir.clone(),
-                window_s: cfg.model.window_s,
-                hop_s: cfg.model.hop_s,
-            },
-            model.clone(),
-            live.clone(),
-        )?;
+        for s in &sources {
+            let w = hearken::clips::ClipWriter::start(
+                hearken::clips::ClipSettings {
+                    privacy: cfg.privacy.clone(),
+                    dir: dir.clone(),
+                    window_s: cfg.model.window_s,
+                    hop_s: cfg.model.hop_s,
+                },
+                model.clone(),
+                live.clone(),
+            )?;
+            clips.insert(s.plan.name.clone(), w);
+        }
         info!(
             "evidence clips on: {:.0} s before and {:.0} s after each event's onset, in {} (none where speech is heard)",
             cfg.privacy.clip_before_s,
             cfg.privacy.clip_after_s,
             dir.display()
         );
-        Some(w)
-    } else {
-        None
-    };
+    }
     let home = start_home_store(&cfg, &state);
     // Verdicts from the feedback topics go to the store (the publisher keeps this
     // sender until it stops, so the store outlives it).
@@ -376,54 +482,93 @@ pub(crate) fn run_daemon(
         .map(|s| hearken::publish::client::Publisher::start(s, feedback.clone()))
         .transpose()?;
     live.set_publisher(publisher.as_ref().map(|p| p.stats()));
-    let groups = detector.group_names().join(", ");
     let (tx, rx) = crossbeam_channel::unbounded();
-    let pipeline = Pipeline::start(
-        PipelineSettings {
-            model: model.clone(),
-            source: spec.clone(),
-            realtime: !fast,
-            ring_seconds: cfg.audio.ring_seconds,
-            gate_dbfs: Some(cfg.audio.gate_dbfs),
-            window_s: Some(cfg.model.window_s),
-            hop_s: Some(cfg.model.hop_s),
-            detector,
-            status_interval_s: cfg.detection.status_interval_s,
-            hop_tap: None,
-            home_tap: home.as_ref().map(|h| h.0.clone()),
-            live: Some(live.clone()),
-            audio_tap: clips.as_ref().and_then(|c| c.audio_sender()),
-        },
-        tx,
-    )?;
-    live.set_source(&pipeline.source_description, pipeline.source_stats.clone());
-    // The pipeline and the publisher hold its senders now: the store ends when
-    // both have.
-    let home_thread = home.map(|(_, h)| h);
-    let stop = pipeline.stop_flag();
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())?;
+    let (home_tx, home_thread) = match home {
+        Some((t, h)) => (Some(t), Some(h)),
+        None => (None, None),
+    };
+    let several = sources.len() > 1;
+    let mut runs: Vec<SourceRun> = Vec::new();
+    let mut failed_at_start = Vec::new();
+    {
+        let shared = Shared {
+            model: &model,
+            cfg: &cfg,
+            fast,
+            home: home_tx.clone(),
+            live: &live,
+            tx: &tx,
+        };
+        for s in sources {
+            let mut run = SourceRun {
+                audio_tap: clips.get(&s.plan.name).and_then(|c| c.audio_sender()),
+                plan: s.plan,
+                spec: s.spec,
+                pipeline: None,
+                waiting: None,
+                device_lost: false,
+                ready: false,
+                check: None,
+            };
+            let groups = s.detector.group_names().join(", ");
+            match run.start(s.detector, &shared) {
+                Ok(()) => {
+                    let p = run.pipeline.as_ref().expect("started");
+                    info!(
+                        source = %run.plan.name,
+                        description = %p.source_description,
+                        model = %model.name(),
+                        groups = %groups,
+                        "listening on {} with {} (groups: {groups})",
+                        if several || run.plan.scoped {
+                            format!("{} ({})", run.plan.name, p.source_description)
+                        } else {
+                            p.source_description.clone()
+                        },
+                        model.name()
+                    );
+                }
+                // With one source nothing can be heard, and a file or stdin that
+                // cannot be read is a mistake in the configuration, not a device
+                // that may come back: refuse to start.
+                Err(e) if !several || !is_device(&run.spec) => return Err(e),
+                // With several, one bad device does not stop the others: it is
+                // tried again every few seconds.
+                Err(e) => {
+                    error!(
+                        source = %run.plan.name,
+                        "{e:#}; the other sources run, and this one is tried again every {} s",
+                        SOURCE_RETRY.as_secs()
+                    );
+                    failed_at_start.push(run.plan.name.clone());
+                    let detector = prepare::source_detector(&cfg, &model, &trained, &run.plan)
+                        .map_err(anyhow::Error::msg)?;
+                    run.waiting = Some((detector, Instant::now() + SOURCE_RETRY));
+                }
+            }
+            runs.push(run);
+        }
     }
-    info!(
-        source = %pipeline.source_description,
-        model = %model.name(),
-        groups = %groups,
-        "listening on {} with {} (groups: {groups})",
-        pipeline.source_description,
-        model.name()
-    );
+    if runs.iter().all(|r| r.pipeline.is_none()) {
+        bail!("no source could be opened: nothing to listen to");
+    }
+    // The pipelines and the publisher hold the store's senders now: it ends when
+    // all have stopped.
+    drop(home_tx);
     let events_seen = Arc::new(AtomicU64::new(0));
     let (pub_tx, pub_rx) = crossbeam_channel::unbounded();
-    let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<bool>();
+    let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<(String, bool)>();
+    for name in &failed_at_start {
+        let _ = audio_tx.send((name.clone(), false));
+    }
     let printer = {
         let events_seen = events_seen.clone();
         let live = live.clone();
-        let clips = clips;
         let mut settings = mqtt_now.clone();
         std::thread::spawn(move || {
             let mut publisher = publisher;
             let mut pub_rx = pub_rx;
-            let mut last_overruns = 0;
+            let mut last_overruns: HashMap<String, u64> = HashMap::new();
             loop {
                 let msg = crossbeam_channel::select! {
                     recv(rx) -> m => match m {
@@ -431,8 +576,8 @@ pub(crate) fn run_daemon(
                         Err(_) => break,
                     },
                     recv(audio_rx) -> ok => {
-                        if let (Ok(ok), Some(p)) = (ok, &publisher) {
-                            p.set_listening(ok);
+                        if let (Ok((source, ok)), Some(p)) = (ok, &publisher) {
+                            p.set_listening(&source, ok);
                         }
                         continue;
                     },
@@ -448,10 +593,13 @@ pub(crate) fn run_daemon(
                     },
                 };
                 if let (Message::Status(s), Some(p)) = (&msg, &publisher) {
-                    p.send_top(hearken::publish::TopReport {
-                        top: s.top.clone(),
-                        dbfs: s.dbfs,
-                    });
+                    p.send_top(
+                        &s.source,
+                        hearken::publish::TopReport {
+                            top: s.top.clone(),
+                            dbfs: s.dbfs,
+                        },
+                    );
                 }
                 match msg {
                     Message::Event(e) => {
@@ -463,7 +611,7 @@ pub(crate) fn run_daemon(
                             e.clip = live.clip_of(e.id);
                         }
                         live.event(&e);
-                        if let Some(c) = &clips {
+                        if let Some(c) = clips.get(&e.source) {
                             c.event(&e);
                         }
                         if let Some(p) = &publisher {
@@ -473,13 +621,18 @@ pub(crate) fn run_daemon(
                             "event {:?} {} {} at {:.2} s (score {:.2})",
                             e.state, e.group, e.id, e.start_s, e.peak_score
                         );
+                        let text = if several {
+                            format!("{}: {text}", e.source)
+                        } else {
+                            text
+                        };
                         if print_events {
                             if let Ok(line) = serde_json::to_string(&e) {
                                 println!("{line}");
                             }
-                            debug!(group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
+                            debug!(source = %e.source, group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
                         } else {
-                            info!(group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
+                            info!(source = %e.source, group = %e.group, event_id = %e.id, state = ?e.state, safety = e.safety, start_s = e.start_s, score = e.peak_score, "{text}");
                         }
                     }
                     Message::Status(s) if print_events => {
@@ -488,12 +641,18 @@ pub(crate) fn run_daemon(
                             .iter()
                             .map(|p| format!("{} {:.2}", p.label, p.probability))
                             .collect();
+                        let who = if several {
+                            format!("{} ", s.source)
+                        } else {
+                            String::new()
+                        };
                         info!(
+                            source = %s.source,
                             stream_s = s.t_s,
                             dbfs = s.dbfs,
                             cpu_percent = s.cpu_percent,
                             overruns = s.overruns,
-                            "status t={:.0}s level={:.1} dBFS top=[{}] cpu={:.1}% overruns={} gated={}/{}",
+                            "{who}status t={:.0}s level={:.1} dBFS top=[{}] cpu={:.1}% overruns={} gated={}/{}",
                             s.t_s,
                             s.dbfs,
                             top.join(", "),
@@ -505,26 +664,30 @@ pub(crate) fn run_daemon(
                     }
                     // Without --print-events, only news worth a line: dropped audio.
                     Message::Status(s) => {
-                        if s.overruns > last_overruns {
+                        let last = last_overruns.entry(s.source.clone()).or_insert(0);
+                        if s.overruns > *last {
                             warn!(
-                                dropped = s.overruns - last_overruns,
-                                "{} samples dropped at capture since the last report (the pipeline fell behind)",
-                                s.overruns - last_overruns
+                                source = %s.source,
+                                dropped = s.overruns - *last,
+                                "{}: {} samples dropped at capture since the last report (the pipeline fell behind)",
+                                s.source,
+                                s.overruns - *last
                             );
-                            last_overruns = s.overruns;
+                            *last = s.overruns;
                         }
                     }
                 }
             }
-            // The pipeline has ended: pending clips are cut with the audio there is.
-            if let Some(c) = clips {
+            // The pipelines have ended: pending clips are cut with the audio there is.
+            for (_, c) in clips {
                 c.stop();
             }
             publisher
         })
     };
 
-    // The control loop: readiness, the watchdog, status and reloads.
+    // The control loop: readiness, the watchdog, status, reloads, and sources
+    // whose device could not be opened.
     let mut running = Running {
         file: config,
         overrides,
@@ -532,12 +695,24 @@ pub(crate) fn run_daemon(
         model: model.clone(),
         cfg,
         mqtt: mqtt_now,
+        trained,
     };
-    let status_line = |stalled: Option<service::Stage>| {
+    let describe = |runs: &[SourceRun]| -> String {
+        let names: Vec<String> = runs
+            .iter()
+            .map(|r| match &r.pipeline {
+                Some(p) if runs.len() == 1 && !r.plan.scoped => p.source_description.clone(),
+                Some(p) => format!("{} ({})", r.plan.name, p.source_description),
+                None => format!("{} (not open)", r.plan.name),
+            })
+            .collect();
+        names.join(", ")
+    };
+    let status_line = |runs: &[SourceRun], stalled: Option<service::Stage>| {
         let n = events_seen.load(Ordering::Relaxed);
         let base = format!(
             "listening on {} with {}, {n} events",
-            pipeline.source_description,
+            describe(runs),
             model.name()
         );
         match stalled {
@@ -548,72 +723,152 @@ pub(crate) fn run_daemon(
     const STATUS_EVERY: Duration = Duration::from_secs(10);
     let t0 = Instant::now();
     let mut ready = false;
-    let mut check: Option<StallCheck> = None;
     let mut stalled: Option<service::Stage> = None;
     let mut next_ping = Instant::now();
     let mut next_status = Instant::now() + STATUS_EVERY;
-    let mut device_lost = false;
-    while !stop.load(Ordering::Acquire) && !pipeline.source_finished() {
+    let finished = |runs: &[SourceRun]| {
+        runs.iter()
+            .filter_map(|r| r.pipeline.as_ref())
+            .all(|p| p.source_finished())
+    };
+    while !stop.load(Ordering::Acquire) && !finished(&runs) {
+        let now = Instant::now();
+        // A source whose device could not be opened: try again.
+        let shared = Shared {
+            model: &model,
+            cfg: &running.cfg,
+            fast,
+            home: None,
+            live: &live,
+            tx: &tx,
+        };
+        for r in runs.iter_mut() {
+            let due = r.waiting.as_ref().is_some_and(|(_, at)| now >= *at);
+            if !due {
+                continue;
+            }
+            let (detector, _) = r.waiting.take().expect("due");
+            let fresh = prepare::source_detector(&running.cfg, &model, &running.trained, &r.plan);
+            let retry = match r.start(detector, &shared) {
+                Ok(()) => {
+                    info!(source = %r.plan.name, "source {} is open now", r.plan.name);
+                    let _ = audio_tx.send((r.plan.name.clone(), true));
+                    None
+                }
+                Err(e) => {
+                    debug!(source = %r.plan.name, "{e:#}");
+                    fresh.ok()
+                }
+            };
+            if let Some(d) = retry {
+                r.waiting = Some((d, now + SOURCE_RETRY));
+            }
+        }
         // The capture thread logs the loss and reopens the device; here the MQTT
         // availability and systemd's status line follow it.
-        let lost = pipeline.source_stats.device_lost.load(Ordering::Acquire);
-        if lost != device_lost {
-            device_lost = lost;
-            let _ = audio_tx.send(!lost);
-            let line = if lost {
-                format!("{}; audio device lost, reconnecting", status_line(stalled))
-            } else {
-                status_line(stalled)
+        let mut lost_now = Vec::new();
+        let mut changed = false;
+        for r in runs.iter_mut() {
+            let Some(p) = &r.pipeline else { continue };
+            let lost = p.source_stats.device_lost.load(Ordering::Acquire);
+            if lost != r.device_lost {
+                r.device_lost = lost;
+                changed = true;
+                let _ = audio_tx.send((r.plan.name.clone(), !lost));
+            }
+            if lost {
+                lost_now.push(r.plan.name.clone());
+            }
+        }
+        if changed {
+            let line = match lost_now.len() {
+                0 => status_line(&runs, stalled),
+                _ if !several => format!(
+                    "{}; audio device lost, reconnecting",
+                    status_line(&runs, stalled)
+                ),
+                _ => format!(
+                    "{}; audio device of {} lost, reconnecting",
+                    status_line(&runs, stalled),
+                    lost_now.join(", ")
+                ),
             };
             let _ = notifier.send(&service::status_message(&line));
         }
         if hup.swap(false, Ordering::AcqRel) {
             let _ = notifier.send(&service::reloading_message(service::monotonic_usec()));
-            running.reload(&pipeline, &pub_tx);
+            running.reload(&mut runs, &pub_tx);
             if ready {
-                let _ = notifier.send(&service::ready_message(&status_line(stalled)));
+                let _ = notifier.send(&service::ready_message(&status_line(&runs, stalled)));
             }
         }
-        let now = Instant::now();
-        if !ready && pipeline.source_stats.samples.load(Ordering::Relaxed) > 0 {
-            ready = true;
-            let _ = notifier.send(&service::ready_message(&status_line(None)));
-            debug!("audio flows: ready");
+        for r in runs.iter_mut() {
+            let Some(p) = &r.pipeline else { continue };
+            if r.ready || p.source_stats.samples.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            r.ready = true;
             if let Some(wd) = watchdog {
                 let limit = wd.as_secs_f64();
-                check = Some(StallCheck::new(
+                r.check = Some(StallCheck::new(
                     t0.elapsed().as_secs_f64(),
-                    pipeline.snapshot(),
+                    p.snapshot(),
                     limit,
-                    (2.0 * pipeline.hop_s + 1.0).max(limit),
+                    (2.0 * p.hop_s + 1.0).max(limit),
                 ));
+            }
+        }
+        if !ready && runs.iter().any(|r| r.ready) {
+            ready = true;
+            let _ = notifier.send(&service::ready_message(&status_line(&runs, None)));
+            debug!("audio flows: ready");
+            if let Some(wd) = watchdog {
                 info!(
-                    watchdog_s = limit,
+                    watchdog_s = wd.as_secs_f64(),
                     "watchdog enabled: pinging every {:.1} s while capture, DSP and inference make progress",
-                    limit / 2.0
+                    wd.as_secs_f64() / 2.0
                 );
             }
         }
-        if let (Some(c), Some(wd)) = (check.as_mut(), watchdog) {
+        if let (true, Some(wd)) = (ready, watchdog) {
             if now >= next_ping {
                 next_ping = now + wd / 2;
-                match c.observe(t0.elapsed().as_secs_f64(), pipeline.snapshot()) {
-                    Health::Healthy => {
+                let mut worst: Option<(String, service::Stage, f64)> = None;
+                for r in runs.iter_mut() {
+                    let (Some(p), Some(c)) = (&r.pipeline, r.check.as_mut()) else {
+                        continue;
+                    };
+                    if let Health::Stalled { stage, idle_s } =
+                        c.observe(t0.elapsed().as_secs_f64(), p.snapshot())
+                    {
+                        worst.get_or_insert((r.plan.name.clone(), stage, idle_s));
+                    }
+                }
+                match worst {
+                    None => {
                         let _ = notifier.send(service::WATCHDOG_MESSAGE);
                         if let Some(stage) = stalled.take() {
                             info!(stage = %stage, "the {stage} stage is making progress again; watchdog pings resume");
-                            let _ = notifier.send(&service::status_message(&status_line(None)));
+                            let _ =
+                                notifier.send(&service::status_message(&status_line(&runs, None)));
                         }
                     }
-                    Health::Stalled { stage, idle_s } => {
+                    Some((source, stage, idle_s)) => {
                         if stalled.is_none() {
+                            let whose = if several {
+                                format!("source {source}: ")
+                            } else {
+                                String::new()
+                            };
                             error!(
+                                source = %source,
                                 stage = %stage,
                                 idle_s = idle_s,
-                                "the {stage} stage has made no progress for {idle_s:.1} s; no longer pinging the watchdog (systemd will restart hearken)"
+                                "{whose}the {stage} stage has made no progress for {idle_s:.1} s; no longer pinging the watchdog (systemd will restart hearken)"
                             );
                             stalled = Some(stage);
-                            let _ = notifier.send(&service::status_message(&status_line(stalled)));
+                            let _ = notifier
+                                .send(&service::status_message(&status_line(&runs, stalled)));
                         }
                     }
                 }
@@ -621,16 +876,36 @@ pub(crate) fn run_daemon(
         }
         if ready && now >= next_status {
             next_status = now + STATUS_EVERY;
-            let _ = notifier.send(&service::status_message(&status_line(stalled)));
+            let _ = notifier.send(&service::status_message(&status_line(&runs, stalled)));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = notifier.send(&service::stopping_message(
         "stopping: draining the pipeline",
     ));
-    let summary = pipeline.wait()?;
+    // Every pipeline stops and drains; the totals are summed.
+    let mut summary = hearken::pipeline::Summary::default();
+    let mut first_error = None;
+    for r in runs {
+        let Some(p) = r.pipeline else { continue };
+        p.stop_flag().store(true, Ordering::Release);
+        match p.wait() {
+            Ok(s) => {
+                summary.audio_s += s.audio_s;
+                summary.events += s.events;
+                summary.model_calls += s.model_calls;
+                summary.gated_calls += s.gated_calls;
+                summary.overruns += s.overruns;
+            }
+            Err(e) => {
+                error!(source = %r.plan.name, "source {}: {e:#}", r.plan.name);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    drop(tx);
     drop(pub_tx);
-    // The pipeline has closed every event; the publisher flushes and says offline.
+    // The pipelines have closed every event; the publisher flushes and says offline.
     let stopped = match printer.join() {
         Ok(Some(p)) => p.shutdown(),
         _ => Ok(()),
@@ -641,6 +916,9 @@ pub(crate) fn run_daemon(
     }
     if let Some(server) = http_server {
         server.stop();
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     stopped?;
     info!(

@@ -161,7 +161,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
     let mut cfg = effective_config(
         config.as_deref(),
         &Overrides {
-            source: None,
+            source: Vec::new(),
             model,
             node_id: None,
             http: None,

@@ -236,8 +236,12 @@ pub struct Event {
     pub dbfs: f32,
     /// Node id.
     pub node: String,
-    /// Room or source name.
+    /// Room of the source.
     pub room: String,
+    /// The source that heard it (`[[sources]]` name; `default` for the single
+    /// `[audio] source`). Empty in messages written before sources had names.
+    #[serde(default)]
+    pub source: String,
     /// Model name.
     pub model: String,
     /// On an `end` only: the process that raised the event died while it was open,
@@ -272,6 +276,7 @@ impl Event {
             dbfs: -20.0,
             node: "n".into(),
             room: "r".into(),
+            source: "default".into(),
             model: "m".into(),
             interrupted: false,
             clip: None,
@@ -311,8 +316,10 @@ pub fn apply_trained(cfg: &mut GroupConfig, d: &trained::LinearDetector) {
 pub struct Identity {
     /// Node id.
     pub node: String,
-    /// Room or source name.
+    /// Room of the source.
     pub room: String,
+    /// Source name.
+    pub source: String,
     /// Model name.
     pub model: String,
 }
@@ -516,6 +523,7 @@ impl Detector {
                     dbfs: hop.dbfs,
                     node: ident.node.clone(),
                     room: ident.room.clone(),
+                    source: ident.source.clone(),
                     model: ident.model.clone(),
                     interrupted: false,
                     clip: None,
@@ -641,6 +649,7 @@ mod tests {
             Identity {
                 node: "n".into(),
                 room: "r".into(),
+                source: "default".into(),
                 model: "m".into(),
             },
         )

@@ -1376,6 +1376,7 @@ fn ident(cfg: &Config, model: &Model) -> Identity {
     Identity {
         node: cfg.node.id.clone(),
         room: cfg.node.room.clone(),
+        source: crate::config::SINGLE_SOURCE_NAME.to_string(),
         model: model.name().to_string(),
     }
 }

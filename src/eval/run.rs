@@ -194,6 +194,7 @@ pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detect
     let ident = Identity {
         node: cfg.node.id.clone(),
         room: cfg.node.room.clone(),
+        source: crate::config::SINGLE_SOURCE_NAME.to_string(),
         model: model.name().to_string(),
     };
     Detector::with_trained(
@@ -296,6 +297,8 @@ pub fn run_pipeline(
         PipelineSettings {
             model: model.clone(),
             source: SourceSpec::File(wav.to_path_buf()),
+            name: crate::config::SINGLE_SOURCE_NAME.to_string(),
+            gain: 1.0,
             realtime: false,
             ring_seconds: cfg.audio.ring_seconds,
             gate_dbfs: Some(cfg.audio.gate_dbfs),

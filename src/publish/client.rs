@@ -33,10 +33,11 @@ use rumqttc::{
 };
 
 use super::discovery::{
-    config_filter, discovery_messages, ha_status_topic, is_ha_birth, stale_config_removal, NodeInfo,
+    config_filter, discovery_messages, ha_status_topic, is_ha_birth, stale_config_removal,
+    NodeInfo, SourceInfo,
 };
 use super::feedback::{self, FeedbackSink};
-use super::open_events::{interrupted_end, open_in_outbox, OpenEvents};
+use super::open_events::{interrupted_end, open_in_outbox, source_name, OpenEvents};
 use super::outbox::Outbox;
 use super::tls::{client_config, TlsFiles};
 use super::topics::Topics;
@@ -74,8 +75,12 @@ pub struct MqttSettings {
     pub state_dir: PathBuf,
     /// Outbox size bound, bytes.
     pub outbox_max_bytes: u64,
-    /// Enabled groups with their safety flag, for discovery.
+    /// Enabled groups with their safety flag, for discovery, on the node's own
+    /// topics (the single `[audio] source`; empty with `[[sources]]`).
     pub groups: Vec<(String, bool)>,
+    /// The `[[sources]]`: each publishes under `<base>/<source>` and is a Home
+    /// Assistant device of its own.
+    pub sources: Vec<SourceInfo>,
     /// Model name, for the device description.
     pub model: String,
     /// QoS of event and state messages (0, 1 or 2).
@@ -89,7 +94,41 @@ pub struct MqttSettings {
     pub top_expire_s: u64,
 }
 
+/// A source's name, its topics and its groups.
+type Scope<'a> = (String, Topics, &'a [(String, bool)]);
+
 impl MqttSettings {
+    /// The topics of `source`'s events, states and reports: its own for a source of
+    /// `[[sources]]`, else the node's.
+    pub fn topics_for(&self, node: &Topics, source: &str) -> Topics {
+        if self.sources.iter().any(|s| s.name == source) {
+            node.for_source(source)
+        } else {
+            node.clone()
+        }
+    }
+
+    /// Every set of topics that carries groups, with the source's name and groups:
+    /// the node's own (the single source), then each source's.
+    fn scopes(&self, node: &Topics) -> Vec<Scope<'_>> {
+        let mut out = Vec::new();
+        if self.sources.is_empty() || !self.groups.is_empty() {
+            out.push((
+                crate::config::SINGLE_SOURCE_NAME.to_string(),
+                node.clone(),
+                self.groups.as_slice(),
+            ));
+        }
+        for s in &self.sources {
+            out.push((
+                s.name.clone(),
+                node.for_source(&s.name),
+                s.groups.as_slice(),
+            ));
+        }
+        out
+    }
+
     /// `host:port`, with `mqtts://` in front when TLS is on (for log lines).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
@@ -145,6 +184,7 @@ impl MqttSettings {
             state_dir,
             outbox_max_bytes: 16 << 20,
             groups: Vec::new(),
+            sources: Vec::new(),
             model: String::new(),
             qos: 1,
             tls,
@@ -183,8 +223,8 @@ struct Conn {
 
 enum Item {
     Event(Box<Event>),
-    Top(TopReport),
-    Listening(bool),
+    Top(String, TopReport),
+    Listening(String, bool),
 }
 
 /// The running publisher.
@@ -331,19 +371,19 @@ impl Publisher {
 
     /// Offers a diagnostic report for `<base>/top`; sent at most every
     /// [`DEFAULT_TOP_INTERVAL_S`] while connected, never queued.
-    pub fn send_top(&self, r: TopReport) {
+    pub fn send_top(&self, source: &str, r: TopReport) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Item::Top(r));
+            let _ = tx.send(Item::Top(source.to_string(), r));
         }
     }
 
-    /// Says whether hearken can hear: while the audio device is lost, the node's
-    /// availability topic says `offline` (Home Assistant shows its entities as
-    /// unavailable, which automations can act on), and `online` again once audio
-    /// flows.
-    pub fn set_listening(&self, ok: bool) {
+    /// Says whether `source` can hear: while its audio device is lost, its
+    /// availability topic (the node's for the single source) says `offline` (Home
+    /// Assistant shows its entities as unavailable, which automations can act on),
+    /// and `online` again once audio flows.
+    pub fn set_listening(&self, source: &str, ok: bool) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Item::Listening(ok));
+            let _ = tx.send(Item::Listening(source.to_string(), ok));
         }
     }
 
@@ -372,7 +412,8 @@ fn close_interrupted(s: &MqttSettings, topics: &Topics, outbox: &mut Outbox, ope
             start.id,
             start.started_at
         );
-        let m = event_message(topics, &interrupted_end(start, &now), s.qos);
+        let t = s.topics_for(topics, source_name(start));
+        let m = event_message(&t, &interrupted_end(start, &now), s.qos);
         if let Err(e) = outbox.push(&m.topic, &m.payload, m.qos, m.retain) {
             tracing::error!("cannot queue the interrupted end of {}: {e:#}", start.id);
         }
@@ -401,7 +442,7 @@ fn connect(s: &MqttSettings, tls: Option<&Arc<rustls::ClientConfig>>, topics: &T
     let (ntx, nrx) = unbounded();
     let dp = s.discovery_prefix.clone();
     let config_prefix = format!("{dp}/");
-    let node_topics = topics.clone();
+    let scopes: Vec<Topics> = s.scopes(topics).into_iter().map(|(_, t, _)| t).collect();
     let tls_on = tls.is_some();
     std::thread::Builder::new()
         .name("hearken-mqtt-net".into())
@@ -414,7 +455,7 @@ fn connect(s: &MqttSettings, tls: Option<&Arc<rustls::ClientConfig>>, topics: &T
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         if is_ha_birth(&dp, &p.topic, &p.payload) {
                             Net::HaOnline
-                        } else if feedback::feedback_group(&node_topics, &p.topic).is_some() {
+                        } else if scopes.iter().any(|t| feedback::feedback_group(t, &p.topic).is_some()) {
                             Net::Feedback(p.topic.clone(), p.payload.to_vec())
                         } else if p.retain
                             && !p.payload.is_empty()
@@ -486,6 +527,7 @@ fn node_info(s: &MqttSettings) -> NodeInfo<'_> {
     NodeInfo {
         node_id: &s.node_id,
         groups: &s.groups,
+        sources: &s.sources,
         version: env!("CARGO_PKG_VERSION"),
         discovery_prefix: &s.discovery_prefix,
         room: &s.room,
@@ -498,25 +540,34 @@ fn node_info(s: &MqttSettings) -> NodeInfo<'_> {
 /// and no `ON` retained by a dead process survives), the problem state, and the
 /// latest diagnostic report.
 struct Announce<'a> {
-    listening: bool,
+    listening: &'a HashMap<String, bool>,
     journal: &'a OpenEvents,
     problem: Option<&'a str>,
-    top: Option<&'a TopReport>,
+    top: &'a HashMap<String, TopReport>,
 }
 
 fn announce(c: &mut Conn, s: &MqttSettings, topics: &Topics, a: &Announce<'_>) {
-    publish(c, &availability_message(topics, a.listening), Kind::Other);
+    let hears = |source: &str| a.listening.get(source).copied().unwrap_or(true);
+    // With [[sources]] the node itself is online while it runs; each source says
+    // whether it hears.
+    let node_ok = !s.sources.is_empty() || hears(crate::config::SINGLE_SOURCE_NAME);
+    publish(c, &availability_message(topics, node_ok), Kind::Other);
     for m in discovery_messages(topics, &node_info(s)) {
         publish(c, &m, Kind::Other);
     }
-    for (group, _) in &s.groups {
-        let on = a.journal.is_open(group);
-        publish(c, &state_message(topics, group, on, s.qos), Kind::Other);
+    for (source, t, groups) in s.scopes(topics) {
+        if t.source().is_some() {
+            publish(c, &availability_message(&t, hears(&source)), Kind::Other);
+        }
+        for (group, _) in groups {
+            let on = a.journal.is_open(&source, group);
+            publish(c, &state_message(&t, group, on, s.qos), Kind::Other);
+        }
+        if let Some(r) = a.top.get(&source) {
+            publish(c, &top_message(&t, r), Kind::Other);
+        }
     }
     publish(c, &problem_message(topics, a.problem), Kind::Other);
-    if let Some(r) = a.top {
-        publish(c, &top_message(topics, r), Kind::Other);
-    }
 }
 
 /// Sends the oldest outbox message when nothing of the outbox is in flight.
@@ -569,9 +620,9 @@ fn run(
     let mut last_state = String::new();
     let mut closing: Option<Instant> = None;
     let started = Instant::now();
-    let mut top_limit = RateLimit::new(DEFAULT_TOP_INTERVAL_S);
-    let mut listening = true;
-    let mut last_top: Option<TopReport> = None;
+    let mut top_limits: HashMap<String, RateLimit> = HashMap::new();
+    let mut listening: HashMap<String, bool> = HashMap::new();
+    let mut last_top: HashMap<String, TopReport> = HashMap::new();
     // Why the open-events file cannot be written, while it cannot.
     let mut journal_problem: Option<String> = None;
     // The problem state as last published (None: never published on this connection).
@@ -599,7 +650,9 @@ fn run(
         select! {
             recv(evrx) -> msg => match msg {
                 Ok(Item::Event(e)) => {
-                    let m = event_message(&topics, &e, s.qos);
+                    let source = source_name(&e).to_string();
+                    let t = s.topics_for(&topics, &source);
+                    let m = event_message(&t, &e, s.qos);
                     if let Err(err) = outbox.push(&m.topic, &m.payload, m.qos, m.retain) {
                         tracing::error!(event_id = %e.id, "cannot queue an event message: {err:#}");
                     }
@@ -613,22 +666,27 @@ fn run(
                         }
                     }
                     if let Some(c) = conn.as_mut().filter(|c| c.connected) {
-                        let on = journal.is_open(&e.group);
-                        publish(c, &state_message(&topics, &e.group, on, s.qos), Kind::Other);
+                        let on = journal.is_open(&source, &e.group);
+                        publish(c, &state_message(&t, &e.group, on, s.qos), Kind::Other);
                     }
                 }
-                Ok(Item::Top(r)) => {
+                Ok(Item::Top(source, r)) => {
                     if let Some(c) = conn.as_mut().filter(|c| c.connected) {
-                        if top_limit.allow(started.elapsed().as_secs_f64()) {
-                            publish(c, &top_message(&topics, &r), Kind::Other);
+                        let limit = top_limits
+                            .entry(source.clone())
+                            .or_insert_with(|| RateLimit::new(DEFAULT_TOP_INTERVAL_S));
+                        if limit.allow(started.elapsed().as_secs_f64()) {
+                            let t = s.topics_for(&topics, &source);
+                            publish(c, &top_message(&t, &r), Kind::Other);
                         }
                     }
-                    last_top = Some(r);
+                    last_top.insert(source, r);
                 }
-                Ok(Item::Listening(ok)) => {
-                    listening = ok;
+                Ok(Item::Listening(source, ok)) => {
+                    listening.insert(source.clone(), ok);
+                    let t = s.topics_for(&topics, &source);
                     if let Some(c) = conn.as_mut().filter(|c| c.connected) {
-                        publish(c, &availability_message(&topics, ok), Kind::Other);
+                        publish(c, &availability_message(&t, ok), Kind::Other);
                     }
                 }
                 Err(_) => closing = Some(Instant::now()),
@@ -642,14 +700,16 @@ fn run(
                             backoff = Duration::from_millis(500);
                             say("connected".into(), &mut last_state);
                             let _ = c.client.try_subscribe(ha_status_topic(&s.discovery_prefix), QoS::AtLeastOnce);
-                            let _ = c.client.try_subscribe(topics.feedback_filter(), QoS::AtLeastOnce);
+                            for (_, t, _) in s.scopes(&topics) {
+                                let _ = c.client.try_subscribe(t.feedback_filter(), QoS::AtLeastOnce);
+                            }
                         }
                         let problem = problem_now(&outbox, &journal_problem);
                         announce(c, &s, &topics, &Announce {
-                            listening,
+                            listening: &listening,
                             journal: &journal,
                             problem: problem.as_deref(),
-                            top: last_top.as_ref(),
+                            top: &last_top,
                         });
                         said_problem = Some(problem);
                         if fresh {
@@ -668,9 +728,15 @@ fn run(
                     }
                 }
                 Ok(Net::Feedback(topic, payload)) => {
-                    match feedback::parse(&topics, &topic, &payload, &s.groups) {
-                        Ok(f) => feedback(f),
-                        Err(why) => tracing::warn!("{why}"),
+                    let scopes = s.scopes(&topics);
+                    let scope = scopes
+                        .iter()
+                        .find(|(_, t, _)| feedback::feedback_group(t, &topic).is_some());
+                    if let Some((_, t, groups)) = scope {
+                        match feedback::parse(t, &topic, &payload, groups) {
+                            Ok(f) => feedback(f),
+                            Err(why) => tracing::warn!("{why}"),
+                        }
                     }
                 }
                 Ok(Net::Outgoing(pkid)) => {
@@ -746,7 +812,8 @@ fn run(
             let flushed = outbox.is_empty() && conn.as_ref().is_some_and(|c| c.connected);
             if flushed || conn.is_none() || t.elapsed() > Duration::from_secs(3) {
                 if let Some(c) = conn.as_mut().filter(|c| c.connected) {
-                    // A clean disconnect suppresses the Last Will: say offline first.
+                    // A clean disconnect suppresses the Last Will: say offline first
+                    // (a source's entities follow the node's availability too).
                     publish(c, &availability_message(&topics, false), Kind::Other);
                     let deadline = Instant::now() + Duration::from_millis(500);
                     while Instant::now() < deadline && !c.kinds.is_empty() {

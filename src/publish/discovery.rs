@@ -15,7 +15,11 @@
 //! | `binary_sensor` | `node-problem` | `ON` while hearken cannot write its state (disk) |
 //!
 //! All entities share one device (`identifiers: ["hearken_<node>"]`) and the node's
-//! availability topic. Unique ids use `.` and `:` as separators, characters that
+//! availability topic. Each source of `[[sources]]` is a device of its own
+//! (`hearken_<node>_<source>`, `via_device` the node's) with the group entities and
+//! the two sensors, object ids `<source>--<group>` / `<source>--top` /
+//! `<source>--loudness`, available while both the node and the source are
+//! (`availability_mode: all`). Unique ids use `.` and `:` as separators, characters that
 //! neither node ids nor group names can hold, so no two entities, on one node or
 //! across nodes, can share one.
 
@@ -96,13 +100,33 @@ fn display_name(group: &str) -> String {
     }
 }
 
+/// A source of `[[sources]]`, as discovery and the publisher see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// Its name (`[a-z0-9_]{1,32}`).
+    pub name: String,
+    /// Its room, the device's suggested area ("" for none).
+    pub room: String,
+    /// The groups it watches, with their safety flag.
+    pub groups: Vec<(String, bool)>,
+}
+
+/// Object id of a source's entity: `<source>--<what>` (`--` appears in no group
+/// name, source name or node-level object id).
+pub fn source_object(source: &str, what: &str) -> String {
+    format!("{source}--{what}")
+}
+
 /// What discovery tells Home Assistant about one node.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeInfo<'a> {
     /// Node id (sanitised for topics and ids).
     pub node_id: &'a str,
-    /// Enabled groups with their safety flag.
+    /// Enabled groups with their safety flag, on the node's own topics (the single
+    /// `[audio] source`; empty with `[[sources]]`).
     pub groups: &'a [(String, bool)],
+    /// The `[[sources]]`, each a device of its own.
+    pub sources: &'a [SourceInfo],
     /// hearken's version, the device's `sw_version`.
     pub version: &'a str,
     /// Home Assistant's discovery prefix.
@@ -164,88 +188,24 @@ const EVENT_TEMPLATE: &str = "{% if value_json.state == 'start' %}\
 /// `binary_sensor` on the group's state topic and an `event` entity on its event
 /// topic and a `button` that sends "false alarm" for its latest event on the
 /// group's feedback topic; then the `top` and `loudness` sensors on the diagnostic topic and the
-/// `problem` binary sensor. Publish them on connect and again whenever Home
+/// `problem` binary sensor; the same group entities and sensors for each source of
+/// `[[sources]]`, on its own device. Publish them on connect and again whenever Home
 /// Assistant's birth message arrives ([`is_ha_birth`]).
 pub fn discovery_messages(topics: &Topics, info: &NodeInfo<'_>) -> Vec<OutMessage> {
     let node = sanitize_id(info.node_id);
     let discovery_prefix = info.discovery_prefix;
     let common = common(topics, &node, info);
     let mut out = Vec::with_capacity(3 * info.groups.len() + 3);
-    for (group, _safety) in info.groups {
-        let object = sanitize_id(group);
-        let name = display_name(group);
-        out.push(config_message(
-            config_topic(discovery_prefix, "binary_sensor", &node, &object),
-            &common,
-            json!({
-                "name": name,
-                "unique_id": format!("hearken_{node}.{object}"),
-                "state_topic": topics.state(group),
-                "payload_on": STATE_ON,
-                "payload_off": STATE_OFF,
-                "device_class": device_class(group),
-                "qos": 1,
-            }),
-        ));
-        out.push(config_message(
-            config_topic(discovery_prefix, "event", &node, &object),
-            &common,
-            json!({
-                "name": name,
-                "unique_id": format!("hearken_{node}.{object}.event"),
-                "state_topic": topics.event(group),
-                "event_types": ["detected"],
-                "value_template": EVENT_TEMPLATE,
-                "qos": 1,
-            }),
-        ));
-        out.push(config_message(
-            config_topic(discovery_prefix, "button", &node, &object),
-            &common,
-            json!({
-                "name": format!("{name}: false alarm"),
-                "unique_id": format!("hearken_{node}.{object}.false_alarm"),
-                "command_topic": topics.feedback(group),
-                "payload_press": FALSE_ALARM,
-                "icon": "mdi:alarm-light-off-outline",
-                "qos": 1,
-            }),
-        ));
+    // The single source's entities are the node's own; without [[sources]] they
+    // are always announced (a node with no group still shows its level).
+    if info.sources.is_empty() || !info.groups.is_empty() {
+        listening_entities(&mut out, topics, &common, info, None, info.groups);
     }
-    let expire = info.expire_after_s.max(1);
-    out.push(config_message(
-        config_topic(discovery_prefix, "sensor", &node, TOP_OBJECT),
-        &common,
-        json!({
-            "name": "Top sound",
-            "unique_id": format!("hearken_{node}:{TOP_OBJECT}"),
-            "state_topic": topics.top(),
-            "value_template":
-                "{{ value_json.top[0].label if value_json.top else 'none' }}",
-            "json_attributes_topic": topics.top(),
-            "expire_after": expire,
-            "entity_category": "diagnostic",
-            "icon": "mdi:waveform",
-        }),
-    ));
-    out.push(config_message(
-        config_topic(discovery_prefix, "sensor", &node, LOUDNESS_OBJECT),
-        &common,
-        json!({
-            "name": "Loudness",
-            "unique_id": format!("hearken_{node}:{LOUDNESS_OBJECT}"),
-            "state_topic": topics.top(),
-            "value_template": "{{ value_json.dbfs }}",
-            // dBFS is relative to digital full scale, not sound pressure: no
-            // `sound_pressure` device class (that one means dB SPL).
-            "unit_of_measurement": "dBFS",
-            "state_class": "measurement",
-            "suggested_display_precision": 1,
-            "expire_after": expire,
-            "entity_category": "diagnostic",
-            "icon": "mdi:volume-high",
-        }),
-    ));
+    for src in info.sources {
+        let t = topics.for_source(&src.name);
+        let c = source_common(topics, &t, &node, info, src);
+        listening_entities(&mut out, &t, &c, info, Some(&src.name), &src.groups);
+    }
     out.push(config_message(
         config_topic(discovery_prefix, "binary_sensor", &node, PROBLEM_OBJECT),
         &common,
@@ -263,6 +223,138 @@ pub fn discovery_messages(topics: &Topics, info: &NodeInfo<'_>) -> Vec<OutMessag
         }),
     ));
     out
+}
+
+/// The keys every entity of a source's device carries: both availabilities (the
+/// node's and the source's), its device (via the node's), the origin.
+fn source_common(
+    node_topics: &Topics,
+    t: &Topics,
+    node: &str,
+    info: &NodeInfo<'_>,
+    src: &SourceInfo,
+) -> Map<String, Value> {
+    let mut m = common(node_topics, node, info);
+    m.remove("availability_topic");
+    m.remove("payload_available");
+    m.remove("payload_not_available");
+    m.insert(
+        "availability".into(),
+        json!([
+            { "topic": node_topics.node_status(), "payload_available": ONLINE, "payload_not_available": OFFLINE },
+            { "topic": t.status(), "payload_available": ONLINE, "payload_not_available": OFFLINE },
+        ]),
+    );
+    m.insert("availability_mode".into(), json!("all"));
+    let mut device = json!({
+        "identifiers": [format!("hearken_{node}_{}", src.name)],
+        "name": format!("Hearken {node} {}", src.name),
+        "manufacturer": "hearken",
+        "model": "Hearken sound monitor (source)",
+        "sw_version": info.version,
+        "via_device": format!("hearken_{node}"),
+    });
+    if !src.room.is_empty() {
+        device["suggested_area"] = json!(src.room);
+    }
+    m.insert("device".into(), device);
+    m
+}
+
+/// A source's entities (the node's own when `source` is `None`): per group a
+/// `binary_sensor`, an `event` and a "false alarm" `button`, then the `top` and
+/// `loudness` sensors.
+fn listening_entities(
+    out: &mut Vec<OutMessage>,
+    topics: &Topics,
+    common: &Map<String, Value>,
+    info: &NodeInfo<'_>,
+    source: Option<&str>,
+    groups: &[(String, bool)],
+) {
+    let node = sanitize_id(info.node_id);
+    let discovery_prefix = info.discovery_prefix;
+    let object_of = |what: &str| match source {
+        Some(s) => source_object(s, what),
+        None => sanitize_id(what),
+    };
+    for (group, _safety) in groups {
+        let object = object_of(group);
+        let name = display_name(group);
+        out.push(config_message(
+            config_topic(discovery_prefix, "binary_sensor", &node, &object),
+            common,
+            json!({
+                "name": name,
+                "unique_id": format!("hearken_{node}.{object}"),
+                "state_topic": topics.state(group),
+                "payload_on": STATE_ON,
+                "payload_off": STATE_OFF,
+                "device_class": device_class(group),
+                "qos": 1,
+            }),
+        ));
+        out.push(config_message(
+            config_topic(discovery_prefix, "event", &node, &object),
+            common,
+            json!({
+                "name": name,
+                "unique_id": format!("hearken_{node}.{object}.event"),
+                "state_topic": topics.event(group),
+                "event_types": ["detected"],
+                "value_template": EVENT_TEMPLATE,
+                "qos": 1,
+            }),
+        ));
+        out.push(config_message(
+            config_topic(discovery_prefix, "button", &node, &object),
+            common,
+            json!({
+                "name": format!("{name}: false alarm"),
+                "unique_id": format!("hearken_{node}.{object}.false_alarm"),
+                "command_topic": topics.feedback(group),
+                "payload_press": FALSE_ALARM,
+                "icon": "mdi:alarm-light-off-outline",
+                "qos": 1,
+            }),
+        ));
+    }
+    let expire = info.expire_after_s.max(1);
+    let top = object_of(TOP_OBJECT);
+    out.push(config_message(
+        config_topic(discovery_prefix, "sensor", &node, &top),
+        common,
+        json!({
+            "name": "Top sound",
+            "unique_id": format!("hearken_{node}:{top}"),
+            "state_topic": topics.top(),
+            "value_template":
+                "{{ value_json.top[0].label if value_json.top else 'none' }}",
+            "json_attributes_topic": topics.top(),
+            "expire_after": expire,
+            "entity_category": "diagnostic",
+            "icon": "mdi:waveform",
+        }),
+    ));
+    let loudness = object_of(LOUDNESS_OBJECT);
+    out.push(config_message(
+        config_topic(discovery_prefix, "sensor", &node, &loudness),
+        common,
+        json!({
+            "name": "Loudness",
+            "unique_id": format!("hearken_{node}:{loudness}"),
+            "state_topic": topics.top(),
+            "value_template": "{{ value_json.dbfs }}",
+            // dBFS is relative to digital full scale, not sound pressure: no
+            // `sound_pressure` device class (that one means dB SPL).
+            "unit_of_measurement": "dBFS",
+            "state_class": "measurement",
+            "suggested_display_precision": 1,
+            "expire_after": expire,
+            "entity_category": "diagnostic",
+            "icon": "mdi:volume-high",
+        }),
+    ));
 }
 
 fn clear(topic: String) -> OutMessage {
@@ -323,8 +415,11 @@ pub fn stale_config_removal(
     if !out.is_empty() {
         let parts: Vec<&str> = topic.rsplitn(5, '/').collect();
         // [config, object, node, component, prefix]
-        if parts.len() == 5 && parts[3] == "binary_sensor" {
-            out.push(clear(topics.state(parts[1])));
+        if parts.len() == 5 && parts[3] == "binary_sensor" && parts[1] != PROBLEM_OBJECT {
+            match parts[1].split_once("--") {
+                Some((source, group)) => out.push(clear(topics.for_source(source).state(group))),
+                None => out.push(clear(topics.state(parts[1]))),
+            }
         }
     }
     out
@@ -361,6 +456,7 @@ mod tests {
         NodeInfo {
             node_id: node,
             groups,
+            sources: &[],
             version: "0.1.0",
             discovery_prefix: DEFAULT_DISCOVERY_PREFIX,
             room,

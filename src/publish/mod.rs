@@ -196,6 +196,7 @@ mod tests {
             dbfs: -12.0,
             node: "n1".into(),
             room: "kitchen".into(),
+            source: "default".into(),
             model: "yamnet".into(),
             interrupted: false,
             clip: None,

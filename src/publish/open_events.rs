@@ -103,9 +103,22 @@ impl OpenEvents {
         self.open.values().map(|e| e.group.as_str())
     }
 
-    /// True if an event of `group` is open.
-    pub fn is_open(&self, group: &str) -> bool {
-        self.open.values().any(|e| e.group == group)
+    /// True if an event of `group` heard by `source` is open (an event written
+    /// before sources had names counts as the single source's).
+    pub fn is_open(&self, source: &str, group: &str) -> bool {
+        self.open
+            .values()
+            .any(|e| e.group == group && source_name(e) == source)
+    }
+}
+
+/// The source of `e`: its `source`, or the single source's name for messages
+/// written before sources had names.
+pub fn source_name(e: &Event) -> &str {
+    if e.source.is_empty() {
+        crate::config::SINGLE_SOURCE_NAME
+    } else {
+        &e.source
     }
 }
 
@@ -132,9 +145,16 @@ pub fn open_in_outbox<'a>(
     pending: impl Iterator<Item = &'a OutboxEntry>,
 ) -> Vec<Event> {
     let mut open: BTreeMap<Uuid, Event> = BTreeMap::new();
-    let prefix = format!("{}/event/", topics.base());
+    // `<base>/event/<group>` or a source's `<base>/<source>/event/<group>`.
+    let base = format!("{}/", topics.base());
+    let is_event = |topic: &str| {
+        topic.strip_prefix(&base).is_some_and(|rest| {
+            let levels: Vec<&str> = rest.split('/').collect();
+            matches!(levels.as_slice(), ["event", _] | [_, "event", _])
+        })
+    };
     for m in pending {
-        if !m.topic.starts_with(&prefix) {
+        if !is_event(&m.topic) {
             continue;
         }
         let Ok(e) = serde_json::from_slice::<Event>(&m.payload) else {
@@ -186,6 +206,7 @@ mod tests {
             dbfs: -20.0,
             node: "n".into(),
             room: "".into(),
+            source: "default".into(),
             model: "m".into(),
             interrupted: false,
             clip: None,
@@ -211,7 +232,7 @@ mod tests {
         let mut end = b.clone();
         end.state = EventState::End;
         j.record(&end).unwrap();
-        assert!(j.is_open("gunshot") && !j.is_open("glass"));
+        assert!(j.is_open("default", "gunshot") && !j.is_open("default", "glass"));
         drop(j); // as if killed
         let (j, left) = OpenEvents::load(&d);
         assert_eq!(left.len(), 1);

@@ -9,6 +9,11 @@
 //! | `<base>/<group>/state` | `ON` / `OFF`             | 1   | yes      |
 //! | `<base>/top`           | top labels + dBFS JSON   | 0   | no       |
 //! | `<base>/problem`       | `{"state": "ON"/"OFF", "reason"}` | 1 | yes |
+//!
+//! A source of `[[sources]]` has the same layout one level down, under
+//! `<base>/<source>` ([`Topics::for_source`]): its events, group states, feedback,
+//! `top`, and its own availability (`<base>/<source>/status`, `offline` while its
+//! device is lost). `problem` stays the node's.
 
 use std::fmt;
 
@@ -80,7 +85,9 @@ fn valid_prefix(p: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     base: String,
+    node_base: String,
     node_id: String,
+    source: Option<String>,
 }
 
 impl Topics {
@@ -95,15 +102,41 @@ impl Topics {
         if !valid_node_id(node_id) {
             return Err(TopicError::BadNodeId(node_id.to_string()));
         }
+        let base = format!("{prefix}/{node_id}");
         Ok(Topics {
-            base: format!("{prefix}/{node_id}"),
+            node_base: base.clone(),
+            base,
             node_id: node_id.to_string(),
+            source: None,
         })
     }
 
-    /// `<prefix>/<node_id>`.
+    /// The topics of source `name` of this node (a `[[sources]]` entry, whose name
+    /// matches `[a-z0-9_]{1,32}`): under `<prefix>/<node_id>/<name>`.
+    pub fn for_source(&self, name: &str) -> Topics {
+        debug_assert!(!name.contains(['/', '+', '#']), "bad source {name:?}");
+        Topics {
+            base: format!("{}/{name}", self.node_base),
+            node_base: self.node_base.clone(),
+            node_id: self.node_id.clone(),
+            source: Some(name.to_string()),
+        }
+    }
+
+    /// The source these topics are scoped to (`None`: the node's own).
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// `<prefix>/<node_id>`, or `<prefix>/<node_id>/<source>` for a source's topics.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The node's availability, `<prefix>/<node_id>/status` (the Last Will), also
+    /// from a source's topics.
+    pub fn node_status(&self) -> String {
+        format!("{}/status", self.node_base)
     }
 
     /// The node id the topics were built for.
@@ -111,7 +144,8 @@ impl Topics {
         &self.node_id
     }
 
-    /// Availability: `<base>/status` (`online`/`offline`, retained, Last Will).
+    /// Availability: `<base>/status` (`online`/`offline`, retained; the node's is the
+    /// Last Will, a source's says whether its device is heard).
     pub fn status(&self) -> String {
         format!("{}/status", self.base)
     }
@@ -154,7 +188,7 @@ impl Topics {
     /// Whether the node has a problem it cannot fix itself (a full disk):
     /// `<base>/problem` (JSON `{"state": "ON"|"OFF", "reason": …}`, retained).
     pub fn problem(&self) -> String {
-        format!("{}/problem", self.base)
+        format!("{}/problem", self.node_base)
     }
 }
 
@@ -178,6 +212,24 @@ mod tests {
         );
         assert_eq!(t.top(), "hearken/kitchen-pi/top");
         assert_eq!(t.problem(), "hearken/kitchen-pi/problem");
+    }
+
+    #[test]
+    fn source_topics() {
+        let n = Topics::new(DEFAULT_PREFIX, "pi").unwrap();
+        let t = n.for_source("kitchen");
+        assert_eq!(t.source(), Some("kitchen"));
+        assert_eq!(n.source(), None);
+        assert_eq!(t.base(), "hearken/pi/kitchen");
+        assert_eq!(t.status(), "hearken/pi/kitchen/status");
+        assert_eq!(t.node_status(), "hearken/pi/status");
+        assert_eq!(n.node_status(), n.status());
+        assert_eq!(t.event("glass"), "hearken/pi/kitchen/event/glass");
+        assert_eq!(t.state("glass"), "hearken/pi/kitchen/glass/state");
+        assert_eq!(t.feedback_filter(), "hearken/pi/kitchen/+/feedback");
+        assert_eq!(t.top(), "hearken/pi/kitchen/top");
+        assert_eq!(t.problem(), "hearken/pi/problem");
+        assert_eq!(t.node_id(), "pi");
     }
 
     #[test]
