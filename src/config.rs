@@ -2732,4 +2732,131 @@ mod tests {
         assert_eq!(k, "detection.groups.\"a.b\".on");
         assert_eq!(split_key(&k), segs);
     }
+
+    const SOURCES: &str = "[node]\nroom = \"House\"\n\n\
+[[sources]]\nname = \"kitchen\"\nsource = \"default\"\nroom = \"Kitchen\"\n\n\
+[[sources]]\nname = \"hall\"\nsource = \"device:USB mic\"\ngain_db = 6.0\n\
+groups = [\"glass\", \"smoke_alarm\"]\n\n\
+[sources.thresholds]\nglass = 0.7\n";
+
+    #[test]
+    fn sources_become_plans() {
+        let c = Config::from_str(SOURCES, "t.toml").unwrap();
+        let p = c.source_plans();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].name.as_str(), p[0].room.as_str()),
+            ("kitchen", "Kitchen")
+        );
+        assert!(p[0].scoped && p[0].groups.len() == c.enabled_groups().count());
+        assert_eq!(
+            p[1].room, "House",
+            "a source without a room takes the node's"
+        );
+        assert_eq!(
+            p[1].groups,
+            vec!["glass".to_string(), "smoke_alarm".to_string()]
+        );
+        assert!((p[1].gain - 1.995).abs() < 0.01, "{}", p[1].gain);
+        assert_eq!(p[1].thresholds.get("glass"), Some(&0.7));
+        // Without [[sources]]: the one [audio] source, on the node's own topics.
+        let single = Config::from_str("", "t.toml").unwrap().source_plans();
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0].name, SINGLE_SOURCE_NAME);
+        assert!(!single[0].scoped);
+    }
+
+    #[test]
+    fn bad_sources_name_their_entry_and_line() {
+        let cases = [
+            ("name = \"Kitchen!\"", "sources.0.name", "[a-z0-9_]"),
+            ("name = \"top\"", "sources.0.name", "topic name"),
+            ("source = \"mic\"", "sources.0.source", "must be"),
+            ("gain_db = 60.0", "sources.0.gain_db", "must be in"),
+            (
+                "groups = [\"glas\"]",
+                "sources.0.groups",
+                "not an enabled group",
+            ),
+        ];
+        for (line, key, says) in cases {
+            let mut text = "[[sources]]\nname = \"a\"\nsource = \"default\"\n".to_string();
+            let field = line.split(' ').next().unwrap();
+            text = text
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field} ")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            text.push_str(&format!("\n{line}\n"));
+            let e = Config::from_str(&text, "t.toml").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{line}: {e}");
+            assert!(e.message.contains(says), "{line}: {e}");
+            assert!(e.line.is_some(), "{line}: {e}");
+        }
+        // The second of two entries, on its own line.
+        let text = "[[sources]]\nname = \"a\"\nsource = \"default\"\n\n[[sources]]\nname = \"a\"\nsource = \"default\"\n";
+        let e = Config::from_str(text, "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources.1.name"));
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.message.contains("twice"), "{e}");
+        // A threshold for a group the source does not watch.
+        let text = format!("{SOURCES}smoke_alarm = 0.5\nsiren = 0.4\n");
+        let e = Config::from_str(&text, "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources.1.thresholds.siren"), "{e}");
+        // [audio] source beside [[sources]] would be ignored: refused.
+        let text = format!("[audio]\nsource = \"default\"\n{SOURCES}");
+        let e = Config::from_str(&text, "t.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("audio.source"), "{e}");
+        // An unknown key inside an entry.
+        let e = Config::from_str(
+            "[[sources]]\nname = \"a\"\nsource = \"default\"\nvolume = 3\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown key"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn source_flags() {
+        let base = Config::from_str(SOURCES, "t.toml").unwrap();
+        // One plain spec: the single source, on the node's topics.
+        let mut c = base.clone();
+        apply_source_flags(&mut c, &["file:a.wav".into()]).unwrap();
+        assert!(c.sources.is_empty());
+        assert_eq!(c.audio.source, "file:a.wav");
+        // Named: a configured name keeps its settings; a new one gets defaults.
+        let mut c = base.clone();
+        apply_source_flags(
+            &mut c,
+            &["hall=file:h.wav".into(), "attic=file:x=y.wav".into()],
+        )
+        .unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources[0].source, "file:h.wav");
+        assert_eq!(c.sources[0].gain_db, 6.0);
+        assert_eq!(
+            (c.sources[1].name.as_str(), c.sources[1].source.as_str()),
+            ("attic", "file:x=y.wav")
+        );
+        // `=` inside a plain spec is not a name.
+        let mut c = base.clone();
+        apply_source_flags(&mut c, &["file:a=b.wav".into()]).unwrap();
+        assert_eq!(c.audio.source, "file:a=b.wav");
+        // Mixed forms, two plain specs, a name twice: errors.
+        for bad in [
+            vec!["a=default", "file:x.wav"],
+            vec!["file:x.wav", "file:y.wav"],
+            vec!["a=default", "a=file:x.wav"],
+        ] {
+            let flags: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            assert!(
+                apply_source_flags(&mut base.clone(), &flags).is_err(),
+                "{bad:?}"
+            );
+        }
+        let mut c = base.clone();
+        apply_source_flags(&mut c, &[]).unwrap();
+        assert_eq!(c, base);
+    }
 }

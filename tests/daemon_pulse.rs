@@ -23,9 +23,15 @@ struct Listening {
 impl Listening {
     /// Starts hearken and waits until it listens.
     fn start() -> Listening {
+        Listening::start_with(&["--source", "device:pulse"])
+    }
+
+    /// Starts hearken with these source arguments and waits until it listens.
+    fn start_with(sources: &[&str]) -> Listening {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hearken"))
             .env("HEARKEN_MODELS", common::models_dir())
-            .args(["run", "--print-events", "--source", "device:pulse"])
+            .args(["run", "--print-events", "--http", ""])
+            .args(sources)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -74,7 +80,17 @@ impl Listening {
     /// Plays gunshots.wav into the microphone, lets it pass the windows, stops
     /// hearken with SIGTERM, and returns when the clip started and the gunshot
     /// start events.
-    fn play_gunshots_and_stop(mut self) -> (SystemTime, Vec<Value>, Vec<String>) {
+    fn play_gunshots_and_stop(self) -> (SystemTime, Vec<Value>, Vec<String>) {
+        let (at, events, log) = self.play_gunshots_and_stop_all();
+        let gun = events
+            .into_iter()
+            .filter(|e| e["group"] == "gunshot" && e["state"] == "start")
+            .collect();
+        (at, gun, log)
+    }
+
+    /// [`Listening::play_gunshots_and_stop`], returning every event message.
+    fn play_gunshots_and_stop_all(mut self) -> (SystemTime, Vec<Value>, Vec<String>) {
         // Give the ALSA pulse plugin time to start.
         std::thread::sleep(Duration::from_secs(3));
         let played_at = SystemTime::now();
@@ -92,12 +108,11 @@ impl Listening {
         let out = self.child.wait_with_output().unwrap();
         self.log.extend(self.rx.try_iter());
         assert!(out.status.success(), "{:#?}", self.log);
-        let gun = String::from_utf8_lossy(&out.stdout)
+        let events = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|e| e["group"] == "gunshot" && e["state"] == "start")
             .collect();
-        (played_at, gun, self.log)
+        (played_at, events, self.log)
     }
 }
 
@@ -139,4 +154,36 @@ fn the_microphone_vanishes_and_comes_back_and_detection_resumes() {
     l.wait_for("audio device back", Duration::from_secs(30));
     let (_, gun, log) = l.play_gunshots_and_stop();
     assert_eq!(gun.len(), 1, "log: {log:#?}");
+}
+
+#[test]
+fn a_microphone_and_a_file_in_one_daemon_each_raise_their_own_events() {
+    let Some(_pulse) = start_pulse() else {
+        return;
+    };
+    // The microphone hears gunshots; the file is a dog barking, in real time.
+    let dog = format!(
+        "file=file:{}",
+        hearken::shared_dir().join("audio/dog.wav").display()
+    );
+    let mut l = Listening::start_with(&["--source", "mic=device:pulse", "--source", &dog]);
+    l.wait_for("listening on file", Duration::from_secs(60));
+    let (_, events, log) = l.play_gunshots_and_stop_all();
+    let starts: Vec<&Value> = events.iter().filter(|e| e["state"] == "start").collect();
+    let of = |source: &str, group: &str| {
+        starts
+            .iter()
+            .filter(|e| e["source"] == source && e["group"] == group)
+            .count()
+    };
+    assert_eq!(of("mic", "gunshot"), 1, "{starts:#?}\nlog: {log:#?}");
+    assert_eq!(of("file", "gunshot"), 0, "{starts:#?}");
+    assert!(of("file", "dog_bark") >= 1, "{starts:#?}\nlog: {log:#?}");
+    assert_eq!(of("mic", "dog_bark"), 0, "{starts:#?}");
+    assert!(
+        starts
+            .iter()
+            .all(|e| e["source"] == "mic" || e["source"] == "file"),
+        "{starts:#?}"
+    );
 }

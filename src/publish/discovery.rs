@@ -765,4 +765,72 @@ mod tests {
         ));
         assert!(!is_ha_birth("homeassistant", "other/status", b"online"));
     }
+
+    #[test]
+    fn each_source_is_a_device_via_the_node() {
+        let t = Topics::new("hearken", "n1").unwrap();
+        let sources = vec![
+            SourceInfo {
+                name: "kitchen".into(),
+                room: "Kitchen".into(),
+                groups: groups(),
+            },
+            SourceInfo {
+                name: "hall".into(),
+                room: String::new(),
+                groups: vec![("glass".into(), true)],
+            },
+        ];
+        let mut i = info("n1", &[], "House");
+        i.sources = &sources;
+        let ms = discovery_messages(&t, &i);
+        // 4 groups × 3 + 2 sensors, 1 × 3 + 2, and the node's problem sensor.
+        assert_eq!(ms.len(), 14 + 5 + 1);
+        let ids: HashSet<String> = ms
+            .iter()
+            .map(|m| parse(m)["unique_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), ms.len(), "unique ids are distinct");
+        let k = parse(find(
+            &ms,
+            "homeassistant/binary_sensor/n1/kitchen--glass/config",
+        ));
+        assert_eq!(k["state_topic"], "hearken/n1/kitchen/glass/state");
+        assert_eq!(k["device"]["identifiers"], json!(["hearken_n1_kitchen"]));
+        assert_eq!(k["device"]["via_device"], "hearken_n1");
+        assert_eq!(k["device"]["suggested_area"], "Kitchen");
+        assert_eq!(k["availability_mode"], "all");
+        assert_eq!(k["availability"][0]["topic"], "hearken/n1/status");
+        assert_eq!(k["availability"][1]["topic"], "hearken/n1/kitchen/status");
+        assert!(k.get("availability_topic").is_none());
+        let h = parse(find(&ms, "homeassistant/sensor/n1/hall--top/config"));
+        assert_eq!(h["state_topic"], "hearken/n1/hall/top");
+        assert!(h["device"].get("suggested_area").is_none());
+        let b = parse(find(&ms, "homeassistant/button/n1/hall--glass/config"));
+        assert_eq!(b["command_topic"], "hearken/n1/hall/glass/feedback");
+        let p = parse(find(
+            &ms,
+            "homeassistant/binary_sensor/n1/node-problem/config",
+        ));
+        assert_eq!(p["device"]["identifiers"], json!(["hearken_n1"]));
+        assert!(
+            !ms.iter()
+                .any(|m| m.topic == "homeassistant/binary_sensor/n1/glass/config"),
+            "no node-level group entities"
+        );
+        // A source's stale binary sensor clears its own state topic.
+        let gone = stale_config_removal(
+            &t,
+            "homeassistant/binary_sensor/n1/attic--glass/config",
+            &ms,
+        );
+        let topics: Vec<&str> = gone.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            vec![
+                "homeassistant/binary_sensor/n1/attic--glass/config",
+                "hearken/n1/attic/glass/state"
+            ]
+        );
+    }
 }

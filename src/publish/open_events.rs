@@ -299,4 +299,41 @@ mod tests {
         let v = serde_json::to_value(&a).unwrap();
         assert!(v.get("interrupted").is_none());
     }
+
+    #[test]
+    fn sources_keep_their_own_open_events() {
+        let node = Topics::new("hearken", "n").unwrap();
+        let kitchen = node.for_source("kitchen");
+        let mut e = start("glass");
+        e.source = "kitchen".into();
+        let mut old = start("glass");
+        old.source = String::new();
+        let pending: Vec<OutboxEntry> = [(&kitchen, &e), (&node, &old)]
+            .iter()
+            .enumerate()
+            .map(|(i, (t, ev))| {
+                let m = crate::publish::event_message(t, ev, 1);
+                OutboxEntry {
+                    seq: i as u64,
+                    topic: m.topic,
+                    payload: m.payload,
+                    qos: 1,
+                    retain: false,
+                }
+            })
+            .collect();
+        let open = open_in_outbox(&node, pending.iter());
+        assert_eq!(open.len(), 2, "a source's starts count too");
+        let d = dir("sources");
+        let (mut j, _) = OpenEvents::load(&d);
+        j.record(&e).unwrap();
+        j.record(&old).unwrap();
+        assert!(j.is_open("kitchen", "glass"));
+        assert!(!j.is_open("hall", "glass"));
+        assert!(
+            j.is_open("default", "glass"),
+            "unnamed events are the single source's"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
 }
