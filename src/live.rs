@@ -105,7 +105,8 @@ pub struct EventView {
 /// Each group's state and latest score, the latest level and top labels.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Now {
-    /// The source that heard it.
+    /// The source that heard it (left out where the source is said otherwise).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub source: String,
     /// Stream time of the latest window, seconds.
     pub t_s: f64,
@@ -487,7 +488,11 @@ impl Live {
                 .unwrap_or_default(),
             model: self.model.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            now: self.first_now(),
+            // `source` is the first source's description here.
+            now: Now {
+                source: String::new(),
+                ..self.first_now()
+            },
             events: self
                 .events_by_group
                 .lock()
