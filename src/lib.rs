@@ -13,6 +13,7 @@ pub mod http;
 pub mod learn;
 pub mod live;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod privacy;
 pub mod scoring;

@@ -173,6 +173,11 @@ pub struct SourceStats {
     /// The thread that empties the ring (the DSP thread), woken when samples arrive
     /// so that it can sleep until then instead of polling.
     consumer: std::sync::OnceLock<std::thread::Thread>,
+    /// Wake the consumer only once this many samples have arrived since the last
+    /// wake (0: at every push): fewer, larger pieces of work for the DSP thread.
+    wake_every: AtomicU64,
+    /// Samples pushed since the consumer was last woken.
+    unwoken: AtomicU64,
     /// Samples dropped because the ring was full.
     pub overruns: AtomicU64,
     /// Samples pushed into the ring.
@@ -223,6 +228,12 @@ impl SourceStats {
         let _ = self.consumer.set(t);
     }
 
+    /// Wakes the consumer only once `samples` have arrived since its last wake
+    /// (it still wakes itself now and then, and at the end of the source).
+    pub fn set_wake_every(&self, samples: u64) {
+        self.wake_every.store(samples, Ordering::Relaxed);
+    }
+
     fn wake_consumer(&self) {
         // An atomic load, and `unpark` is an atomic swap plus, only when the thread
         // sleeps, one futex wake: it neither allocates, locks nor blocks, so the
@@ -242,7 +253,11 @@ impl SourceStats {
     fn count(&self, pushed: usize, dropped: usize) {
         if pushed > 0 {
             self.samples.fetch_add(pushed as u64, Ordering::Relaxed);
-            self.wake_consumer();
+            let waiting = self.unwoken.fetch_add(pushed as u64, Ordering::Relaxed) + pushed as u64;
+            if waiting >= self.wake_every.load(Ordering::Relaxed) {
+                self.unwoken.store(0, Ordering::Relaxed);
+                self.wake_consumer();
+            }
         }
         if dropped > 0 {
             self.overruns.fetch_add(dropped as u64, Ordering::Relaxed);
@@ -716,16 +731,24 @@ fn pcm_feeder<R: Read>(
     control: &Control,
 ) {
     let frame_bytes = 2 * channels;
-    let mut buf = vec![0u8; frame_bytes * 2048];
+    let mut buf = vec![0u8; frame_bytes * 4096];
     let mut have = 0usize;
-    let mut mono = Vec::with_capacity(2048);
+    let mut mono = Vec::with_capacity(4096);
     loop {
         if control.stopped() {
             return;
         }
         match reader.read(&mut buf[have..]) {
             Ok(0) => break,
-            Ok(n) => have += n,
+            Ok(n) => {
+                have += n;
+                // A short read: the writer trickles (a microphone piped in). Let a
+                // few tens of milliseconds gather in the pipe rather than waking
+                // for every few milliseconds of sound.
+                if have < buf.len() / 2 {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 control.set_error(format!("reading raw PCM failed: {e}"));

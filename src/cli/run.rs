@@ -820,6 +820,11 @@ pub(crate) fn run_daemon(
         }
         if !ready && runs.iter().any(|r| r.ready) {
             ready = true;
+            // The plans are built and audio flows: what only start-up needed
+            // (the parsed graph, freed heap, start-up code) goes back.
+            model.release_graph();
+            hearken::memory::trim_heap();
+            hearken::memory::drop_startup_code();
             let _ = notifier.send(&service::ready_message(&status_line(&runs, None)));
             debug!("audio flows: ready");
             if let Some(wd) = watchdog {
@@ -878,7 +883,7 @@ pub(crate) fn run_daemon(
             next_status = now + STATUS_EVERY;
             let _ = notifier.send(&service::status_message(&status_line(&runs, stalled)));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let _ = notifier.send(&service::stopping_message(
         "stopping: draining the pipeline",

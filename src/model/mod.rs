@@ -51,7 +51,7 @@ pub struct Model {
     manifest: Manifest,
     labels: Labels,
     dir: PathBuf,
-    graph: InferenceModel,
+    graph: Graph,
     plans: Mutex<HashMap<usize, Plan>>,
     /// A fine-tuned network run beside the model's own for its group outputs.
     net: Option<Net>,
@@ -61,8 +61,64 @@ pub struct Model {
 struct Net {
     path: PathBuf,
     sha256: String,
-    graph: InferenceModel,
+    graph: Graph,
     plans: Mutex<HashMap<usize, Plan>>,
+}
+
+/// A parsed ONNX graph with its outputs chosen: what plans are built from. Once
+/// the plans a daemon needs exist it can be let go ([`Model::release_graph`]);
+/// a plan for a new shape parses the file again.
+struct Graph {
+    path: PathBuf,
+    outputs: Vec<String>,
+    parsed: Mutex<Option<Arc<InferenceModel>>>,
+}
+
+impl Graph {
+    fn parse(path: &Path, outputs: &[&str]) -> Result<InferenceModel> {
+        tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| anyhow!("cannot parse {}: {e}", path.display()))?
+            .with_outputs_by_name(outputs)
+            .map_err(|e| anyhow!("{}: outputs {outputs:?}: {e}", path.display()))
+    }
+
+    fn new(path: &Path, outputs: &[&str], parsed: InferenceModel) -> Graph {
+        Graph {
+            path: path.to_path_buf(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            parsed: Mutex::new(Some(Arc::new(parsed))),
+        }
+    }
+
+    /// The graph, parsed again if it was let go.
+    fn get(&self) -> Result<Arc<InferenceModel>> {
+        let mut g = self
+            .parsed
+            .lock()
+            .map_err(|_| anyhow!("model graph lock poisoned"))?;
+        if let Some(m) = g.as_ref() {
+            return Ok(m.clone());
+        }
+        let outputs: Vec<&str> = self.outputs.iter().map(String::as_str).collect();
+        let m = Arc::new(Graph::parse(&self.path, &outputs)?);
+        *g = Some(m.clone());
+        Ok(m)
+    }
+
+    fn release(&self) {
+        if let Ok(mut g) = self.parsed.lock() {
+            *g = None;
+        }
+    }
+
+    fn share(&self) -> Graph {
+        Graph {
+            path: self.path.clone(),
+            outputs: self.outputs.clone(),
+            parsed: Mutex::new(self.parsed.lock().ok().and_then(|g| g.clone())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -170,11 +226,9 @@ impl Model {
                 manifest.model.classes
             );
         }
-        let graph = tract_onnx::onnx()
-            .model_for_path(&onnx)
-            .map_err(|e| anyhow!("model {name}: cannot parse {}: {e}", onnx.display()))?
-            .with_outputs_by_name([manifest.io.scores.as_str(), manifest.io.embedding.as_str()])
-            .map_err(|e| anyhow!("model {name}: output names in the manifest: {e}"))?;
+        let outputs = [manifest.io.scores.as_str(), manifest.io.embedding.as_str()];
+        let parsed = Graph::parse(&onnx, &outputs).map_err(|e| anyhow!("model {name}: {e}"))?;
+        let graph = Graph::new(&onnx, &outputs, parsed);
         Ok(Model {
             manifest,
             labels,
@@ -216,19 +270,22 @@ impl Model {
             .clone()
             .with_outputs_by_name([HEADS_OUTPUT, NET_SCORES_OUTPUT])
         {
-            Ok(g) => g,
-            Err(_) => parsed.with_outputs_by_name([HEADS_OUTPUT]).map_err(|e| {
-                anyhow!(
-                    "the fine-tuned network {} lacks the output {HEADS_OUTPUT}: {e}",
-                    onnx.display()
-                )
-            })?,
+            Ok(g) => Graph::new(onnx, &[HEADS_OUTPUT, NET_SCORES_OUTPUT], g),
+            Err(_) => {
+                let g = parsed.with_outputs_by_name([HEADS_OUTPUT]).map_err(|e| {
+                    anyhow!(
+                        "the fine-tuned network {} lacks the output {HEADS_OUTPUT}: {e}",
+                        onnx.display()
+                    )
+                })?;
+                Graph::new(onnx, &[HEADS_OUTPUT], g)
+            }
         };
         let m = Model {
             manifest: self.manifest.clone(),
             labels: self.labels.clone(),
             dir: self.dir.clone(),
-            graph: self.graph.clone(),
+            graph: self.graph.share(),
             plans: Mutex::new(HashMap::new()),
             net: Some(Net {
                 path: onnx.to_path_buf(),
@@ -300,6 +357,15 @@ impl Model {
         }
     }
 
+    /// Lets go of the parsed graphs (a few MB for mn04) once the plans in use are
+    /// built: a plan for a shape not seen yet parses the ONNX file again.
+    pub fn release_graph(&self) {
+        self.graph.release();
+        if let Some(net) = &self.net {
+            net.graph.release();
+        }
+    }
+
     /// The runnable plan for `n` frames (window models) or a batch of `n` patches
     /// (patch models), built on first use.
     fn plan(&self, n: usize) -> Result<Plan> {
@@ -308,7 +374,7 @@ impl Model {
 
     fn plan_of(
         &self,
-        graph: &InferenceModel,
+        graph: &Graph,
         plans: &Mutex<HashMap<usize, Plan>>,
         n: usize,
     ) -> Result<Plan> {
@@ -324,8 +390,7 @@ impl Model {
             InputLayout::BatchFramesMels => &shape[..3],
         };
         let name = self.name().to_string();
-        let plan = graph
-            .clone()
+        let plan = InferenceModel::clone(&*graph.get()?)
             .with_input_fact(0, f32::fact(dims).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
