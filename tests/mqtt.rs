@@ -184,6 +184,34 @@ fn assert_nothing_stale(port: u16, state: &Path) {
     assert!(ev.is_empty(), "stale events delivered again: {ev:?}");
 }
 
+/// Checks every discovery config among `msgs` against Home Assistant's own
+/// schemas (tools/ha-schema-check.py, in `dir`); returns how many there were.
+fn assert_ha_accepts(msgs: &[(String, String)], dir: &Path) -> usize {
+    let configs: Vec<Value> = msgs
+        .iter()
+        .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
+        .collect();
+    let file = dir.join("discovery.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
+    let check = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tools/ha-schema-check.py"
+        ))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    eprintln!("{report}");
+    assert!(
+        check.status.success() && report.contains("all valid"),
+        "Home Assistant rejects a discovery config:\n{report}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    configs.len()
+}
+
 fn events(msgs: &[(String, String)]) -> Vec<Value> {
     msgs.iter()
         .filter(|(t, _)| t == "hearken/testnode/event/gunshot")
@@ -275,29 +303,7 @@ fn events_states_discovery_and_availability_reach_a_real_broker() {
 
     // Every config as received passes Home Assistant's own discovery schemas
     // (tools/ha-schema-check.py runs them from the homeassistant package).
-    let configs: Vec<Value> = msgs
-        .iter()
-        .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
-        .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
-        .collect();
-    assert_eq!(configs.len(), 3 * 10 + 3, "{topics:?}");
-    let file = state.join("discovery.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
-    let check = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tools/ha-schema-check.py"
-        ))
-        .arg(&file)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    eprintln!("{report}");
-    assert!(
-        check.status.success() && report.contains("all valid"),
-        "Home Assistant rejects a discovery config:\n{report}\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_eq!(assert_ha_accepts(&msgs, &state), 3 * 10 + 3, "{topics:?}");
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -1124,30 +1130,13 @@ fn several_sources_are_home_assistant_devices_with_their_own_events() {
         "no node-level group entities with [[sources]]"
     );
 
-    // Every config passes Home Assistant's own discovery schemas.
-    let configs: Vec<Value> = msgs
-        .iter()
-        .filter(|(t, _)| t.starts_with("homeassistant/") && t.ends_with("/config"))
-        .map(|(t, p)| serde_json::json!({"topic": t, "payload": serde_json::from_str::<Value>(p).unwrap()}))
-        .collect();
-    // 10 groups × 3 entities + 2 sensors for two sources, 2 × 3 + 2 for the
-    // garage, and the node's problem sensor.
-    assert_eq!(configs.len(), 2 * 32 + 8 + 1, "{topics:?}");
-    let file = state.join("discovery.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&configs).unwrap()).unwrap();
-    let check = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tools/ha-schema-check.py"
-        ))
-        .arg(&file)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success() && report.contains("all valid"),
-        "Home Assistant rejects a discovery config:\n{report}\n{}",
-        String::from_utf8_lossy(&check.stderr)
+    // Every config passes Home Assistant's own discovery schemas: 10 groups × 3
+    // entities + 2 sensors for two sources, 2 × 3 + 2 for the garage, and the
+    // node's problem sensor.
+    assert_eq!(
+        assert_ha_accepts(&msgs, &state),
+        2 * 32 + 8 + 1,
+        "{topics:?}"
     );
     let _ = std::fs::remove_dir_all(&state);
 }

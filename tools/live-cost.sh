@@ -46,23 +46,19 @@ else
     <"$state/mic" 2>"$state/log" &
   pid=$!
 fi
+# A snapshot of the running process, or its log and failure if it has ended.
 snap() {
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "live-cost: hearken ended (a recording shorter than ${seconds} s + 5 s?):" >&2
+    cat "$state/log" >&2
+    exit 1
+  fi
   python3 "$(dirname "$0")/proc-threads.py" "$pid"
 }
 sleep 5
-if ! kill -0 "$pid" 2>/dev/null; then
-  echo "live-cost: hearken ended:" >&2
-  cat "$state/log" >&2
-  exit 1
-fi
 a=$(snap)
 t0=$(date +%s.%N)
 sleep "$seconds"
-if ! kill -0 "$pid" 2>/dev/null; then
-  echo "live-cost: hearken ended early (a recording shorter than ${seconds} s + 5 s?):" >&2
-  cat "$state/log" >&2
-  exit 1
-fi
 b=$(snap)
 t1=$(date +%s.%N)
 kill -TERM "$pid"

@@ -571,6 +571,14 @@ async fn predict_anonymized(
     let seed = rand::random::<u64>();
     let Some(anonymize) = anonymization_for(&method, &s.privacy, seed) else {
         s.live.predict_request(false);
+        // Read the upload before answering: a reply while the client is still
+        // sending makes the server close the connection under it, and the client
+        // sees a reset instead of this error (the body limit still applies).
+        if let Ok(mut m) = multipart {
+            while let Ok(Some(field)) = m.next_field().await {
+                let _ = field.bytes().await;
+            }
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!(
