@@ -523,7 +523,7 @@ pub(crate) fn source_detector(
     trained: &[hearken::detect::trained::LinearDetector],
     plan: &hearken::config::SourcePlan,
 ) -> Result<hearken::detect::Detector, String> {
-    use hearken::detect::{Detector, Identity};
+    use hearken::detect::Detector;
     let mut groups: Vec<(String, hearken::config::GroupConfig)> = cfg
         .enabled_groups()
         .filter(|(n, _)| plan.groups.contains(n))
@@ -540,16 +540,10 @@ pub(crate) fn source_detector(
             d.off = d.off.min(on);
         }
     }
-    let ident = Identity {
-        node: cfg.node.id.clone(),
-        room: plan.room.clone(),
-        source: plan.name.clone(),
-        model: model.name().to_string(),
-    };
-    Detector::with_trained(
-        groups.iter().map(|(n, g)| (n, g)),
+    Detector::for_source(
+        &groups,
         model.labels(),
-        ident,
+        (&cfg.node.id, &plan.room, &plan.name, model.name()),
         &trained,
     )
 }

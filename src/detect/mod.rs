@@ -423,6 +423,23 @@ impl Detector {
         Ok(Detector::new(v, ident))
     }
 
+    /// [`Detector::with_trained`] for groups held as owned pairs, stamping events
+    /// with node `node`, room `room`, source `source` and model `model`.
+    pub fn for_source(
+        groups: &[(String, crate::config::GroupConfig)],
+        labels: &Labels,
+        (node, room, source, model): (&str, &str, &str, &str),
+        trained: &[trained::LinearDetector],
+    ) -> Result<Self, String> {
+        let ident = Identity {
+            node: node.to_string(),
+            room: room.to_string(),
+            source: source.to_string(),
+            model: model.to_string(),
+        };
+        Self::with_trained(groups.iter().map(|(n, g)| (n, g)), labels, ident, trained)
+    }
+
     /// Names of the groups being watched.
     pub fn group_names(&self) -> Vec<&str> {
         self.groups.iter().map(|g| g.name.as_str()).collect()

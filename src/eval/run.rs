@@ -18,7 +18,7 @@ use super::mix::{self, MixSpec, Mixture, Placed, Signal};
 use crate::audio::source::SourceSpec;
 use crate::audio::{FileDecoder, StreamResampler};
 use crate::config::Config;
-use crate::detect::{Detector, Event, EventState, Identity, OwnedHop};
+use crate::detect::{Detector, Event, EventState, OwnedHop};
 use crate::model::Model;
 use crate::pipeline::{Message, Pipeline, PipelineSettings};
 
@@ -191,16 +191,15 @@ pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detect
             (n.clone(), g)
         })
         .collect();
-    let ident = Identity {
-        node: cfg.node.id.clone(),
-        room: cfg.node.room.clone(),
-        source: crate::config::SINGLE_SOURCE_NAME.to_string(),
-        model: model.name().to_string(),
-    };
-    Detector::with_trained(
-        groups.iter().map(|(n, g)| (n, g)),
+    Detector::for_source(
+        &groups,
         model.labels(),
-        ident,
+        (
+            &cfg.node.id,
+            &cfg.node.room,
+            crate::config::SINGLE_SOURCE_NAME,
+            model.name(),
+        ),
         &trained,
     )
     .map_err(anyhow::Error::msg)
