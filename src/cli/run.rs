@@ -162,15 +162,13 @@ impl Running {
                 continue;
             };
             r.plan = plan;
-            match (&r.pipeline, &mut r.waiting) {
-                (Some(p), _) => {
-                    if let Err(e) = p.reconfigure(detector) {
-                        error!("cannot apply the reloaded configuration: {e:#}");
-                        return;
-                    }
+            // A source not open yet builds its detector from the new
+            // configuration when it opens.
+            if let Some(p) = &r.pipeline {
+                if let Err(e) = p.reconfigure(detector) {
+                    error!("cannot apply the reloaded configuration: {e:#}");
+                    return;
                 }
-                (None, Some((d, _))) => *d = detector,
-                (None, None) => {}
             }
         }
         self.trained = trained;
@@ -229,8 +227,8 @@ struct SourceRun {
     plan: hearken::config::SourcePlan,
     spec: hearken::audio::source::SourceSpec,
     pipeline: Option<hearken::pipeline::Pipeline>,
-    /// Not started yet: the detector to start with, and when to try again.
-    waiting: Option<(hearken::detect::Detector, std::time::Instant)>,
+    /// Not open yet (its device could not be opened): when to try again.
+    retry_at: Option<std::time::Instant>,
     /// Sends its analysed audio to its clip writer.
     audio_tap: Option<crossbeam_channel::Sender<hearken::clips::AudioChunk>>,
     device_lost: bool,
@@ -258,8 +256,7 @@ struct Shared<'a> {
 }
 
 impl SourceRun {
-    /// Starts the pipeline with `detector`; on failure keeps the detector to try
-    /// again.
+    /// Starts the pipeline with `detector`.
     fn start(&mut self, detector: hearken::detect::Detector, sh: &Shared<'_>) -> Result<()> {
         use hearken::pipeline::{Pipeline, PipelineSettings};
         let cfg = sh.cfg;
@@ -291,7 +288,7 @@ impl SourceRun {
                     p.source_stats.clone(),
                 );
                 self.pipeline = Some(p);
-                self.waiting = None;
+                self.retry_at = None;
                 Ok(())
             }
             Err(e) => Err(e.context(format!("source {}", self.plan.name))),
@@ -505,7 +502,7 @@ pub(crate) fn run_daemon(
                 plan: s.plan,
                 spec: s.spec,
                 pipeline: None,
-                waiting: None,
+                retry_at: None,
                 device_lost: false,
                 ready: false,
                 check: None,
@@ -541,9 +538,7 @@ pub(crate) fn run_daemon(
                         SOURCE_RETRY.as_secs()
                     );
                     failed_at_start.push(run.plan.name.clone());
-                    let detector = prepare::source_detector(&cfg, &model, &trained, &run.plan)
-                        .map_err(anyhow::Error::msg)?;
-                    run.waiting = Some((detector, Instant::now() + SOURCE_RETRY));
+                    run.retry_at = Some(Instant::now() + SOURCE_RETRY);
                 }
             }
             runs.push(run);
@@ -552,9 +547,6 @@ pub(crate) fn run_daemon(
     if runs.iter().all(|r| r.pipeline.is_none()) {
         bail!("no source could be opened: nothing to listen to");
     }
-    // The pipelines and the publisher hold the store's senders now: it ends when
-    // all have stopped.
-    drop(home_tx);
     let events_seen = Arc::new(AtomicU64::new(0));
     let (pub_tx, pub_rx) = crossbeam_channel::unbounded();
     let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<(String, bool)>();
@@ -733,35 +725,30 @@ pub(crate) fn run_daemon(
     };
     while !stop.load(Ordering::Acquire) && !finished(&runs) {
         let now = Instant::now();
-        // A source whose device could not be opened: try again.
+        // A source whose device could not be opened: try again, with a detector
+        // from the configuration in force.
         let shared = Shared {
             model: &model,
             cfg: &running.cfg,
             fast,
-            home: None,
+            home: home_tx.clone(),
             live: &live,
             tx: &tx,
         };
         for r in runs.iter_mut() {
-            let due = r.waiting.as_ref().is_some_and(|(_, at)| now >= *at);
-            if !due {
+            if r.retry_at.is_none_or(|at| now < at) {
                 continue;
             }
-            let (detector, _) = r.waiting.take().expect("due");
-            let fresh = prepare::source_detector(&running.cfg, &model, &running.trained, &r.plan);
-            let retry = match r.start(detector, &shared) {
+            r.retry_at = Some(now + SOURCE_RETRY);
+            let opened = prepare::source_detector(&running.cfg, &model, &running.trained, &r.plan)
+                .map_err(anyhow::Error::msg)
+                .and_then(|d| r.start(d, &shared));
+            match opened {
                 Ok(()) => {
                     info!(source = %r.plan.name, "source {} is open now", r.plan.name);
                     let _ = audio_tx.send((r.plan.name.clone(), true));
-                    None
                 }
-                Err(e) => {
-                    debug!(source = %r.plan.name, "{e:#}");
-                    fresh.ok()
-                }
-            };
-            if let Some(d) = retry {
-                r.waiting = Some((d, now + SOURCE_RETRY));
+                Err(e) => debug!(source = %r.plan.name, "{e:#}"),
             }
         }
         // The capture thread logs the loss and reopens the device; here the MQTT
@@ -888,12 +875,17 @@ pub(crate) fn run_daemon(
     let _ = notifier.send(&service::stopping_message(
         "stopping: draining the pipeline",
     ));
-    // Every pipeline stops and drains; the totals are summed.
+    // The store's last sender here: it ends once the pipelines and the publisher
+    // have stopped too.
+    drop(home_tx);
+    // Every pipeline stops (all at once), then each drains; the totals are summed.
+    for p in runs.iter().filter_map(|r| r.pipeline.as_ref()) {
+        p.stop_flag().store(true, Ordering::Release);
+    }
     let mut summary = hearken::pipeline::Summary::default();
     let mut first_error = None;
     for r in runs {
         let Some(p) = r.pipeline else { continue };
-        p.stop_flag().store(true, Ordering::Release);
         match p.wait() {
             Ok(s) => {
                 summary.audio_s += s.audio_s;
