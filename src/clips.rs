@@ -24,11 +24,11 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::classify::run_unit;
-use crate::config::PrivacyConfig;
 use crate::detect::{Event, EventState};
 use crate::dsp::LogMel;
 use crate::live::Live;
 use crate::model::Model;
+use crate::privacy::PrivacyConfig;
 use crate::scoring::{Scorer, WindowPlan};
 
 /// What the event records when its clip was not written because of speech.

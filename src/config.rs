@@ -25,333 +25,27 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
-use crate::model::{Labels, Pooling, DEFAULT_MODEL};
+use crate::model::{Labels, Pooling};
 
 // ---------------------------------------------------------------------------------
 // Defaults: the one place to tune them.
 // ---------------------------------------------------------------------------------
 
-/// Default `audio.source`: the system's default capture device.
-pub const DEFAULT_SOURCE: &str = "default";
-/// Default `audio.ring_seconds`.
-pub const DEFAULT_RING_SECONDS: f64 = 4.0;
-/// Default `audio.gate_dbfs`.
-pub const DEFAULT_GATE_DBFS: f32 = -70.0;
-/// Default `model.window_s`.
-pub const DEFAULT_WINDOW_S: f64 = 10.0;
-/// Default `model.hop_s`.
-pub const DEFAULT_HOP_S: f64 = 1.0;
-/// Whether the HTTP server may listen on `addr` with `token`: loopback always; any
-/// other address only with a token (it would otherwise answer anyone on the network).
-pub fn check_http_bind(addr: std::net::SocketAddr, token: &str) -> Result<(), String> {
-    if addr.ip().is_loopback() || !token.is_empty() {
-        return Ok(());
-    }
-    Err(format!(
-        "the HTTP server would listen on {addr}, which is not loopback, without a token: \
-         set [http] token = \"<a long random string>\" (clients send Authorization: Bearer <token>) \
-         or listen on 127.0.0.1"
-    ))
-}
-
-/// Default `detection.status_interval_s`.
-pub const DEFAULT_STATUS_INTERVAL_S: f64 = 10.0;
-/// Node id used when no id is configured and the hostname yields nothing usable.
-pub const FALLBACK_NODE_ID: &str = "hearken";
-
-/// The tunable event settings of a group (everything but `enabled`, `safety` and
-/// `labels`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Tuning {
-    /// Raise threshold.
-    pub on: f32,
-    /// Clear threshold.
-    pub off: f32,
-    /// N of "N of the last M hops".
-    pub onset_hops: usize,
-    /// M of "N of the last M hops".
-    pub onset_of: usize,
-    /// A score this high raises an event on its own hop, without waiting for the
-    /// onset rule (none: only the onset rule raises events). Only a trained
-    /// detector sets it: the file has no key for it.
-    pub sure: Option<f32>,
-    /// How per-patch scores are pooled over the window.
-    pub pooling: Pooling,
-    /// Quiet time after an event ends.
-    pub cooldown_s: f64,
-    /// Longest event.
-    pub max_event_s: f64,
-    /// Shortest reported event.
-    pub min_duration_s: f64,
-}
-
-/// Initial settings of a max-pooled group (short, impulsive sounds); also the
-/// defaults of a group the file defines that is not built in.
-pub const MAX_POOLED: Tuning = Tuning {
-    on: 0.3,
-    off: 0.15,
-    onset_hops: 1,
-    onset_of: 1,
-    sure: None,
-    pooling: Pooling::Max,
-    cooldown_s: 30.0,
-    max_event_s: 300.0,
-    min_duration_s: 0.0,
+// Each section's type lives beside the stage it configures; this module assembles
+// them into one file, validates it and says where a problem is.
+pub use crate::audio::config::{
+    AudioConfig, SourceConfig, SourcePlan, DEFAULT_GATE_DBFS, DEFAULT_RING_SECONDS, DEFAULT_SOURCE,
+    MAX_SOURCES, RESERVED_SOURCE_NAMES, SINGLE_SOURCE_NAME,
 };
-
-/// Initial settings of a mean-pooled group (long, steady sounds).
-pub const MEAN_POOLED: Tuning = Tuning {
-    pooling: Pooling::Mean,
-    ..MAX_POOLED
+pub use crate::detect::config::{
+    BuiltinGroup, DetectionConfig, GroupConfig, Tuning, BUILTIN_GROUPS, DEFAULT_STATUS_INTERVAL_S,
+    MAX_POOLED, MEAN_POOLED, NEW_GROUP_ENABLED, NEW_GROUP_SAFETY,
 };
-
-/// Default `enabled` of a group the file defines that is not built in.
-pub const NEW_GROUP_ENABLED: bool = true;
-/// Default `safety` of a group the file defines that is not built in.
-pub const NEW_GROUP_SAFETY: bool = true;
-
-/// A group that exists even when the file does not mention it.
-#[derive(Debug, Clone, Copy)]
-pub struct BuiltinGroup {
-    /// Group key (`detection.groups.NAME`).
-    pub name: &'static str,
-    /// Home-safety group or an ordinary one.
-    pub safety: bool,
-    /// AudioSet display names; every one exists in both shipped models' label files.
-    pub labels: &'static [&'static str],
-    /// Thresholds, onset, pooling and timing with the default model (mn04).
-    pub tuning: Tuning,
-    /// `on`, `off` and `pooling` with YAMNet, whose scores run higher.
-    pub yamnet: (f32, f32, Pooling),
-}
-
-/// The built-in groups with their initial settings (all enabled).
-pub const BUILTIN_GROUPS: &[BuiltinGroup] = &[
-    // Safety groups: thresholds tuned on shared/eval-dev with tools/tune-thresholds.py
-    // (lowest threshold at which no ordinary home sound fires; see docs/detection.md).
-    BuiltinGroup {
-        name: "glass",
-        safety: true,
-        labels: &["Glass", "Shatter", "Breaking"],
-        tuning: Tuning {
-            on: 0.03,
-            off: 0.015,
-            ..MAX_POOLED
-        },
-        yamnet: (0.30, 0.15, Pooling::Max),
-    },
-    BuiltinGroup {
-        name: "scream",
-        safety: true,
-        labels: &["Screaming", "Yell", "Shout", "Children shouting"],
-        tuning: Tuning {
-            on: 0.03,
-            off: 0.015,
-            ..MAX_POOLED
-        },
-        yamnet: (0.10, 0.05, Pooling::Max),
-    },
-    BuiltinGroup {
-        name: "smoke_alarm",
-        safety: true,
-        // Not the generic "Alarm": phone rings score near 1 on it.
-        labels: &["Smoke detector, smoke alarm", "Fire alarm", "Beep, bleep"],
-        tuning: Tuning {
-            on: 0.02,
-            off: 0.01,
-            ..MEAN_POOLED
-        },
-        yamnet: (0.05, 0.025, Pooling::Mean),
-    },
-    BuiltinGroup {
-        name: "fire",
-        safety: true,
-        labels: &["Fire", "Crackle"],
-        // No fire recordings to tune on: conservative.
-        tuning: Tuning {
-            on: 0.2,
-            off: 0.1,
-            ..MEAN_POOLED
-        },
-        yamnet: (0.3, 0.15, Pooling::Mean),
-    },
-    BuiltinGroup {
-        name: "gunshot",
-        safety: true,
-        labels: &[
-            "Gunshot, gunfire",
-            "Machine gun",
-            "Fusillade",
-            "Artillery fire",
-            "Cap gun",
-            "Explosion",
-        ],
-        tuning: Tuning {
-            on: 0.025,
-            off: 0.012,
-            ..MAX_POOLED
-        },
-        yamnet: (0.35, 0.17, Pooling::Max),
-    },
-    BuiltinGroup {
-        name: "siren",
-        safety: true,
-        labels: &[
-            "Siren",
-            "Civil defense siren",
-            "Police car (siren)",
-            "Ambulance (siren)",
-            "Fire engine, fire truck (siren)",
-            "Emergency vehicle",
-        ],
-        tuning: Tuning {
-            on: 0.02,
-            off: 0.01,
-            ..MEAN_POOLED
-        },
-        yamnet: (0.06, 0.03, Pooling::Mean),
-    },
-    // Ordinary groups: not tuned on data yet.
-    BuiltinGroup {
-        name: "dog_bark",
-        safety: false,
-        labels: &["Bark", "Dog", "Bow-wow", "Yip"],
-        tuning: MAX_POOLED,
-        yamnet: (0.3, 0.15, Pooling::Max),
-    },
-    BuiltinGroup {
-        name: "baby_cry",
-        safety: false,
-        labels: &["Baby cry, infant cry"],
-        tuning: MEAN_POOLED,
-        yamnet: (0.3, 0.15, Pooling::Mean),
-    },
-    BuiltinGroup {
-        name: "water_running",
-        safety: false,
-        labels: &["Water tap, faucet", "Sink (filling or washing)"],
-        tuning: MEAN_POOLED,
-        yamnet: (0.3, 0.15, Pooling::Mean),
-    },
-    BuiltinGroup {
-        name: "door_knock",
-        safety: false,
-        labels: &["Knock"],
-        tuning: MAX_POOLED,
-        yamnet: (0.3, 0.15, Pooling::Max),
-    },
-];
-
-impl BuiltinGroup {
-    /// The group's configuration before the file is applied (default model).
-    pub fn config(&self) -> GroupConfig {
-        GroupConfig::new(
-            true,
-            self.safety,
-            self.labels.iter().map(|s| s.to_string()).collect(),
-            self.tuning,
-        )
-    }
-
-    /// `(on, off, pooling)` of this group with the model `model` (a name or a
-    /// directory; YAMNet is recognised by its name).
-    pub fn thresholds_for(&self, model: &str) -> (f32, f32, Pooling) {
-        if is_yamnet(model) {
-            self.yamnet
-        } else {
-            (self.tuning.on, self.tuning.off, self.tuning.pooling)
-        }
-    }
-}
-
-fn is_yamnet(model: &str) -> bool {
-    std::path::Path::new(model.trim_end_matches('/'))
-        .file_name()
-        .is_some_and(|n| n == "yamnet")
-}
-
-// ---------------------------------------------------------------------------------
-// The configuration.
-// ---------------------------------------------------------------------------------
-
-/// The whole configuration, validated and with the built-in groups merged in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Config {
-    /// `[node]`: who this node is.
-    pub node: NodeConfig,
-    /// `[audio]`: where sound comes from.
-    pub audio: AudioConfig,
-    /// `[model]`: which model runs and how it is windowed.
-    pub model: ModelConfig,
-    /// `[detection]`: groups and event logic.
-    pub detection: DetectionConfig,
-    /// `[mqtt]`: where events are published.
-    pub mqtt: MqttConfig,
-    /// `[learning]`: the home store and `hearken adapt`.
-    pub learning: LearningConfig,
-    /// `[http]`: the local API and web page.
-    pub http: HttpConfig,
-    /// `[privacy]`: evidence clips and the anonymisation methods.
-    pub privacy: PrivacyConfig,
-    /// `[[sources]]`: several microphones in one daemon (empty: the one source of
-    /// `[audio] source`).
-    pub sources: Vec<SourceConfig>,
-}
-
-/// A `[[sources]]` entry: one microphone (or file, or stdin) with a pipeline and a
-/// Home Assistant device of its own. Every source shares the model, the detectors
-/// and the publisher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table of source settings")]
-pub struct SourceConfig {
-    /// Name in events (`"source"`), topics and Home Assistant: `[a-z0-9_]{1,32}`.
-    pub name: String,
-    /// `default`, `device:NAME`, `file:PATH` or `stdin:RATE:CHANNELS`.
-    pub source: String,
-    /// Room of this microphone (events' `room`, the device's area); `[node] room`
-    /// when empty.
-    #[serde(default)]
-    pub room: String,
-    /// Gain applied before analysis, dB (-40..=40).
-    #[serde(default)]
-    pub gain_db: f32,
-    /// The groups this source watches (each an enabled group); all enabled groups
-    /// when absent.
-    #[serde(default)]
-    pub groups: Option<Vec<String>>,
-    /// Per-group `on` thresholds for this source (group name → (0, 1]); a group's
-    /// `off` is lowered to it when higher.
-    #[serde(default)]
-    pub thresholds: BTreeMap<String, f32>,
-}
-
-/// Name of the one source of a configuration without `[[sources]]`.
-pub const SINGLE_SOURCE_NAME: &str = "default";
-/// Names a source cannot have: the node's own topic levels.
-pub const RESERVED_SOURCE_NAMES: [&str; 4] = ["event", "status", "top", "problem"];
-/// Most `[[sources]]` one daemon runs.
-pub const MAX_SOURCES: usize = 16;
-
-/// One source as the daemon runs it: a `[[sources]]` entry, or `[audio] source`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourcePlan {
-    /// Name (events' `"source"`).
-    pub name: String,
-    /// The source spec.
-    pub spec: String,
-    /// Room (events' `room`).
-    pub room: String,
-    /// Linear gain.
-    pub gain: f32,
-    /// The enabled groups it watches.
-    pub groups: Vec<String>,
-    /// Per-group `on` thresholds.
-    pub thresholds: BTreeMap<String, f32>,
-    /// From `[[sources]]`: its topics and Home Assistant device are its own
-    /// (`<base>/<name>/…`). False for the single `[audio] source`, whose topics are
-    /// the node's.
-    pub scoped: bool,
-}
+pub use crate::http::config::{check_http_bind, HttpConfig, DEFAULT_HTTP_LISTEN};
+pub use crate::model::config::{ModelConfig, DEFAULT_HOP_S, DEFAULT_WINDOW_S};
+pub use crate::privacy::PrivacyConfig;
+pub use crate::publish::config::{MqttConfig, DEFAULT_EMBEDDED_LISTEN};
+pub use crate::store::LearningConfig;
 
 /// Applies the command line's `--source` values to `cfg`: one plain spec (`file:x`)
 /// replaces every source with that one (`[audio] source`, topics of the node);
@@ -412,144 +106,35 @@ fn split_named_source(flag: &str) -> Option<(&str, &str)> {
     (!name.is_empty() && !name.contains(':')).then_some((name, spec))
 }
 
-/// `[http]`: the local HTTP API (`/model/predict`, `/events`, `/status`, `/metrics`)
-/// and the web page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table of http settings")]
-pub struct HttpConfig {
-    /// Address to listen on (`host:port`); empty turns the server off. Any address
-    /// other than loopback needs a `token`.
-    pub listen: String,
-    /// Bearer token clients must send (`Authorization: Bearer …`); empty: none
-    /// (allowed on loopback only).
-    pub token: String,
-    /// Largest request body, MB (0.01..=200): an upload to `/model/predict`.
-    pub max_upload_mb: f64,
-    /// Classification requests (`/model/predict…`) allowed per minute (1..=10000),
-    /// across all clients.
-    pub predict_per_minute: u32,
-    /// Recent events kept in memory for `/events` (1..=10000).
-    pub events_kept: usize,
-}
+/// Node id used when no id is configured and the hostname yields nothing usable.
+pub const FALLBACK_NODE_ID: &str = "hearken";
 
-/// Default `[http] listen`.
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8765";
+// ---------------------------------------------------------------------------------
+// The configuration.
+// ---------------------------------------------------------------------------------
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: DEFAULT_HTTP_LISTEN.into(),
-            token: String::new(),
-            max_upload_mb: 20.0,
-            predict_per_minute: 30,
-            events_kept: 100,
-        }
-    }
-}
-
-impl HttpConfig {
-    /// The address to listen on, `None` when the server is off; errors name the key.
-    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
-        if self.listen.trim().is_empty() {
-            return Ok(None);
-        }
-        self.listen
-            .trim()
-            .parse::<std::net::SocketAddr>()
-            .map(Some)
-            .map_err(|_| {
-                format!(
-                    "{:?} is not an address to listen on: write host:port, e.g. \"127.0.0.1:8765\" (empty turns the server off)",
-                    self.listen
-                )
-            })
-    }
-}
-
-/// `[privacy]`: what the daemon may keep of the audio itself, and how the SIFIS-Home
-/// anonymisation routes work.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a table of privacy settings"
-)]
-pub struct PrivacyConfig {
-    /// Save a FLAC clip of each event in the state directory (off by default).
-    pub evidence_clips: bool,
-    /// Seconds of audio kept before an event's onset (0..=30).
-    pub clip_before_s: f64,
-    /// Seconds of audio kept after it (1..=60).
-    pub clip_after_s: f64,
-    /// Most clips kept; the oldest go first (1..=100000).
-    pub max_clips: usize,
-    /// Days a clip is kept (0.01..=3650).
-    pub max_age_days: f64,
-    /// Size bound of all clips, MB (1..=100000).
-    pub max_mb: f64,
-    /// A clip is not written when any of the model's speech classes reaches this
-    /// score in any of its windows (0..=1).
-    pub speech_threshold: f32,
-    /// Scramble saved clips (blocks of `scramble_block_s`) so words cannot be
-    /// followed even where speech was too faint to suppress the clip.
-    pub scramble_clips: bool,
-    /// Block length of `scramble`, seconds (0.05..=5; 0.5 or less breaks words).
-    pub scramble_block_s: f64,
-    /// Level of `dp_noise`'s noise below each channel's RMS, dB (-40..=60).
-    pub dp_noise_snr_db: f64,
-    /// Low-pass applied after `dp_noise`, Hz (500..=24000).
-    pub dp_noise_cutoff_hz: f64,
-}
-
-impl Default for PrivacyConfig {
-    fn default() -> Self {
-        PrivacyConfig {
-            evidence_clips: false,
-            clip_before_s: 5.0,
-            clip_after_s: 5.0,
-            max_clips: 100,
-            max_age_days: 30.0,
-            max_mb: 200.0,
-            speech_threshold: 0.3,
-            scramble_clips: false,
-            scramble_block_s: 0.5,
-            dp_noise_snr_db: 10.0,
-            dp_noise_cutoff_hz: 8000.0,
-        }
-    }
-}
-
-/// `[learning]`: what the daemon keeps of this home's sound (never audio) and the
-/// targets `hearken adapt` works to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a table of learning settings"
-)]
-pub struct LearningConfig {
-    /// Keep the home store in the state directory.
-    pub store: bool,
-    /// Days a stored window is kept (1..=365).
-    pub days: f64,
-    /// Size bound of the store in MB (1..=10000).
-    pub max_mb: f64,
-    /// False alarms per week `hearken adapt` works to (0..=1000).
-    pub false_alarms_per_week: f64,
-    /// Validation recall `hearken adapt` may give up to get there (0..=1).
-    pub max_recall_drop: f64,
-}
-
-impl Default for LearningConfig {
-    fn default() -> Self {
-        LearningConfig {
-            store: true,
-            days: 14.0,
-            max_mb: 50.0,
-            false_alarms_per_week: 1.0,
-            max_recall_drop: 0.05,
-        }
-    }
+/// The whole configuration, validated and with the built-in groups merged in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// `[node]`: who this node is.
+    pub node: NodeConfig,
+    /// `[audio]`: where sound comes from.
+    pub audio: AudioConfig,
+    /// `[model]`: which model runs and how it is windowed.
+    pub model: ModelConfig,
+    /// `[detection]`: groups and event logic.
+    pub detection: DetectionConfig,
+    /// `[mqtt]`: where events are published.
+    pub mqtt: MqttConfig,
+    /// `[learning]`: the home store and `hearken adapt`.
+    pub learning: LearningConfig,
+    /// `[http]`: the local API and web page.
+    pub http: HttpConfig,
+    /// `[privacy]`: evidence clips and the anonymisation methods.
+    pub privacy: PrivacyConfig,
+    /// `[[sources]]`: several microphones in one daemon (empty: the one source of
+    /// `[audio] source`).
+    pub sources: Vec<SourceConfig>,
 }
 
 /// `[node]`.
@@ -569,182 +154,6 @@ impl Default for NodeConfig {
         NodeConfig {
             id: default_node_id(),
             room: String::new(),
-        }
-    }
-}
-
-/// `[audio]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table of audio settings")]
-pub struct AudioConfig {
-    /// `default`, `device:NAME`, `file:PATH` or `stdin:RATE:CHANNELS` (raw
-    /// interleaved samples on standard input).
-    pub source: String,
-    /// Capacity of the capture ring in seconds (0.5..=60).
-    pub ring_seconds: f64,
-    /// Loudness gate: windows whose loudest 10 ms frame is below this many dBFS are not
-    /// run through the model (-120..=0).
-    pub gate_dbfs: f32,
-}
-
-impl Default for AudioConfig {
-    fn default() -> Self {
-        AudioConfig {
-            source: DEFAULT_SOURCE.to_string(),
-            ring_seconds: DEFAULT_RING_SECONDS,
-            gate_dbfs: DEFAULT_GATE_DBFS,
-        }
-    }
-}
-
-/// `[model]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table of model settings")]
-pub struct ModelConfig {
-    /// Model name (`efficientat-mn04`, `yamnet`) or a directory holding `model.toml`.
-    pub name: String,
-    /// Analysis window in seconds (0.96..=60).
-    pub window_s: f64,
-    /// Hop between windows in seconds (0.1..=window_s).
-    pub hop_s: f64,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            name: DEFAULT_MODEL.to_string(),
-            window_s: DEFAULT_WINDOW_S,
-            hop_s: DEFAULT_HOP_S,
-        }
-    }
-}
-
-/// Where the embedded broker listens by default: loopback only.
-pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
-
-/// `[mqtt]`: the broker events are published to (off while `host` is empty and
-/// `embedded_broker` is off).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a table of MQTT settings")]
-pub struct MqttConfig {
-    /// Broker host name or address; empty: do not publish.
-    pub host: String,
-    /// Broker port (1..=65535).
-    pub port: u16,
-    /// User name; empty: none.
-    pub username: String,
-    /// Password.
-    #[serde(skip_serializing)]
-    pub password: String,
-    /// Client id; empty: `hearken-<node id>`.
-    pub client_id: String,
-    /// Keep-alive in seconds (5..=3600).
-    pub keepalive_s: u64,
-    /// Topic prefix; topics are `<base_topic>/<node id>/...`.
-    pub base_topic: String,
-    /// Home Assistant discovery prefix.
-    pub discovery_prefix: String,
-    /// Directory of the durable outbox; empty: `$STATE_DIRECTORY` or
-    /// `~/.local/state/hearken`.
-    pub state_dir: String,
-    /// Outbox size bound in MiB (1..=4096); the oldest events are dropped past it.
-    pub outbox_max_mib: u64,
-    /// QoS of event and state messages (0, 1 or 2). At 0 the broker acknowledges
-    /// nothing, so an event sent into a dying connection can be lost.
-    pub qos: u8,
-    /// Connect with TLS (`mqtts`).
-    pub tls: bool,
-    /// PEM file of the CA(s) that signed the broker's certificate; empty: the
-    /// system's trusted roots.
-    pub ca_file: String,
-    /// PEM client certificate (chain) for brokers that want one; needs `client_key_file`.
-    pub client_cert_file: String,
-    /// PEM private key of `client_cert_file`.
-    pub client_key_file: String,
-    /// Run a broker inside hearken (rumqttd) and publish to it; `host` must then
-    /// be empty.
-    pub embedded_broker: bool,
-    /// Address the embedded broker listens on.
-    pub embedded_listen: String,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            host: String::new(),
-            port: 1883,
-            username: String::new(),
-            password: String::new(),
-            client_id: String::new(),
-            keepalive_s: 30,
-            base_topic: "hearken".into(),
-            discovery_prefix: "homeassistant".into(),
-            state_dir: String::new(),
-            outbox_max_mib: 16,
-            qos: 1,
-            tls: false,
-            ca_file: String::new(),
-            client_cert_file: String::new(),
-            client_key_file: String::new(),
-            embedded_broker: false,
-            embedded_listen: DEFAULT_EMBEDDED_LISTEN.into(),
-        }
-    }
-}
-
-/// `[detection]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DetectionConfig {
-    /// How often `--print-events` writes a status line, in seconds (1..=3600).
-    pub status_interval_s: f64,
-    /// Trained detectors (`hearken train`): a folder of `<group>.json` files; empty:
-    /// the model's `detectors` folder if it exists; `off`: raw AudioSet scores only.
-    pub detectors: String,
-    /// All groups by key: the built-ins merged with the file's tables, including
-    /// disabled ones (see [`Config::enabled_groups`]).
-    pub groups: BTreeMap<String, GroupConfig>,
-    /// Groups whose `on`, `off` or `pooling` the file sets: their thresholds stay
-    /// as written when the model changes.
-    #[serde(skip)]
-    pub file_tuned: std::collections::BTreeSet<String>,
-}
-
-impl Default for DetectionConfig {
-    fn default() -> Self {
-        DetectionConfig {
-            status_interval_s: DEFAULT_STATUS_INTERVAL_S,
-            detectors: String::new(),
-            groups: BUILTIN_GROUPS
-                .iter()
-                .map(|b| (b.name.to_string(), b.config()))
-                .collect(),
-            file_tuned: Default::default(),
-        }
-    }
-}
-
-/// `[detection.groups.NAME]`: one user-facing event and the AudioSet classes behind it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct GroupConfig {
-    /// Whether the group is detected at all.
-    pub enabled: bool,
-    /// A home-safety group (glass, gunshot…) rather than an ordinary one (dog bark…).
-    pub safety: bool,
-    /// AudioSet display names or ids (`/m/...`); never empty.
-    pub labels: Vec<String>,
-    /// Thresholds, onset, pooling and timing.
-    #[serde(flatten)]
-    pub tuning: Tuning,
-}
-
-impl GroupConfig {
-    /// A group from its flags, labels and tuning.
-    pub fn new(enabled: bool, safety: bool, labels: Vec<String>, tuning: Tuning) -> GroupConfig {
-        GroupConfig {
-            enabled,
-            safety,
-            labels,
-            tuning,
         }
     }
 }
@@ -876,7 +285,7 @@ impl Config {
 
     /// The enabled groups, by key.
     pub fn enabled_groups(&self) -> impl Iterator<Item = (&String, &GroupConfig)> {
-        self.detection.groups.iter().filter(|(_, g)| g.enabled)
+        self.detection.enabled_groups()
     }
 
     /// Checks that every label of every enabled group exists in `labels` (the model's
@@ -2154,7 +1563,7 @@ mod tests {
         let c = Config::from_str("", "t.toml").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.audio.source, "default");
-        assert_eq!(c.model.name, DEFAULT_MODEL);
+        assert_eq!(c.model.name, crate::model::DEFAULT_MODEL);
         assert!(valid_node_id(&c.node.id), "{:?}", c.node.id);
         assert_eq!(c.detection.groups.len(), BUILTIN_GROUPS.len());
         assert_eq!(c.enabled_groups().count(), BUILTIN_GROUPS.len());

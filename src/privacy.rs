@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use realfft::RealFftPlanner;
+use serde::{Deserialize, Serialize};
 
 /// An anonymisation step applied to audio before it is classified.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,6 +180,59 @@ fn low_pass(x: &mut [f32], rate: u32, cutoff_hz: f64) {
     }
     let len = x.len();
     x.copy_from_slice(&buf[..len]);
+}
+
+/// `[privacy]`: what the daemon may keep of the audio itself, and how the SIFIS-Home
+/// anonymisation routes work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table of privacy settings"
+)]
+pub struct PrivacyConfig {
+    /// Save a FLAC clip of each event in the state directory (off by default).
+    pub evidence_clips: bool,
+    /// Seconds of audio kept before an event's onset (0..=30).
+    pub clip_before_s: f64,
+    /// Seconds of audio kept after it (1..=60).
+    pub clip_after_s: f64,
+    /// Most clips kept; the oldest go first (1..=100000).
+    pub max_clips: usize,
+    /// Days a clip is kept (0.01..=3650).
+    pub max_age_days: f64,
+    /// Size bound of all clips, MB (1..=100000).
+    pub max_mb: f64,
+    /// A clip is not written when any of the model's speech classes reaches this
+    /// score in any of its windows (0..=1).
+    pub speech_threshold: f32,
+    /// Scramble saved clips (blocks of `scramble_block_s`) so words cannot be
+    /// followed even where speech was too faint to suppress the clip.
+    pub scramble_clips: bool,
+    /// Block length of `scramble`, seconds (0.05..=5; 0.5 or less breaks words).
+    pub scramble_block_s: f64,
+    /// Level of `dp_noise`'s noise below each channel's RMS, dB (-40..=60).
+    pub dp_noise_snr_db: f64,
+    /// Low-pass applied after `dp_noise`, Hz (500..=24000).
+    pub dp_noise_cutoff_hz: f64,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            evidence_clips: false,
+            clip_before_s: 5.0,
+            clip_after_s: 5.0,
+            max_clips: 100,
+            max_age_days: 30.0,
+            max_mb: 200.0,
+            speech_threshold: 0.3,
+            scramble_clips: false,
+            scramble_block_s: 0.5,
+            dp_noise_snr_db: 10.0,
+            dp_noise_cutoff_hz: 8000.0,
+        }
+    }
 }
 
 #[cfg(test)]

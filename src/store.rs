@@ -53,6 +53,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use uuid::Uuid;
 
 use crate::publish::outbox::crc32;
+use serde::{Deserialize, Serialize};
 
 /// Folder of the store inside the state directory.
 pub const DIR: &str = "home";
@@ -950,6 +951,39 @@ pub fn quantise(e: &[f32]) -> (f32, Vec<i8>) {
         })
         .collect();
     (scale, q)
+}
+
+/// `[learning]`: what the daemon keeps of this home's sound (never audio) and the
+/// targets `hearken adapt` works to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table of learning settings"
+)]
+pub struct LearningConfig {
+    /// Keep the home store in the state directory.
+    pub store: bool,
+    /// Days a stored window is kept (1..=365).
+    pub days: f64,
+    /// Size bound of the store in MB (1..=10000).
+    pub max_mb: f64,
+    /// False alarms per week `hearken adapt` works to (0..=1000).
+    pub false_alarms_per_week: f64,
+    /// Validation recall `hearken adapt` may give up to get there (0..=1).
+    pub max_recall_drop: f64,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        LearningConfig {
+            store: true,
+            days: 14.0,
+            max_mb: 50.0,
+            false_alarms_per_week: 1.0,
+            max_recall_drop: 0.05,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -187,3 +187,39 @@ fn a_microphone_and_a_file_in_one_daemon_each_raise_their_own_events() {
         "{starts:#?}"
     );
 }
+
+#[test]
+fn a_microphone_that_appears_after_start_is_opened_and_heard() {
+    let Some(pulse) = start_pulse() else {
+        return;
+    };
+    // No sound server yet: the microphone cannot be opened when hearken starts.
+    pulse.kill();
+    let dog = format!(
+        "file=file:{}",
+        hearken::shared_dir().join("audio/dog.wav").display()
+    );
+    let mut l = Listening::start_with(&["--source", "mic=device:pulse", "--source", &dog]);
+    assert!(
+        l.log
+            .iter()
+            .any(|x| x.contains("mic") && x.contains("tried again every")),
+        "{:#?}",
+        l.log
+    );
+    // The file (11 s) ends while the microphone is still missing: hearken stays up
+    // for it, and opens it once the sound server is there.
+    std::thread::sleep(Duration::from_secs(14));
+    pulse.restart();
+    l.wait_for("source mic is open now", Duration::from_secs(40));
+    let (_, events, log) = l.play_gunshots_and_stop_all();
+    let starts: Vec<&Value> = events.iter().filter(|e| e["state"] == "start").collect();
+    let of = |source: &str, group: &str| {
+        starts
+            .iter()
+            .filter(|e| e["source"] == source && e["group"] == group)
+            .count()
+    };
+    assert_eq!(of("mic", "gunshot"), 1, "{starts:#?}\nlog: {log:#?}");
+    assert!(of("file", "dog_bark") >= 1, "{starts:#?}\nlog: {log:#?}");
+}

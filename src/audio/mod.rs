@@ -1,5 +1,6 @@
 //! Audio input: file decoding, channel mixing and resampling.
 
+pub mod config;
 pub mod decode;
 pub mod resample;
 pub mod source;

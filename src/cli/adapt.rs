@@ -84,7 +84,7 @@ pub(crate) fn run(a: AdaptArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(dir) = hearken::detect::trained::detectors_dir(&p.cfg, &p.model)? else {
+    let Some(dir) = hearken::detect::trained::detectors_dir(&p.cfg.detection, &p.model)? else {
         bail!("[detection] detectors = \"off\": there are no trained detectors to adapt");
     };
     // The shipped detectors with the household's enrolled ones over them: what

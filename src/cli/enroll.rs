@@ -104,7 +104,7 @@ pub(crate) fn run(a: EnrollArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if hearken::detect::trained::detectors_dir(&p.cfg, &p.model)?.is_none() {
+    if hearken::detect::trained::detectors_dir(&p.cfg.detection, &p.model)?.is_none() {
         bail!("[detection] detectors = \"off\": the daemon would not use an enrolled detector; set it to \"\" first");
     }
     let new_group = !p.cfg.detection.groups.contains_key(&group);

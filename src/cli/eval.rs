@@ -104,7 +104,7 @@ pub(crate) fn run(a: EvalArgs) -> Result<ExitCode> {
     }
     let model = std::sync::Arc::new(Model::open(&cfg.model.name)?);
     cfg.check_labels(model.labels())?;
-    hearken::detect::trained::adopt_window(&mut cfg, &model)?;
+    hearken::detect::trained::adopt_window(&cfg.detection, &mut cfg.model, &model)?;
     let opts = run::EvalOptions {
         data: data.unwrap_or_else(|| hearken::shared_dir().join("eval-dev")),
         split,

@@ -447,7 +447,7 @@ pub(crate) fn prepare_scoring(
     ),
     hearken::config::ConfigError,
 > {
-    let adopted = hearken::detect::trained::adopt_window(cfg, model)
+    let adopted = hearken::detect::trained::adopt_window(&cfg.detection, &mut cfg.model, model)
         .map_err(|e| prov.error("detection.detectors", &format!("{e:#}")))?;
     hearken::scoring::WindowPlan::from_manifest(
         model.manifest(),
@@ -478,23 +478,30 @@ pub(crate) fn build_detector(
 > {
     cfg.check_labels(model.labels())
         .map_err(|e| prov.locate(e))?;
-    let trained = hearken::detect::trained::configured(cfg, model).map_err(|e| {
-        // The folder and its files are read whatever the groups; with none enabled
-        // only the match of windows is left out. So if that still fails, the folder
-        // is to blame, else the window.
-        let mut folder_only = cfg.clone();
-        folder_only
-            .detection
-            .groups
-            .values_mut()
-            .for_each(|g| g.enabled = false);
-        let key = if hearken::detect::trained::configured(&folder_only, model).is_err() {
-            "detection.detectors"
-        } else {
-            "model.window_s"
-        };
-        prov.error(key, &format!("{e:#}"))
-    })?;
+    let trained =
+        hearken::detect::trained::configured(&cfg.detection, &cfg.model, model).map_err(|e| {
+            // The folder and its files are read whatever the groups; with none enabled
+            // only the match of windows is left out. So if that still fails, the folder
+            // is to blame, else the window.
+            let mut folder_only = cfg.clone();
+            folder_only
+                .detection
+                .groups
+                .values_mut()
+                .for_each(|g| g.enabled = false);
+            let key = if hearken::detect::trained::configured(
+                &folder_only.detection,
+                &folder_only.model,
+                model,
+            )
+            .is_err()
+            {
+                "detection.detectors"
+            } else {
+                "model.window_s"
+            };
+            prov.error(key, &format!("{e:#}"))
+        })?;
     // The shipped detectors read without error: now with the household's enrolled
     // and adapted ones over them.
     let loaded = hearken::learn::enroll::over_shipped(trained, cfg, model, state, true)

@@ -113,7 +113,7 @@ impl Running {
         let shown = file.display().to_string();
         let prepared = (|| -> Result<_> {
             let mut new = effective_config(Some(&file), &self.overrides)?;
-            hearken::detect::trained::adopt_window(&mut new, &self.model)?;
+            hearken::detect::trained::adopt_window(&new.detection, &mut new.model, &self.model)?;
             let restart = hearken::service::restart_keys(&self.cfg, &new);
             hearken::service::keep_running_values(&self.cfg, &mut new);
             let prov = Provenance::new(Some(&file), &self.overrides, &self.mqtt_flags);
@@ -718,10 +718,13 @@ pub(crate) fn run_daemon(
     let mut stalled: Option<service::Stage> = None;
     let mut next_ping = Instant::now();
     let mut next_status = Instant::now() + STATUS_EVERY;
+    // Done when every open source has ended (files, stdin) and no device is still
+    // waiting to be opened: a microphone that appears later keeps the daemon up.
     let finished = |runs: &[SourceRun]| {
-        runs.iter()
-            .filter_map(|r| r.pipeline.as_ref())
-            .all(|p| p.source_finished())
+        runs.iter().all(|r| match &r.pipeline {
+            Some(p) => p.source_finished(),
+            None => r.retry_at.is_none(),
+        })
     };
     while !stop.load(Ordering::Acquire) && !finished(&runs) {
         let now = Instant::now();

@@ -12,6 +12,7 @@
 //! Scores come in through [`GroupScorer`], so a trained per-group detector can
 //! replace the pooled AudioSet scores without touching the event logic.
 
+pub mod config;
 pub mod trained;
 
 use std::collections::VecDeque;
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::classify::{top_k, Prediction};
-use crate::config::GroupConfig;
 use crate::model::{Labels, Pooling};
+use config::GroupConfig;
 
 /// One hop's scored window, as the detector sees it.
 #[derive(Debug, Clone)]
@@ -426,7 +427,7 @@ impl Detector {
     /// [`Detector::with_trained`] for groups held as owned pairs, stamping events
     /// with node `node`, room `room`, source `source` and model `model`.
     pub fn for_source(
-        groups: &[(String, crate::config::GroupConfig)],
+        groups: &[(String, config::GroupConfig)],
         labels: &Labels,
         (node, room, source, model): (&str, &str, &str, &str),
         trained: &[trained::LinearDetector],
@@ -613,7 +614,7 @@ mod tests {
             true,
             true,
             vec!["Glass".into()],
-            crate::config::Tuning {
+            config::Tuning {
                 on,
                 off,
                 onset_hops: n,

@@ -639,10 +639,10 @@ pub fn load_dir(
 /// The folder `[detection] detectors` names: the model's own `detectors` folder
 /// for `""` (it may not exist), none for `off`; a named folder must exist.
 pub fn detectors_dir(
-    cfg: &crate::config::Config,
+    detection: &super::config::DetectionConfig,
     model: &crate::model::Model,
 ) -> Result<Option<PathBuf>> {
-    Ok(Some(match cfg.detection.detectors.as_str() {
+    Ok(Some(match detection.detectors.as_str() {
         "off" => return Ok(None),
         "" => model.dir().join("detectors"),
         d => {
@@ -659,13 +659,17 @@ pub fn detectors_dir(
 /// empty for the model's own `detectors` folder (none if it does not exist), or
 /// `off`.
 pub fn configured(
-    cfg: &crate::config::Config,
+    detection: &super::config::DetectionConfig,
+    window: &crate::model::config::ModelConfig,
     model: &crate::model::Model,
 ) -> Result<Vec<LinearDetector>> {
-    let Some(dir) = detectors_dir(cfg, model)? else {
+    let Some(dir) = detectors_dir(detection, model)? else {
         return Ok(Vec::new());
     };
-    let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
+    let enabled: Vec<&str> = detection
+        .enabled_groups()
+        .map(|(n, _)| n.as_str())
+        .collect();
     let detectors: Vec<LinearDetector> = load_dir(
         &dir,
         model.name(),
@@ -677,15 +681,15 @@ pub fn configured(
     .collect();
     for d in &detectors {
         let differs = |a: f64, b: f64| a > 0.0 && (a - b).abs() > 1e-6;
-        if differs(d.window_s, cfg.model.window_s) || differs(d.hop_s, cfg.model.hop_s) {
+        if differs(d.window_s, window.window_s) || differs(d.hop_s, window.hop_s) {
             bail!(
                 "the {} detector in {} was trained on {} s windows every {} s, but [model] has window_s = {} and hop_s = {}; set those or retrain it",
                 d.group,
                 dir.display(),
                 d.window_s,
                 d.hop_s,
-                cfg.model.window_s,
-                cfg.model.hop_s
+                window.window_s,
+                window.hop_s
             );
         }
     }
@@ -722,17 +726,21 @@ pub const TRAIN_HOP_S: f64 = 0.5;
 /// trained on one window and hop, the configuration takes those. Returns the
 /// window and hop it set, if it changed anything.
 pub fn adopt_window(
-    cfg: &mut crate::config::Config,
+    detection: &super::config::DetectionConfig,
+    window: &mut crate::model::config::ModelConfig,
     model: &crate::model::Model,
 ) -> Result<Option<(f64, f64)>> {
-    use crate::config::{DEFAULT_HOP_S, DEFAULT_WINDOW_S};
-    if !cfg.detection.detectors.is_empty()
-        || cfg.model.window_s != DEFAULT_WINDOW_S
-        || cfg.model.hop_s != DEFAULT_HOP_S
+    use crate::model::config::{DEFAULT_HOP_S, DEFAULT_WINDOW_S};
+    if !detection.detectors.is_empty()
+        || window.window_s != DEFAULT_WINDOW_S
+        || window.hop_s != DEFAULT_HOP_S
     {
         return Ok(None);
     }
-    let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
+    let enabled: Vec<&str> = detection
+        .enabled_groups()
+        .map(|(n, _)| n.as_str())
+        .collect();
     let windows: Vec<(f64, f64)> = load_dir(
         &model.dir().join("detectors"),
         model.name(),
@@ -744,10 +752,8 @@ pub fn adopt_window(
     .map(|d| (d.window_s, d.hop_s))
     .collect();
     match windows.first() {
-        Some(&w)
-            if windows.iter().all(|&x| x == w) && w != (cfg.model.window_s, cfg.model.hop_s) =>
-        {
-            (cfg.model.window_s, cfg.model.hop_s) = w;
+        Some(&w) if windows.iter().all(|&x| x == w) && w != (window.window_s, window.hop_s) => {
+            (window.window_s, window.hop_s) = w;
             Ok(Some(w))
         }
         _ => Ok(None),

@@ -176,7 +176,7 @@ pub fn detections(events: &[Event]) -> Vec<Detection> {
 /// with every `on`/`off` threshold multiplied by `scale` (capped at 1; for a trained
 /// detector, moved by 2·log2(scale) in log-odds, and its `sure` score with them).
 pub fn scaled_detector(cfg: &Config, model: &Model, scale: f64) -> Result<Detector> {
-    let mut trained = crate::detect::trained::configured(cfg, model)?;
+    let mut trained = crate::detect::trained::configured(&cfg.detection, &cfg.model, model)?;
     // A trained detector's score is a probability that crowds near 0 and 1, so its
     // thresholds move in logit steps: ×0.25 … ×4 becomes −4 … +4 in log-odds.
     for d in &mut trained {
@@ -340,7 +340,7 @@ pub fn run_pipeline(
 pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<EvalReport> {
     let model = crate::detect::trained::model_for(
         &model,
-        &crate::detect::trained::configured(cfg, &model)?,
+        &crate::detect::trained::configured(&cfg.detection, &cfg.model, &model)?,
     )?;
     let enabled: Vec<&str> = cfg.enabled_groups().map(|(n, _)| n.as_str()).collect();
     let groups: Vec<&str> = EVAL_GROUPS

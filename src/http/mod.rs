@@ -19,6 +19,7 @@
 //! `EventSource`). Classification requests share a rate limit and run one at a time
 //! on the blocking pool; bodies are bounded by `[http] max_upload_mb`.
 
+pub mod config;
 mod limit;
 
 use std::convert::Infallible;
@@ -41,10 +42,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::classify::{classify_bytes, ClassifyOptions, Prediction};
-use crate::config::{HttpConfig, PrivacyConfig};
 use crate::live::{render_metrics, Live};
 use crate::model::Model;
 use crate::privacy::Anonymize;
+use crate::privacy::PrivacyConfig;
+use config::HttpConfig;
 
 pub use limit::RateLimiter;
 

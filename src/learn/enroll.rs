@@ -46,10 +46,16 @@ pub struct Loaded {
 /// `hearken adapt` over those they were made for. Nothing when trained detectors
 /// are off.
 pub fn load(cfg: &Config, model: &Model, state_dir: &Path, adapted: bool) -> Result<Loaded> {
-    over_shipped(configured(cfg, model)?, cfg, model, state_dir, adapted)
+    over_shipped(
+        configured(&cfg.detection, &cfg.model, model)?,
+        cfg,
+        model,
+        state_dir,
+        adapted,
+    )
 }
 
-/// [`load`] for shipped detectors already read (`configured(cfg, model)`).
+/// [`load`] for shipped detectors already read (`configured(&cfg.detection, &cfg.model, model)`).
 pub fn over_shipped(
     shipped: Vec<LinearDetector>,
     cfg: &Config,
@@ -57,7 +63,7 @@ pub fn over_shipped(
     state_dir: &Path,
     adapted: bool,
 ) -> Result<Loaded> {
-    let Some(dir) = detectors_dir(cfg, model)? else {
+    let Some(dir) = detectors_dir(&cfg.detection, model)? else {
         return Ok(Loaded::default());
     };
     let mut out = Loaded::default();

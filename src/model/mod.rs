@@ -4,6 +4,7 @@
 //! lazily for each input shape used and cached (a concrete shape runs several times
 //! faster in tract than a symbolic one).
 
+pub mod config;
 pub mod labels;
 pub mod manifest;
 

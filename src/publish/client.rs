@@ -114,7 +114,7 @@ impl MqttSettings {
         let mut out = Vec::new();
         if self.sources.is_empty() || !self.groups.is_empty() {
             out.push((
-                crate::config::SINGLE_SOURCE_NAME.to_string(),
+                crate::audio::config::SINGLE_SOURCE_NAME.to_string(),
                 node.clone(),
                 self.groups.as_slice(),
             ));
@@ -550,7 +550,7 @@ fn announce(c: &mut Conn, s: &MqttSettings, topics: &Topics, a: &Announce<'_>) {
     let hears = |source: &str| a.listening.get(source).copied().unwrap_or(true);
     // With [[sources]] the node itself is online while it runs; each source says
     // whether it hears.
-    let node_ok = !s.sources.is_empty() || hears(crate::config::SINGLE_SOURCE_NAME);
+    let node_ok = !s.sources.is_empty() || hears(crate::audio::config::SINGLE_SOURCE_NAME);
     publish(c, &availability_message(topics, node_ok), Kind::Other);
     for m in discovery_messages(topics, &node_info(s)) {
         publish(c, &m, Kind::Other);

@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod config;
 pub mod discovery;
 pub mod feedback;
 pub mod open_events;

@@ -116,7 +116,7 @@ impl OpenEvents {
 /// written before sources had names.
 pub fn source_name(e: &Event) -> &str {
     if e.source.is_empty() {
-        crate::config::SINGLE_SOURCE_NAME
+        crate::audio::config::SINGLE_SOURCE_NAME
     } else {
         &e.source
     }
