@@ -143,6 +143,7 @@ pub(crate) fn run(a: EnrollArgs) -> Result<ExitCode> {
             .map(|d| hearken::eval::learn::Source {
                 dir: d.clone(),
                 split: hearken::eval::dataset::Split::All,
+                groups: None,
             })
             .collect()
     };

@@ -16,10 +16,18 @@ pub(crate) struct TrainArgs {
     /// given here is used whole.
     #[arg(long)]
     pub(crate) data: Vec<PathBuf>,
-    /// Labelled folders used whole on top of the `--data` ones (or the defaults),
-    /// e.g. $HEARKEN_SHARED/train-candidates, to measure what a source adds.
+    /// Labelled folders used on top of the `--data` ones (or the defaults), e.g.
+    /// $HEARKEN_SHARED/train-candidates, to measure what a source adds.
     #[arg(long)]
     pub(crate) also: Vec<PathBuf>,
+    /// Take only these groups' clips from the `--also` folders (none of their
+    /// ordinary sounds); default: all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) also_groups: Vec<String>,
+    /// Leave out the default sources' candidate sirens
+    /// ($HEARKEN_SHARED/train-candidates), to measure what they add.
+    #[arg(long)]
+    pub(crate) no_candidates: bool,
     /// Configuration file (groups and their timing); without it, the defaults.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
@@ -129,6 +137,8 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
     let TrainArgs {
         data,
         also,
+        also_groups,
+        no_candidates,
         config,
         model,
         groups,
@@ -197,13 +207,21 @@ pub(crate) fn run(a: TrainArgs) -> Result<ExitCode> {
     let whole = |dir| learn::Source {
         dir,
         split: Split::All,
+        groups: None,
     };
     let mut sources = if data.is_empty() {
-        learn::default_sources(&hearken::shared_dir())
+        let mut s = learn::default_sources(&hearken::shared_dir());
+        if no_candidates {
+            s.retain(|s| !s.dir.ends_with("train-candidates"));
+        }
+        s
     } else {
         data.into_iter().map(whole).collect()
     };
-    sources.extend(also.into_iter().map(whole));
+    sources.extend(also.into_iter().map(|dir| learn::Source {
+        groups: (!also_groups.is_empty()).then(|| also_groups.clone()),
+        ..whole(dir)
+    }));
     let out = out.unwrap_or_else(|| model.dir().join("detectors"));
     let opts = learn::TrainOptions {
         sources,

@@ -504,6 +504,7 @@ pub fn train(
     sources.push(Source {
         dir: takes_dir.clone(),
         split: crate::eval::dataset::Split::All,
+        groups: None,
     });
     let staging = req.out.with_file_name(format!(".{}-new", req.group));
     let _ = std::fs::remove_dir_all(&staging);
