@@ -116,6 +116,19 @@ impl Listening {
     }
 }
 
+/// The start messages among `events`.
+fn starts_of(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["state"] == "start").collect()
+}
+
+/// How many of `starts` came from `source` for `group`.
+fn count_of(starts: &[&Value], source: &str, group: &str) -> usize {
+    starts
+        .iter()
+        .filter(|e| e["source"] == source && e["group"] == group)
+        .count()
+}
+
 #[test]
 fn a_gunshot_played_into_the_microphone_raises_an_event() {
     let Some(_pulse) = start_pulse() else {
@@ -169,13 +182,8 @@ fn a_microphone_and_a_file_in_one_daemon_each_raise_their_own_events() {
     let mut l = Listening::start_with(&["--source", "mic=device:pulse", "--source", &dog]);
     l.wait_for("listening on file", Duration::from_secs(60));
     let (_, events, log) = l.play_gunshots_and_stop_all();
-    let starts: Vec<&Value> = events.iter().filter(|e| e["state"] == "start").collect();
-    let of = |source: &str, group: &str| {
-        starts
-            .iter()
-            .filter(|e| e["source"] == source && e["group"] == group)
-            .count()
-    };
+    let starts = starts_of(&events);
+    let of = |source: &str, group: &str| count_of(&starts, source, group);
     assert_eq!(of("mic", "gunshot"), 1, "{starts:#?}\nlog: {log:#?}");
     assert_eq!(of("file", "gunshot"), 0, "{starts:#?}");
     assert!(of("file", "dog_bark") >= 1, "{starts:#?}\nlog: {log:#?}");
@@ -213,13 +221,8 @@ fn a_microphone_that_appears_after_start_is_opened_and_heard() {
     pulse.restart();
     l.wait_for("source mic is open now", Duration::from_secs(40));
     let (_, events, log) = l.play_gunshots_and_stop_all();
-    let starts: Vec<&Value> = events.iter().filter(|e| e["state"] == "start").collect();
-    let of = |source: &str, group: &str| {
-        starts
-            .iter()
-            .filter(|e| e["source"] == source && e["group"] == group)
-            .count()
-    };
+    let starts = starts_of(&events);
+    let of = |source: &str, group: &str| count_of(&starts, source, group);
     assert_eq!(of("mic", "gunshot"), 1, "{starts:#?}\nlog: {log:#?}");
     assert!(of("file", "dog_bark") >= 1, "{starts:#?}\nlog: {log:#?}");
 }
