@@ -182,6 +182,7 @@ fn a_detector_adapted_to_one_hour_of_a_household_raises_5x_fewer_false_alarms_on
         &shared().join("eval-dev"),
         Split::Test,
         &groups,
+        true,
         RATE,
         None,
         &mut rng,

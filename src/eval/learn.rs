@@ -359,17 +359,15 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
                 .collect(),
             None => group_refs.clone(),
         };
-        let (e, mut b) = load_clips(
+        let (e, b) = load_clips(
             &s.dir,
             s.split,
             &groups_here,
+            s.groups.is_none(),
             opts.mix.rate,
             net_max.or(opts.max_per_group),
             &mut rng,
         )?;
-        if s.groups.is_some() {
-            b.clear();
-        }
         let mut kept: HashMap<Option<String>, usize> = HashMap::new();
         for c in e {
             let n = kept.entry(c.group.clone()).or_default();

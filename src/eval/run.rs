@@ -231,12 +231,14 @@ pub fn replay(
     out
 }
 
-/// Clips of `split` in `dir` decoded at `rate`: (events of `groups`, backgrounds).
-/// `max_per_group` picks that many event clips per group with `rng`.
+/// Clips of `split` in `dir` decoded at `rate`: (events of `groups`, backgrounds;
+/// none of those without `with_backgrounds`). `max_per_group` picks that many
+/// event clips per group with `rng`.
 pub fn load_clips(
     dir: &Path,
     split: Split,
     groups: &[&str],
+    with_backgrounds: bool,
     rate: u32,
     max_per_group: Option<usize>,
     rng: &mut rand_chacha::ChaCha8Rng,
@@ -275,7 +277,7 @@ pub fn load_clips(
     let mut backgrounds = Vec::new();
     for c in clips
         .iter()
-        .filter(|c| c.group.is_none() && !groups.contains(&c.label.as_str()))
+        .filter(|c| with_backgrounds && c.group.is_none() && !groups.contains(&c.label.as_str()))
     {
         backgrounds.push(decode(c, None)?);
     }
@@ -362,6 +364,7 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
         &opts.data,
         opts.split,
         &groups,
+        true,
         opts.mix.rate,
         opts.max_per_group,
         &mut rng,
