@@ -765,8 +765,14 @@ pub enum HomeMsg {
     /// an embedding (the sender leaves it out of windows that are not candidates,
     /// [`is_candidate`], and of those the gate skipped).
     Window(Record),
-    /// An event started or ended ([`Record::EventStart`], [`Record::EventEnd`]).
-    Event(Record),
+    /// An event of `source` started or ended ([`Record::EventStart`],
+    /// [`Record::EventEnd`]).
+    Event {
+        /// The source that heard it.
+        source: String,
+        /// The record.
+        record: Record,
+    },
     /// A verdict on an event: the one with `id`, or without one the latest
     /// event of `group` (what a Home Assistant button per group sends).
     Mark {
@@ -774,6 +780,9 @@ pub enum HomeMsg {
         id: Option<Uuid>,
         /// Group, when no id is given.
         group: Option<String>,
+        /// The source whose latest event of `group` is meant (`None`: any
+        /// source's).
+        source: Option<String>,
         /// When, ms.
         wall_ms: u64,
         /// Real or a false alarm.
@@ -793,6 +802,7 @@ pub fn feedback_sink(
         let msg = HomeMsg::Mark {
             id: f.event_id,
             group: Some(f.group.clone()),
+            source: f.source.clone(),
             wall_ms: now_ms(),
             real: f.real,
         };
@@ -828,8 +838,11 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
     let mut hop_s = 0f32;
     let mut tally: Option<Tally> = None;
     let mut last_write = std::time::Instant::now();
-    // Events of earlier runs, for verdicts on "the latest" given after a restart.
+    // Events of earlier runs, for verdicts on "the latest" given after a restart
+    // (the store does not record sources: any source's latest), and this run's
+    // latest of each source.
     let mut latest = latest_events(&w.dir, 3);
+    let mut latest_of: HashMap<(String, String), Uuid> = HashMap::new();
     let report = |r: Result<(), String>| {
         if let Err(m) = r {
             tracing::warn!("{m}");
@@ -895,18 +908,27 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                     w.push(&window);
                 }
             }
-            Some(HomeMsg::Event(r)) => {
-                if let Record::EventStart { id, group, .. } = &r {
+            Some(HomeMsg::Event { source, record }) => {
+                if let Record::EventStart { id, group, .. } = &record {
                     latest.insert(group.clone(), *id);
+                    latest_of.insert((source, group.clone()), *id);
                 }
-                w.push(&r);
+                w.push(&record);
             }
             Some(HomeMsg::Mark {
                 id,
                 group,
+                source,
                 wall_ms,
                 real,
-            }) => match id.or_else(|| group.as_ref().and_then(|g| latest.get(g).copied())) {
+            }) => match id.or_else(|| {
+                let g = group.as_ref()?;
+                match &source {
+                    Some(s) => latest_of.get(&(s.clone(), g.clone())).copied(),
+                    None => None,
+                }
+                .or_else(|| latest.get(g).copied())
+            }) {
                 Some(id) => {
                     w.push(&Record::Mark { id, wall_ms, real });
                     report(w.flush(true));
@@ -1222,14 +1244,29 @@ mod tests {
             .unwrap();
         }
         let id = Uuid::new_v4();
-        tx.send(HomeMsg::Event(Record::EventStart {
-            id,
-            wall_ms: 1_000_000,
-            group: "glass".into(),
-        }))
+        tx.send(HomeMsg::Event {
+            source: "hall".into(),
+            record: Record::EventStart {
+                id,
+                wall_ms: 1_000_000,
+                group: "glass".into(),
+            },
+        })
         .unwrap();
-        // By id; by group (a button names no event: its latest one is meant);
-        // a group with no event yet (ignored).
+        // Another source's glass event, later.
+        let kitchen = Uuid::new_v4();
+        tx.send(HomeMsg::Event {
+            source: "kitchen".into(),
+            record: Record::EventStart {
+                id: kitchen,
+                wall_ms: 1_050_000,
+                group: "glass".into(),
+            },
+        })
+        .unwrap();
+        // By id; by group on a source's topic (a button names no event: that
+        // source's latest one is meant, not the kitchen's); a group with no
+        // event yet (ignored).
         for (id, group, wall_ms, real) in [
             (Some(id), None, 1_100_000, false),
             (None, Some("glass"), 1_200_000, true),
@@ -1238,6 +1275,7 @@ mod tests {
             tx.send(HomeMsg::Mark {
                 id,
                 group: group.map(String::from),
+                source: Some("hall".into()),
                 wall_ms,
                 real,
             })
@@ -1249,16 +1287,17 @@ mod tests {
         assert_eq!(c.windows.len(), 6);
         assert_eq!(c.counted, 600);
         assert!((c.observed_s - 300.0).abs() < 1e-3, "{}", c.observed_s);
-        assert_eq!(c.events.len(), 1);
+        assert_eq!(c.events.len(), 2);
         assert_eq!(c.marks, vec![(id, 1_100_000, false), (id, 1_200_000, true)]);
-        // After a restart, "the latest glass event" is still that one.
-        assert_eq!(latest_events(&d.0, 3).get("glass"), Some(&id));
+        // After a restart, "the latest glass event" is the latest of any source.
+        assert_eq!(latest_events(&d.0, 3).get("glass"), Some(&kitchen));
         let (tx, rx) = crossbeam_channel::unbounded();
         let w = Writer::open(&d.0, LIMITS).unwrap();
         let h = std::thread::spawn(move || run(w, rx));
         tx.send(HomeMsg::Mark {
             id: None,
             group: Some("glass".into()),
+            source: Some("hall".into()),
             wall_ms: 1_400_000,
             real: false,
         })
@@ -1266,6 +1305,6 @@ mod tests {
         drop(tx);
         h.join().unwrap();
         let c = read(&d.0).unwrap();
-        assert_eq!(c.marks.last(), Some(&(id, 1_400_000, false)));
+        assert_eq!(c.marks.last(), Some(&(kitchen, 1_400_000, false)));
     }
 }

@@ -189,6 +189,49 @@ fn a_new_group_enrolled_from_three_files_fires_on_a_fourth_take() {
     check_enrolled(&dir, &config, &state, &report);
     // Files the user gave are never deleted.
     assert!(takes[..3].iter().all(|t| t.is_file()));
+
+    // The tone template alone: with the head silenced, the daemon still hears a
+    // held-out take under speech 3 dB louder than the beep; without the template
+    // it hears nothing.
+    let tone = &report["tone"];
+    assert_eq!(tone["bands"].as_array().map(Vec::len), Some(2), "{report}");
+    assert!(tone["recall"].as_f64().unwrap() > 0.5, "{report}");
+    let file = state.join("enrolled/my_beep/my_beep.json");
+    let mut det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for w in det["weights"].as_array_mut().unwrap() {
+        *w = 0.0.into();
+    }
+    det["bias"] = (-40.0).into();
+    std::fs::write(&file, det.to_string()).unwrap();
+    let speech =
+        hearken::eval::run::decode_at(&common::audio("speech_sample1.wav"), 32_000).unwrap();
+    let beep = hearken::eval::run::decode_at(&takes[3], 32_000).unwrap();
+    let power = |x: &[f32]| x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+    let (speech_p, beep_p) = (power(&speech), power(&beep));
+    let gain = (speech_p / beep_p * 10f64.powf(-3.0 / 10.0)).sqrt() as f32;
+    // The speech over and over, 6 s; the beep from 2 s.
+    let mut mixed: Vec<f32> = (0..192_000).map(|i| speech[i % speech.len()]).collect();
+    for (i, v) in beep.iter().enumerate() {
+        mixed[64_000 + i] += gain * v;
+    }
+    let under_speech = dir.join("under-speech.wav");
+    hearken::eval::run::write_wav(&under_speech, &mixed, 32_000, 1).unwrap();
+    let out = run_daemon(&config, &state, &under_speech);
+    assert_eq!(
+        starts_of(&out, "my_beep"),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    det.as_object_mut().unwrap().remove("tone");
+    std::fs::write(&file, det.to_string()).unwrap();
+    let out = run_daemon(&config, &state, &under_speech);
+    assert_eq!(
+        starts_of(&out, "my_beep"),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
 }
@@ -453,13 +496,30 @@ fn enrolling_an_unseen_smoke_alarm_finds_its_other_alarms() {
         "hearken enroll smoke_alarm",
     ));
     eprintln!(
-        "enrolled in {:.0} s: cross-validated recall {} at {} false alarms/h",
+        "enrolled in {:.0} s: cross-validated recall {} at {} false alarms/h; tone {}",
         t.elapsed().as_secs_f64(),
         enrolled["recall"],
-        enrolled["false_alarms_per_hour"]
+        enrolled["false_alarms_per_hour"],
+        enrolled["tone"]
     );
     let after = evaluate(&state.join("enrolled/smoke_alarm"), "after");
 
+    for (tag, r) in [("before", &before), ("after", &after)] {
+        let of = |key: &str| {
+            r[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g[0] == "smoke_alarm")
+                .map(|g| g[1].to_string())
+                .unwrap_or_default()
+        };
+        eprintln!(
+            "{tag}: false alarms over {}; found by ratio {}",
+            of("false_alarm_causes"),
+            of("found_by_snr")
+        );
+    }
     let (r0, f0, n, b0, bf0) = smoke(&before);
     let (r1, f1, _, b1, bf1) = smoke(&after);
     eprintln!(

@@ -72,9 +72,23 @@ fn assert_paired(ev: &[Value]) {
 fn a_valid_reload_takes_effect_without_restarting_the_source() {
     let dir = tmp("reload-valid");
     let config = dir.join("hearken.toml");
-    write_config(&config, GUNSHOT_OFF);
+    let port = free_port();
+    let http = format!("[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    write_config(&config, &format!("{http}{GUNSHOT_OFF}"));
     let (mut d, gunshots) = start(&dir, &config);
     assert!(!d.stderr.text().contains("gunshot"), "{}", d.stderr.text());
+    let metrics = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .expect("curl is installed (tools/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let m = metrics();
+    assert!(
+        m.contains("hearken_events_total{group=\"glass\"} 0") && !m.contains("group=\"gunshot\""),
+        "{m}"
+    );
 
     // Gunshots while the group is off: no event. Wait until they have left the
     // 10 s window before reloading.
@@ -83,11 +97,17 @@ fn a_valid_reload_takes_effect_without_restarting_the_source() {
     assert!(gunshot_starts(&d.events()).is_empty(), "{:#?}", d.events());
 
     // The default groups again; SIGHUP.
-    write_config(&config, "");
+    write_config(&config, &http);
     let from = d.stderr.seen.len();
     d.signal(libc::SIGHUP);
     let i = wait_reload(&mut d, from, "configuration reloaded");
     assert!(d.stderr.seen[i].contains("gunshot"), "{}", d.stderr.seen[i]);
+    // /metrics counts the group's events from the reload on (none yet).
+    let m = metrics();
+    assert!(
+        m.contains("hearken_events_total{group=\"gunshot\"} 0"),
+        "{m}"
+    );
 
     let at2 = d.feeder().queue(gunshots);
     let got = d.stdout.wait_for(0, Duration::from_secs(90), |l| {

@@ -293,7 +293,7 @@ pub(crate) fn enroll_train(
     );
     let summary = enroll::train(p.model.clone(), &cfg, &req);
     let _ = std::fs::remove_dir_all(&work);
-    let summary = summary?;
+    let enroll::Enrolled { summary, tone } = summary?;
     if let Some((path, text)) = &new_text {
         // Written whole and renamed, so a crash leaves the old file or the new one.
         let tmp = path.with_extension("toml.enroll-tmp");
@@ -313,6 +313,7 @@ pub(crate) fn enroll_train(
         "features": summary.chosen.features,
         "hidden": summary.chosen.hidden,
         "clips": summary.clips,
+        "tone": tone,
         "config": new_text.as_ref().map(|(p, _)| p.clone()),
     });
     if a.json {
@@ -336,6 +337,27 @@ pub(crate) fn enroll_train(
         summary.chosen.on,
         summary.off
     );
+    match (&tone.bands, tone.on, &tone.refused) {
+        (Some(b), Some(on), _) => println!(
+            "its tone (mel bands {}-{}): heard at {:.2}; {} of {} clips of other sounds ({:.1} h) reach that; each take left out of the template and placed into them: {}",
+            b[0],
+            b[1],
+            on,
+            tone.negatives_over,
+            tone.negative_clips,
+            tone.negatives_h,
+            tone.recall.map_or("not measured".to_string(), |r| format!("{:.2} of {} found", r, tone.placements))
+        ),
+        (_, _, Some(why)) => println!("no tone template: {why} (the detector above alone)"),
+        _ => {}
+    }
+    if !tone.same_tone.is_empty() {
+        println!(
+            "note: {} clips of other sounds hold a tone at the same pitch, as clear as the takes' (another beeper?), and would raise {group} too: {}",
+            tone.same_tone.len(),
+            tone.same_tone.join(", ")
+        );
+    }
     println!("detector: {}", summary.file.display());
     if let Some((path, _)) = &new_text {
         println!(

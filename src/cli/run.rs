@@ -95,6 +95,8 @@ pub(crate) struct Running {
     pub(crate) mqtt: Option<hearken::publish::client::MqttSettings>,
     /// The trained detectors in force (a source that opens late starts with them).
     pub(crate) trained: Vec<hearken::detect::trained::LinearDetector>,
+    /// What `/status` and `/metrics` read: a reload lists its new groups there.
+    pub(crate) live: std::sync::Arc<hearken::live::Live>,
 }
 
 impl Running {
@@ -155,6 +157,7 @@ impl Running {
             warn!(file = %shown, keys = %keys, "{keys} changed in {shown}; restart to apply (keeping the running values)");
         }
         let groups: Vec<&str> = new.enabled_groups().map(|(n, _)| n.as_str()).collect();
+        self.live.set_groups(&groups);
         let groups = groups.join(", ");
         // The sources are the same ones (a changed list waits for a restart).
         for (plan, detector) in detectors {
@@ -688,6 +691,7 @@ pub(crate) fn run_daemon(
         cfg,
         mqtt: mqtt_now,
         trained,
+        live: live.clone(),
     };
     let describe = |runs: &[SourceRun]| -> String {
         let names: Vec<String> = runs

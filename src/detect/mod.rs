@@ -13,6 +13,7 @@
 //! replace the pooled AudioSet scores without touching the event logic.
 
 pub mod config;
+pub mod tone;
 pub mod trained;
 
 use std::collections::VecDeque;
@@ -47,6 +48,8 @@ pub struct Hop<'a> {
     pub heads: &'a [f32],
     /// That network's own AudioSet probabilities, max-pooled (empty without one).
     pub net_scores: &'a [f32],
+    /// The hop's score of each tone template (see [`Detector::tone_templates`]).
+    pub tones: &'a [f32],
     /// Wall-clock time of the window end.
     pub wall: SystemTime,
 }
@@ -73,6 +76,8 @@ pub struct OwnedHop {
     pub heads: Vec<f32>,
     /// That network's own AudioSet probabilities (empty without one).
     pub net_scores: Vec<f32>,
+    /// Tone template scores (empty without templates).
+    pub tones: Vec<f32>,
 }
 
 impl OwnedHop {
@@ -88,6 +93,7 @@ impl OwnedHop {
             embedding: hop.embedding.to_vec(),
             heads: hop.heads.to_vec(),
             net_scores: hop.net_scores.to_vec(),
+            tones: hop.tones.to_vec(),
         }
     }
 
@@ -103,6 +109,7 @@ impl OwnedHop {
             embedding: &self.embedding,
             heads: &self.heads,
             net_scores: &self.net_scores,
+            tones: &self.tones,
             wall,
         }
     }
@@ -112,6 +119,12 @@ impl OwnedHop {
 pub trait GroupScorer: Send {
     /// The group's score in [0, 1] for this hop.
     fn score(&mut self, hop: &Hop<'_>) -> f32;
+
+    /// A scorer that reads a tone template's hop score takes `slot` in
+    /// [`Hop::tones`] and returns its template; others return `None`.
+    fn tone(&mut self, _slot: usize) -> Option<tone::ToneTemplate> {
+        None
+    }
 
     /// For a scorer with a home correction: the last hop's score without it, and
     /// the `off` threshold that score was shipped with (what the home store keeps
@@ -366,7 +379,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 impl Detector {
     /// A detector over `(name, config, scorer)` triples; disabled groups are skipped.
     pub fn new(groups: Vec<(String, GroupConfig, Box<dyn GroupScorer>)>, ident: Identity) -> Self {
-        Detector {
+        let mut d = Detector {
             groups: groups
                 .into_iter()
                 .filter(|(_, c, _)| c.enabled)
@@ -384,7 +397,11 @@ impl Detector {
                 .collect(),
             ident,
             top_labels: 5,
-        }
+        };
+        // Tone scorers learn their slots now: a replay of recorded hops reads them
+        // without asking for the templates.
+        d.tone_templates();
+        d
     }
 
     /// Builds class scorers for every enabled group of `groups` against `labels`.
@@ -439,6 +456,18 @@ impl Detector {
             model: model.to_string(),
         };
         Self::with_trained(groups.iter().map(|(n, g)| (n, g)), labels, ident, trained)
+    }
+
+    /// The tone templates of the groups' scorers, in the order their scores go
+    /// in [`Hop::tones`] (each scorer learns its slot here).
+    pub fn tone_templates(&mut self) -> Vec<tone::ToneTemplate> {
+        let mut out = Vec::new();
+        for g in &mut self.groups {
+            if let Some(t) = g.scorer.tone(out.len()) {
+                out.push(t);
+            }
+        }
+        out
     }
 
     /// Names of the groups being watched.
@@ -687,6 +716,7 @@ mod tests {
                 embedding: &[],
                 heads: &[],
                 net_scores: &[],
+                tones: &[],
                 wall: t0 + std::time::Duration::from_secs_f64(end),
             };
             d.step(&hop, &l, &mut out);

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::tone::ToneTemplate;
 use super::{GroupScorer, Hop};
 
 /// What a detector reads from each scored window.
@@ -213,6 +214,42 @@ pub struct LinearDetector {
     /// What `hearken adapt` learnt in this home (none: the shipped detector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<HomeCorrection>,
+    /// A household's own tone (`hearken enroll`), found beside the score above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tone: Option<ToneRule>,
+}
+
+/// A tone template with its threshold: an enrolled detector raises its group when
+/// the template's hop score reaches `on`, whatever its head says (see
+/// [`super::tone`]). The hop's group score is then the higher of the head's and
+/// the tone's, the tone's mapped onto the detector's thresholds: `sure` (or `on`)
+/// from `on` up, `off`…`on` between `on / 2` and `on`, below `off` under that.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToneRule {
+    /// The template.
+    pub template: ToneTemplate,
+    /// Hop score at which the tone counts as heard.
+    pub on: f32,
+    /// How it was calibrated (for people; not read back).
+    #[serde(default)]
+    pub trained: serde_json::Value,
+}
+
+impl ToneRule {
+    /// The group score of a hop whose tone score is `t`, for a detector with
+    /// thresholds `off`, `on` and `sure`.
+    pub fn score(&self, t: f32, off: f32, on: f32, sure: Option<f32>) -> f32 {
+        let half = 0.5 * self.on;
+        if !t.is_finite() || t <= 0.0 {
+            0.0
+        } else if t >= self.on {
+            sure.unwrap_or(on).max(on)
+        } else if t >= half {
+            off + (on - off) * (t - half) / half
+        } else {
+            off * t / half
+        }
+    }
 }
 
 /// A correction `hearken adapt` learnt from one home's stored windows: a term added
@@ -309,6 +346,7 @@ impl LinearDetector {
         hidden: Option<Hidden>,
     ) -> LinearDetector {
         LinearDetector {
+            tone: None,
             group: String::new(),
             model: String::new(),
             embedding_dim: dim,
@@ -459,6 +497,14 @@ impl LinearDetector {
         if let Some(h) = &self.home {
             h.validate(origin)?;
         }
+        if let Some(t) = &self.tone {
+            if !(t.on.is_finite() && t.on > 0.0) {
+                bail!("{origin}: the tone's on must be a number above 0");
+            }
+            t.template
+                .validate(origin, t.template.n_mels)
+                .map_err(anyhow::Error::msg)?;
+        }
         if self.onset_hops > self.onset_of || self.onset_of > 60 {
             bail!(
                 "{origin}: onset_hops ({}) must not exceed onset_of ({}), which is at most 60",
@@ -479,6 +525,9 @@ impl LinearDetector {
         self.on = shift(self.on);
         self.off = shift(self.off).min(self.on);
         self.sure = self.sure.map(|s| shift(s).max(self.on));
+        // A tone's threshold stays: enrolling set it for its false-alarm target
+        // on its own scale, so a sweep shows what the tone adds at each of the
+        // head's thresholds.
     }
 
     /// Reads and validates a detector file.
@@ -506,6 +555,8 @@ pub struct LinearScorer {
     features: Vec<f32>,
     classes: Vec<f32>,
     base: f32,
+    /// Where this detector's tone score sits in [`Hop::tones`].
+    tone_slot: Option<usize>,
 }
 
 impl LinearScorer {
@@ -518,10 +569,24 @@ impl LinearScorer {
             features,
             classes,
             base: 0.0,
+            tone_slot: None,
         }
     }
 
+    /// The head's score and the home-corrected one, each raised to the tone's.
     fn score_parts(&mut self, hop: &Hop<'_>) -> (f32, f32) {
+        let (base, score) = self.head_parts(hop);
+        let d = &self.detector;
+        match (&d.tone, self.tone_slot.and_then(|i| hop.tones.get(i))) {
+            (Some(rule), Some(&t)) => {
+                let s = rule.score(t, d.off, d.on, d.sure);
+                (base.max(s), score.max(s))
+            }
+            _ => (base, score),
+        }
+    }
+
+    fn head_parts(&mut self, hop: &Hop<'_>) -> (f32, f32) {
         if !self.detector.features.extract(hop, &mut self.features) {
             return (0.0, 0.0);
         }
@@ -557,6 +622,12 @@ impl GroupScorer for LinearScorer {
         let (base, score) = self.score_parts(hop);
         self.base = base;
         score
+    }
+
+    fn tone(&mut self, slot: usize) -> Option<ToneTemplate> {
+        let t = self.detector.tone.as_ref()?.template.clone();
+        self.tone_slot = Some(slot);
+        Some(t)
     }
 
     fn base(&self) -> Option<(f32, f32)> {
@@ -807,8 +878,60 @@ mod tests {
             embedding,
             heads: &[],
             net_scores: &[],
+            tones: &[],
             wall: std::time::SystemTime::UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn an_enrolled_tone_raises_the_group_whatever_the_head_says() {
+        // A head that scores every window 0.5 (on 0.6, off 0.4), with a tone.
+        let mut d = det(vec![0.0, 0.0], 0.0);
+        let template = crate::detect::tone::ToneTemplate {
+            n_mels: 64,
+            bands: [20, 21],
+            narrow_ref: 1.0,
+            wide_ref: 1.0,
+            smooth_frames: 5,
+        };
+        d.tone = Some(ToneRule {
+            template: template.clone(),
+            on: 0.5,
+            trained: serde_json::Value::Null,
+        });
+        d.validate("t").unwrap();
+        let rule = d.tone.clone().unwrap();
+        assert_eq!(rule.score(0.7, 0.4, 0.6, None), 0.6, "heard: on");
+        assert_eq!(rule.score(0.7, 0.4, 0.6, Some(0.9)), 0.9, "heard: sure");
+        assert!((rule.score(0.375, 0.4, 0.6, None) - 0.5).abs() < 1e-6);
+        assert!(rule.score(0.2, 0.4, 0.6, None) < 0.4);
+        assert_eq!(rule.score(f32::NAN, 0.4, 0.6, None), 0.0);
+        let mut s = LinearScorer::new(d.clone());
+        assert_eq!(s.tone(3), Some(template));
+        let mut h = hop(&[1.0, 1.0], &[]);
+        assert!(
+            (s.score(&h) - 0.5).abs() < 1e-6,
+            "no tone score: the head's"
+        );
+        let tones = [0.0, 0.0, 0.0, 0.8];
+        h.tones = &tones;
+        assert_eq!(s.score(&h), 0.6, "its slot's tone heard");
+        let quiet = [0.8, 0.8, 0.8, 0.1];
+        h.tones = &quiet;
+        assert!(
+            (s.score(&h) - 0.5).abs() < 1e-6,
+            "other slots are not its own"
+        );
+        // A sweep moves the head's thresholds, not the tone's.
+        let mut shifted = d.clone();
+        shifted.shift_thresholds(2.0);
+        assert_eq!(shifted.tone, d.tone);
+        assert!(shifted.on > d.on);
+        d.tone.as_mut().unwrap().on = f32::NAN;
+        assert!(d.validate("t").is_err());
+        d.tone.as_mut().unwrap().on = 0.5;
+        d.tone.as_mut().unwrap().template.bands = [20, 30];
+        assert!(d.validate("t").is_err());
     }
 
     #[test]

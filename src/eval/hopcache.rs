@@ -105,6 +105,7 @@ pub fn load(path: &Path) -> Option<(Header, Vec<OwnedHop>)> {
         }
         let [scores_mean, scores_max, embedding, heads, net_scores] = vecs;
         hops.push(OwnedHop {
+            tones: Vec::new(),
             start_s,
             end_s,
             hop_s,
@@ -142,6 +143,7 @@ mod tests {
             embedding: vec![1.0, -2.0, 3.5],
             heads: vec![0.25],
             net_scores: vec![0.5, 0.125],
+            tones: vec![],
         }
     }
 

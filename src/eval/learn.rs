@@ -784,6 +784,7 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             events.iter().filter(|s| of_group(s)).count()
         };
         let det = LinearDetector {
+            tone: None,
             group: g.clone(),
             model: model.name().to_string(),
             embedding_dim: model.manifest().io.embedding_dim,
@@ -1588,6 +1589,7 @@ mod tests {
             embedding: vec![],
             heads: vec![],
             net_scores: vec![],
+            tones: vec![],
         };
         let hop = h.as_hop(std::time::SystemTime::UNIX_EPOCH);
         assert_eq!(

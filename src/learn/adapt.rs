@@ -145,6 +145,7 @@ fn replay_scores(
             embedding: Vec::new(),
             heads: Vec::new(),
             net_scores: Vec::new(),
+            tones: Vec::new(),
         })
         .collect();
     detections(&replay(d, &owned, labels))

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::Config;
-use crate::detect::trained::{configured, detectors_dir, load_dir, LinearDetector};
+use crate::detect::tone::{ToneTemplate, ToneTracker};
+use crate::detect::trained::{configured, detectors_dir, load_dir, LinearDetector, ToneRule};
 use crate::model::{Labels, Model};
 
 /// Folder of the enrolled detectors in the state directory.
@@ -483,14 +484,200 @@ pub fn take_scores(model: &Model, file: &Path) -> Result<Vec<f32>> {
     Ok(best)
 }
 
+/// How an enrolment's tone template was learnt and calibrated.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ToneReport {
+    /// The template's key mel bands (none: no template, see `refused`).
+    pub bands: Option<[usize; 2]>,
+    /// Its hop score threshold.
+    pub on: Option<f32>,
+    /// Why the takes gave no template.
+    pub refused: Option<String>,
+    /// Hours of other sounds it was calibrated on.
+    pub negatives_h: f64,
+    /// Their clips.
+    pub negative_clips: usize,
+    /// Clips of other sounds whose highest hop reached the threshold.
+    pub negatives_over: usize,
+    /// Clips of other sounds that hold the same tone (as clear as the takes': see
+    /// [`SAME_TONE`]); they will raise the group too.
+    pub same_tone: Vec<String>,
+    /// Each take, left out of the template and placed into other sounds at every
+    /// ratio: the share found at the threshold.
+    pub recall: Option<f64>,
+    /// Those placements.
+    pub placements: usize,
+}
+
+/// A hop score from which a clip of other sounds counts as holding the takes' very
+/// tone (1.0 is as clear as in the takes).
+pub const SAME_TONE: f32 = 0.8;
+
+/// The log-mel frames of `x` (at the model's rate), frame-major.
+pub fn frames_of(model: &Model, x: &[f32]) -> Vec<f32> {
+    let mut fe = crate::dsp::frontend::LogMel::new(&model.manifest().frontend);
+    let mut out = Vec::new();
+    fe.push(x, &mut out);
+    fe.finish(&mut out);
+    out
+}
+
+/// The highest hop score of `template` over frames `from..to` of `frames`, hops of
+/// `hop` frames as the daemon scores them.
+fn best_hop(template: &ToneTemplate, frames: &[f32], hop: usize, from: usize, to: usize) -> f32 {
+    let mut t = ToneTracker::new(template.clone());
+    t.push(frames);
+    let n = frames.len() / template.n_mels;
+    let mut best = 0f32;
+    let mut end = hop;
+    while end < n + hop {
+        if end > from && end - hop < to {
+            best = best.max(t.hop_score(end.min(n) as u64, hop));
+        }
+        end += hop;
+    }
+    best
+}
+
+/// Learns the takes' tone template ([`crate::detect::tone`]) and its threshold:
+/// the highest hop score over `negatives` (other sounds; at most one false alarm
+/// counted per clip) that leaves `target_fa_per_hour` of them, with a 10 % margin,
+/// leaving out (and naming) clips that hold the same tone ([`SAME_TONE`]).
+/// The recall is measured by leaving each take out of the template and placing it,
+/// three times per ratio of `snrs_db`, into stretches of the negatives.
+pub fn tone_rule(
+    model: &Model,
+    takes: &[PathBuf],
+    negatives: &[PathBuf],
+    snrs_db: &[f64],
+    hop_s: f64,
+    target_fa_per_hour: f64,
+    seed: u64,
+) -> Result<(Option<ToneRule>, ToneReport)> {
+    use rand::{Rng, SeedableRng};
+    let fe = &model.manifest().frontend;
+    let (rate, n_mels, fh) = (fe.sample_rate, fe.n_mels, fe.frame_hop_s());
+    let hop = ((hop_s / fh).round() as usize).max(1);
+    let mut report = ToneReport::default();
+    let audio: Vec<Vec<f32>> = takes
+        .iter()
+        .map(|f| crate::eval::run::decode_at(f, rate))
+        .collect::<Result<_>>()?;
+    let take_frames: Vec<Vec<f32>> = audio.iter().map(|x| frames_of(model, x)).collect();
+    let template = match ToneTemplate::learn(&take_frames, n_mels, fh) {
+        Ok(t) => t,
+        Err(why) => {
+            report.refused = Some(why);
+            return Ok((None, report));
+        }
+    };
+    report.bands = Some(template.bands);
+    // Each negative clip's highest hop.
+    let mut beds: Vec<Vec<f32>> = Vec::new();
+    let mut maxima = Vec::new();
+    for f in negatives {
+        let Ok(x) = crate::eval::run::decode_at(f, rate) else {
+            continue;
+        };
+        if x.is_empty() {
+            continue;
+        }
+        report.negatives_h += x.len() as f64 / rate as f64 / 3600.0;
+        let fr = frames_of(model, &x);
+        maxima.push((best_hop(&template, &fr, hop, 0, usize::MAX), f));
+        if beds.len() < 400 {
+            beds.push(x);
+        }
+    }
+    report.negative_clips = maxima.len();
+    if maxima.is_empty() {
+        bail!("no other sounds to calibrate the tone on");
+    }
+    // A clip whose tone stands out nearly as clearly as in the takes holds the
+    // same tone (another beeper at this pitch): no threshold tells it from the
+    // device without losing the device. It is named, not calibrated against.
+    for (m, f) in &maxima {
+        if *m >= SAME_TONE {
+            report.same_tone.push(f.display().to_string());
+        }
+    }
+    let mut rest: Vec<f32> = maxima
+        .iter()
+        .map(|(m, _)| *m)
+        .filter(|&m| m < SAME_TONE)
+        .collect();
+    rest.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (target_fa_per_hour * report.negatives_h).floor() as usize;
+    let on = (rest.get(allowed).copied().unwrap_or(0.0) * 1.1).clamp(0.25, SAME_TONE);
+    report.on = Some(on);
+    report.negatives_over = maxima.iter().filter(|(m, _)| *m >= on).count();
+    // Leave-one-take-out recall.
+    if takes.len() >= 2 && !beds.is_empty() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (mut found, mut placed) = (0usize, 0usize);
+        for (i, x) in audio.iter().enumerate() {
+            let others: Vec<Vec<f32>> = take_frames
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, f)| f.clone())
+                .collect();
+            let t = ToneTemplate::learn(&others, n_mels, fh).ok();
+            let Some((a, b, p)) = crate::eval::mix::active_span(x, rate) else {
+                continue;
+            };
+            for &snr in snrs_db {
+                for _ in 0..3 {
+                    placed += 1;
+                    let Some(t) = &t else { continue };
+                    let bed = &beds[rng.gen_range(0..beds.len())];
+                    let len = (b - a) + 2 * rate as usize;
+                    let start = rng.gen_range(0..bed.len().max(1));
+                    let mut y: Vec<f32> = (0..len).map(|k| bed[(start + k) % bed.len()]).collect();
+                    let bed_p = y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / len as f64;
+                    let gain = if p > 0.0 && bed_p > 0.0 {
+                        (bed_p / p * 10f64.powf(snr / 10.0)).sqrt()
+                    } else {
+                        1.0
+                    };
+                    let at = rate as usize;
+                    for (k, &v) in x[a..b].iter().enumerate() {
+                        y[at + k] += (gain * v as f64) as f32;
+                    }
+                    let fr = frames_of(model, &y);
+                    let (f0, f1) = (
+                        (at as f64 / rate as f64 / fh) as usize,
+                        ((at + b - a) as f64 / rate as f64 / fh) as usize + 1,
+                    );
+                    if best_hop(t, &fr, hop, f0, f1) >= on {
+                        found += 1;
+                    }
+                }
+            }
+        }
+        if placed > 0 {
+            report.recall = Some(found as f64 / placed as f64);
+            report.placements = placed;
+        }
+    }
+    let rule = ToneRule {
+        template,
+        on,
+        trained: serde_json::json!({
+            "negatives_h": report.negatives_h,
+            "negative_clips": report.negative_clips,
+            "target_fa_per_hour": target_fa_per_hour,
+            "recall_left_out": report.recall,
+            "same_tone": report.same_tone,
+        }),
+    };
+    Ok((Some(rule), report))
+}
+
 /// Trains the group's detector on the takes mixed into the sources' home sounds
 /// (see the module's description) and puts it, with its validation set, in
 /// `req.out`. `cfg` must hold the group.
-pub fn train(
-    model: std::sync::Arc<Model>,
-    cfg: &Config,
-    req: &Request,
-) -> Result<crate::eval::learn::GroupSummary> {
+pub fn train(model: std::sync::Arc<Model>, cfg: &Config, req: &Request) -> Result<Enrolled> {
     use crate::eval::learn::{self, Source, TrainOptions};
     use crate::eval::mix::MixSpec;
     if !cfg.detection.groups.contains_key(&req.group) {
@@ -540,10 +727,37 @@ pub fn train(
         cache_dir: None,
         net: None,
     };
-    let summary = learn::train(model, cfg, &opts)?
+    let summary = learn::train(model.clone(), cfg, &opts)?
         .into_iter()
         .find(|g| g.group == req.group)
         .ok_or_else(|| anyhow!("training made no detector for {}", req.group))?;
+    // The tone beside the head: calibrated on every ordinary sound of the sources.
+    let mut negatives = Vec::new();
+    for src in req.sources.iter().filter(|s| s.groups.is_none()) {
+        for c in crate::eval::dataset::load(&src.dir)? {
+            if crate::eval::dataset::in_split(&c, src.split)
+                && c.group.is_none()
+                && c.label != req.group
+            {
+                negatives.push(c.file);
+            }
+        }
+    }
+    let (rule, tone) = tone_rule(
+        &model,
+        &files,
+        &negatives,
+        &req.snrs_db,
+        cfg.model.hop_s,
+        req.target_fa_per_hour,
+        req.seed,
+    )?;
+    if let Some(rule) = rule {
+        let file = staging.join(format!("{}.json", req.group));
+        let mut d = LinearDetector::load(&file)?;
+        d.tone = Some(rule);
+        d.save(&file)?;
+    }
     if req.out.exists() {
         std::fs::remove_dir_all(&req.out)
             .with_context(|| format!("cannot replace {}", req.out.display()))?;
@@ -551,10 +765,22 @@ pub fn train(
     std::fs::rename(&staging, &req.out)
         .with_context(|| format!("cannot write {}", req.out.display()))?;
     let _ = std::fs::remove_dir_all(&takes_dir);
-    Ok(learn::GroupSummary {
-        file: req.out.join(format!("{}.json", req.group)),
-        ..summary
+    Ok(Enrolled {
+        summary: learn::GroupSummary {
+            file: req.out.join(format!("{}.json", req.group)),
+            ..summary
+        },
+        tone,
     })
+}
+
+/// What enrolling made: the head's training summary and the tone's.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The head (trained as `hearken train` trains one).
+    pub summary: crate::eval::learn::GroupSummary,
+    /// The tone template beside it.
+    pub tone: ToneReport,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{Block, GroupStatus, Message, Progress, Status, Summary};
 use crate::audio::source::SourceStats;
 use crate::classify::{run_unit, top_k};
+use crate::detect::tone::ToneBank;
 use crate::detect::{Detector, Event, Hop};
 use crate::model::Model;
 use crate::scoring::{Scorer, WindowPlan, LEVEL_SILENCE};
@@ -62,6 +63,7 @@ impl InferStage {
             stats: inf_stats,
         } = self;
         let labels = model.labels();
+        let mut tones = ToneBank::new(detector.tone_templates());
         let mut scorer = Scorer::new(plan).with_prefill().with_gate(gate_dbfs);
         let mut run = |f: &[f32]| {
             let t = Instant::now();
@@ -75,6 +77,7 @@ impl InferStage {
         let mut events = Vec::new();
         let mut summary = Summary::default();
         let hop_s = scorer.plan().hop_frames as f64 * scorer.plan().frame_hop_s;
+        let scorer_plan = scorer.plan().clone();
         let interval = Duration::from_secs_f64(status_interval_s.max(0.1));
         let mut last_status = Instant::now();
         let mut first_status_due = true;
@@ -111,17 +114,20 @@ impl InferStage {
                 .map_or(0, |d| d.as_millis() as u64);
             let at = |s: f64| wall_ms.saturating_sub(((end_s - s).max(0.0) * 1000.0) as u64);
             for e in events {
-                let _ = tap.try_send(HomeMsg::Event(match e.state {
-                    crate::detect::EventState::Start => Record::EventStart {
-                        id: e.id,
-                        wall_ms: at(e.start_s),
-                        group: e.group.clone(),
+                let _ = tap.try_send(HomeMsg::Event {
+                    source: name.clone(),
+                    record: match e.state {
+                        crate::detect::EventState::Start => Record::EventStart {
+                            id: e.id,
+                            wall_ms: at(e.start_s),
+                            group: e.group.clone(),
+                        },
+                        crate::detect::EventState::End => Record::EventEnd {
+                            id: e.id,
+                            wall_ms: at(e.end_s.unwrap_or(end_s)),
+                        },
                     },
-                    crate::detect::EventState::End => Record::EventEnd {
-                        id: e.id,
-                        wall_ms: at(e.end_s.unwrap_or(end_s)),
-                    },
-                }));
+                });
             }
         };
         let send_events = |events: &mut Vec<Event>, summary: &mut Summary| -> bool {
@@ -136,6 +142,7 @@ impl InferStage {
             true
         };
         let step = |ws: &crate::scoring::WindowScore,
+                    tones: &mut ToneBank,
                     detector: &mut Detector,
                     events: &mut Vec<Event>,
                     home_floors: &[f32]| {
@@ -146,7 +153,10 @@ impl InferStage {
             } else {
                 t0_wall + Duration::from_secs_f64(ws.end_s)
             };
+            let fh = scorer_plan.frame_hop_s;
+            let end_frame = (ws.end_s / fh).round() as u64;
             let hop = Hop {
+                tones: tones.hop_scores(end_frame, scorer_plan.hop_frames),
                 start_s: ws.start_s,
                 end_s: ws.end_s,
                 hop_s,
@@ -218,6 +228,8 @@ impl InferStage {
                         t0_wall + Duration::from_secs_f64(end_s)
                     };
                     detector.reconfigure(new, end_s, wall, &mut events);
+                    tones = ToneBank::new(detector.tone_templates());
+                    tones.skip_to(scorer.total_frames());
                     // Ends of removed groups' events: the store closes them too.
                     home_events(&events, end_s, wall);
                     home_groups(&detector);
@@ -234,10 +246,11 @@ impl InferStage {
                     continue;
                 }
             };
+            tones.push(&block.frames);
             scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
             for ws in windows.drain(..) {
                 inf_progress.windows.fetch_add(1, Ordering::Relaxed);
-                step(&ws, &mut detector, &mut events, &home_floors);
+                step(&ws, &mut tones, &mut detector, &mut events, &home_floors);
                 if let Some(live) = &live {
                     let s = make_status(
                         &name,
@@ -289,7 +302,7 @@ impl InferStage {
         // End of stream: score the tail, then close what is open.
         scorer.finish(&mut run, &mut windows)?;
         for ws in windows.drain(..) {
-            step(&ws, &mut detector, &mut events, &home_floors);
+            step(&ws, &mut tones, &mut detector, &mut events, &home_floors);
         }
         let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
         let wall = if realtime {

@@ -23,6 +23,9 @@ pub const REAL: &str = "real";
 pub struct Feedback {
     /// The group, from the topic.
     pub group: String,
+    /// The source whose topic it came on (`None`: a single-source daemon's
+    /// topics, which name none).
+    pub source: Option<String>,
     /// The event, when the payload names one; `None` means the group's latest.
     pub event_id: Option<Uuid>,
     /// True for "that was real", false for "that was a false alarm".
@@ -104,6 +107,7 @@ pub fn parse(
     };
     Ok(Feedback {
         group: group.to_string(),
+        source: topics.source().map(String::from),
         event_id,
         real,
     })
@@ -125,10 +129,21 @@ mod tests {
             f,
             Feedback {
                 group: "glass".into(),
+                source: None,
                 event_id: None,
                 real: false
             }
         );
+        // A source's topic names its source: its latest event is meant.
+        let k = t.for_source("kitchen");
+        let f = parse(
+            &k,
+            "hearken/n1/kitchen/glass/feedback",
+            b"false_alarm",
+            &groups(),
+        )
+        .unwrap();
+        assert_eq!(f.source.as_deref(), Some("kitchen"));
         for p in ["real", " REAL\n", "true"] {
             assert!(
                 parse(&t, "hearken/n1/glass/feedback", p.as_bytes(), &groups())
