@@ -135,6 +135,18 @@ fn enroll_my_beep(data: &Path, config: &Path, state: &Path) -> Command {
     c
 }
 
+/// Writes the detector `from` to `to` with its head silenced (zero weights, a
+/// bias of −40): what is left is its tone template. Returns what was written.
+fn head_silenced(from: &Path, to: &Path) -> Value {
+    let mut det: Value = serde_json::from_str(&std::fs::read_to_string(from).unwrap()).unwrap();
+    for w in det["weights"].as_array_mut().unwrap() {
+        *w = 0.0.into();
+    }
+    det["bias"] = (-40.0).into();
+    std::fs::write(to, det.to_string()).unwrap();
+    det
+}
+
 /// The checks both small tests make after enrolling `my_beep`.
 fn check_enrolled(dir: &Path, config: &Path, state: &Path, report: &Value) {
     assert_eq!(report["group"], "my_beep");
@@ -197,12 +209,7 @@ fn a_new_group_enrolled_from_three_files_fires_on_a_fourth_take() {
     assert_eq!(tone["bands"].as_array().map(Vec::len), Some(2), "{report}");
     assert!(tone["recall"].as_f64().unwrap() > 0.5, "{report}");
     let file = state.join("enrolled/my_beep/my_beep.json");
-    let mut det: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    for w in det["weights"].as_array_mut().unwrap() {
-        *w = 0.0.into();
-    }
-    det["bias"] = (-40.0).into();
-    std::fs::write(&file, det.to_string()).unwrap();
+    let mut det = head_silenced(&file, &file);
     let speech =
         hearken::eval::run::decode_at(&common::audio("speech_sample1.wav"), 32_000).unwrap();
     let beep = hearken::eval::run::decode_at(&takes[3], 32_000).unwrap();
@@ -507,15 +514,10 @@ fn enrolling_an_unseen_smoke_alarm_finds_its_other_alarms() {
     // head silenced.
     let alone = dir.join("tone-alone");
     std::fs::create_dir_all(&alone).unwrap();
-    let mut det: Value = serde_json::from_str(
-        &std::fs::read_to_string(state.join("enrolled/smoke_alarm/smoke_alarm.json")).unwrap(),
-    )
-    .unwrap();
-    for w in det["weights"].as_array_mut().unwrap() {
-        *w = 0.0.into();
-    }
-    det["bias"] = (-40.0).into();
-    std::fs::write(alone.join("smoke_alarm.json"), det.to_string()).unwrap();
+    head_silenced(
+        &state.join("enrolled/smoke_alarm/smoke_alarm.json"),
+        &alone.join("smoke_alarm.json"),
+    );
     let tone_alone = evaluate(&alone, "tone-alone");
 
     for (tag, r) in [
