@@ -513,6 +513,11 @@ pub struct ToneReport {
 /// tone (1.0 is as clear as in the takes).
 pub const SAME_TONE: f32 = 0.8;
 
+/// Stretches of other sounds the recall check places takes into, at most.
+const BEDS: usize = 64;
+/// Their length, seconds (a bed is repeated under a longer take).
+const BED_S: usize = 4;
+
 /// The log-mel frames of `x` (at the model's rate), frame-major.
 pub fn frames_of(model: &Model, x: &[f32]) -> Vec<f32> {
     let mut fe = crate::dsp::frontend::LogMel::new(&model.manifest().frontend);
@@ -572,10 +577,12 @@ pub fn tone_rule(
         }
     };
     report.bands = Some(template.bands);
-    // Each negative clip's highest hop.
+    // Each negative clip's highest hop; beds for the recall check: the first
+    // seconds of clips spread over the list (bounded: a Pi has little memory).
+    let every = negatives.len().div_ceil(BEDS).max(1);
     let mut beds: Vec<Vec<f32>> = Vec::new();
     let mut maxima = Vec::new();
-    for f in negatives {
+    for (i, f) in negatives.iter().enumerate() {
         let Ok(x) = crate::eval::run::decode_at(f, rate) else {
             continue;
         };
@@ -585,8 +592,8 @@ pub fn tone_rule(
         report.negatives_h += x.len() as f64 / rate as f64 / 3600.0;
         let fr = frames_of(model, &x);
         maxima.push((best_hop(&template, &fr, hop, 0, usize::MAX), f));
-        if beds.len() < 400 {
-            beds.push(x);
+        if i % every == 0 {
+            beds.push(x[..x.len().min(BED_S * rate as usize)].to_vec());
         }
     }
     report.negative_clips = maxima.len();
