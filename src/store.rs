@@ -923,11 +923,10 @@ pub fn run(mut w: Writer, rx: Receiver<HomeMsg>) {
                 real,
             }) => match id.or_else(|| {
                 let g = group.as_ref()?;
-                match &source {
-                    Some(s) => latest_of.get(&(s.clone(), g.clone())).copied(),
-                    None => None,
-                }
-                .or_else(|| latest.get(g).copied())
+                source
+                    .as_ref()
+                    .and_then(|s| latest_of.get(&(s.clone(), g.clone())).copied())
+                    .or_else(|| latest.get(g).copied())
             }) {
                 Some(id) => {
                     w.push(&Record::Mark { id, wall_ms, real });

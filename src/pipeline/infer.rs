@@ -77,7 +77,7 @@ impl InferStage {
         let mut events = Vec::new();
         let mut summary = Summary::default();
         let hop_s = scorer.plan().hop_frames as f64 * scorer.plan().frame_hop_s;
-        let scorer_plan = scorer.plan().clone();
+        let (frame_hop_s, hop_frames) = (scorer.plan().frame_hop_s, scorer.plan().hop_frames);
         let interval = Duration::from_secs_f64(status_interval_s.max(0.1));
         let mut last_status = Instant::now();
         let mut first_status_due = true;
@@ -153,10 +153,9 @@ impl InferStage {
             } else {
                 t0_wall + Duration::from_secs_f64(ws.end_s)
             };
-            let fh = scorer_plan.frame_hop_s;
-            let end_frame = (ws.end_s / fh).round() as u64;
+            let end_frame = (ws.end_s / frame_hop_s).round() as u64;
             let hop = Hop {
-                tones: tones.hop_scores(end_frame, scorer_plan.hop_frames),
+                tones: tones.hop_scores(end_frame, hop_frames),
                 start_s: ws.start_s,
                 end_s: ws.end_s,
                 hop_s,
