@@ -1676,6 +1676,7 @@ mod tests {
             "max_mb",
             "false_alarms_per_week",
             "max_recall_drop",
+            "weekly_adapt",
         ] {
             assert!(
                 EXAMPLE.lines().any(|l| l

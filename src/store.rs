@@ -993,6 +993,9 @@ pub struct LearningConfig {
     pub false_alarms_per_week: f64,
     /// Validation recall `hearken adapt` may give up to get there (0..=1).
     pub max_recall_drop: f64,
+    /// Let the weekly timer (`hearken-adapt.timer`) adapt the detectors; `false`
+    /// makes its runs (`hearken adapt --scheduled`) do nothing.
+    pub weekly_adapt: bool,
 }
 
 impl Default for LearningConfig {
@@ -1003,6 +1006,7 @@ impl Default for LearningConfig {
             max_mb: 50.0,
             false_alarms_per_week: 1.0,
             max_recall_drop: 0.05,
+            weekly_adapt: true,
         }
     }
 }

@@ -324,3 +324,73 @@ fn a_detector_adapted_to_one_hour_of_a_household_raises_5x_fewer_false_alarms_on
     assert!(!home.join("adapted").exists());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// What the weekly timer runs (`hearken adapt --scheduled`) does nothing, says
+/// why and succeeds where there is nothing to do; the same without `--scheduled`
+/// is an error a user running it by hand should see.
+#[test]
+fn the_weekly_run_does_nothing_and_says_why_when_there_is_nothing_to_do() {
+    let tmp = std::env::temp_dir().join(format!("hearken-adapt-scheduled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let state = tmp.join("state");
+    let cases = [
+        (
+            "[learning]\nweekly_adapt = false\n",
+            "weekly adapting is off ([learning] weekly_adapt = false",
+        ),
+        (
+            "[learning]\nstore = false\n",
+            "the home store is off ([learning] store = false",
+        ),
+        (
+            "[detection]\ndetectors = \"off\"\n",
+            "there are no trained detectors to adapt; nothing changed",
+        ),
+    ];
+    for (i, (toml, says)) in cases.iter().enumerate() {
+        let cfg = tmp.join(format!("c{i}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let args = |scheduled: bool| {
+            let mut a = vec![
+                "adapt".to_string(),
+                "--config".into(),
+                cfg.display().to_string(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ];
+            if scheduled {
+                a.push("--scheduled".into());
+            }
+            a
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_hearken"))
+            .args(args(true))
+            .env("HEARKEN_SHARED", shared())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(says),
+            "{toml:?}: want success and {says:?}, got {:?}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !state.join("adapted").exists(),
+            "{toml:?}: nothing may be written"
+        );
+        if toml.contains("detectors") {
+            let by_hand = Command::new(env!("CARGO_BIN_EXE_hearken"))
+                .args(args(false))
+                .env("HEARKEN_SHARED", shared())
+                .output()
+                .unwrap();
+            assert!(
+                !by_hand.status.success(),
+                "by hand, adapting with no detectors is an error"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -117,6 +117,12 @@ rm -rf "$stage"
 mkdir -p "$stage"
 cp "$detectors"/*.json "$stage"/
 for f in "$detectors"/*.onnx; do [ -f "$f" ] && cp "$f" "$stage"/; done
+# The validation events `hearken adapt` (the weekly timer) measures recall on.
+if [ -f "$detectors/validation.hkv" ]; then
+  cp "$detectors/validation.hkv" "$stage"/
+else
+  echo "build-deb.sh: warning: no validation.hkv in $detectors; the installed daemon cannot adapt to its home" >&2
+fi
 echo "packaging the detectors in $detectors: $(cd "$stage" && echo *)" >&2
 
 target_args=()

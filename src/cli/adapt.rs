@@ -13,8 +13,13 @@ pub(crate) struct AdaptArgs {
     #[command(flatten)]
     pub(crate) daemon: DaemonArgs,
     /// Go back to the shipped detectors (removes the adapted ones).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scheduled")]
     pub(crate) reset: bool,
+    /// Run as the weekly timer does (hearken-adapt.timer): do nothing, and say so,
+    /// when [learning] weekly_adapt or store is off or there is nothing to adapt,
+    /// instead of failing.
+    #[arg(long)]
+    pub(crate) scheduled: bool,
     /// Overrides [learning] false_alarms_per_week.
     #[arg(long)]
     pub(crate) false_alarms_per_week: Option<f64>,
@@ -41,6 +46,7 @@ pub(crate) fn run(a: AdaptArgs) -> Result<ExitCode> {
             model,
         },
         reset,
+        scheduled,
         false_alarms_per_week,
         max_recall_drop,
         min_hours,
@@ -84,7 +90,25 @@ pub(crate) fn run(a: AdaptArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let file = config.map_or_else(
+        || "the configuration".to_string(),
+        |c| c.display().to_string(),
+    );
+    if scheduled && !p.cfg.learning.weekly_adapt {
+        println!(
+            "weekly adapting is off ([learning] weekly_adapt = false in {file}); nothing changed"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if scheduled && !p.cfg.learning.store {
+        println!("the home store is off ([learning] store = false in {file}): nothing to adapt from; nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(dir) = hearken::detect::trained::detectors_dir(&p.cfg.detection, &p.model)? else {
+        if scheduled {
+            println!("[detection] detectors = \"off\" in {file}: there are no trained detectors to adapt; nothing changed");
+            return Ok(ExitCode::SUCCESS);
+        }
         bail!("[detection] detectors = \"off\": there are no trained detectors to adapt");
     };
     // The shipped detectors with the household's enrolled ones over them: what
@@ -94,6 +118,13 @@ pub(crate) fn run(a: AdaptArgs) -> Result<ExitCode> {
         tracing::warn!("{m}");
     }
     let shipped = loaded.detectors;
+    if shipped.is_empty() && scheduled {
+        println!(
+            "no trained detectors for the enabled groups in {}: nothing to adapt; nothing changed",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if shipped.is_empty() {
         bail!(
             "no trained detectors for the enabled groups in {}: adapting needs them (./setup.sh or `hearken train` makes them)",

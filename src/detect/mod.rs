@@ -371,9 +371,11 @@ pub fn evidence_first(
     out
 }
 
-/// `t` as RFC 3339 with milliseconds, UTC.
+/// `t` as RFC 3339 with milliseconds, UTC. A time before 1970 (an event that
+/// started just after a clock without an RTC was reset to the epoch, or a replay
+/// on a time line that starts there) is written as the epoch: humantime panics on it.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(t.max(SystemTime::UNIX_EPOCH)).to_string()
 }
 
 impl Detector {
@@ -637,6 +639,14 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_before_the_epoch_are_written_as_the_epoch() {
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_millis(500);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+        let after = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500);
+        assert_eq!(rfc3339(after), "1970-01-01T00:00:01.500Z");
+    }
 
     fn cfg(on: f32, off: f32, n: usize, m: usize) -> GroupConfig {
         GroupConfig::new(
