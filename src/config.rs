@@ -1659,6 +1659,7 @@ mod tests {
             "name",
             "window_s",
             "hop_s",
+            "skip_quiet_windows",
             "status_interval_s",
             "detectors",
             "host",

@@ -129,6 +129,28 @@ pub struct WindowScore {
     pub dbfs: f32,
     /// Loudest frame in the window, dBFS.
     pub peak_dbfs: f32,
+    /// A placeholder for a window the scorer left unscored ([`Scorer::defer_next`]):
+    /// times and levels only, every score empty until [`Scorer::resolve`] or
+    /// [`WindowScore::filled_from`].
+    pub deferred: bool,
+}
+
+impl WindowScore {
+    /// This placeholder with `other`'s model outputs (its times and levels kept):
+    /// what a deferred window is taken to be when the windows on both sides of it
+    /// are far from any alarm.
+    pub fn filled_from(&self, other: &WindowScore) -> WindowScore {
+        WindowScore {
+            start_frame: self.start_frame,
+            frames: self.frames,
+            start_s: self.start_s,
+            end_s: self.end_s,
+            dbfs: self.dbfs,
+            peak_dbfs: self.peak_dbfs,
+            deferred: false,
+            ..other.clone()
+        }
+    }
 }
 
 /// Element-wise pooling accumulator.
@@ -206,6 +228,11 @@ pub struct Scorer {
     clip: Pool,
     model_calls: u64,
     gated_calls: u64,
+    /// Leave the next window unscored ([`Scorer::defer_next`]).
+    defer: bool,
+    /// Start (internal index) of the window left unscored, until resolved or released.
+    pending: Option<u64>,
+    deferred_calls: u64,
 }
 
 /// Runs the model on one unit of frames (frame-major).
@@ -230,6 +257,9 @@ impl Scorer {
             clip,
             model_calls: 0,
             gated_calls: 0,
+            defer: false,
+            pending: None,
+            deferred_calls: 0,
         }
     }
 
@@ -270,6 +300,37 @@ impl Scorer {
     /// Units the gate skipped so far.
     pub fn gated_calls(&self) -> u64 {
         self.gated_calls
+    }
+
+    /// Windows left unscored and released so far (model calls the quiet-window
+    /// skipping saved).
+    pub fn deferred_calls(&self) -> u64 {
+        self.deferred_calls
+    }
+
+    /// Leaves the next window unscored when `on`: it comes out of [`Scorer::push`]
+    /// as a placeholder ([`WindowScore::deferred`]) and its frames are kept until
+    /// the caller either scores it ([`Scorer::resolve`]) or takes it to be like
+    /// its neighbour ([`Scorer::release`]). One window at a time; windows of
+    /// patch-pooling plans are never deferred.
+    pub fn defer_next(&mut self, on: bool) {
+        self.defer = on && self.plan.patch.is_none();
+    }
+
+    /// Scores the window left unscored (`None` if there is none).
+    pub fn resolve(&mut self, run: &mut UnitFn<'_>) -> Result<Option<WindowScore>> {
+        let Some(start) = self.pending.take() else {
+            return Ok(None);
+        };
+        self.window(start, self.plan.window_frames, run)
+    }
+
+    /// Forgets the window left unscored: the caller took it to be like its
+    /// neighbour.
+    pub fn release(&mut self) {
+        if self.pending.take().is_some() {
+            self.deferred_calls += 1;
+        }
     }
 
     /// Scores pooled over every unit so far (the whole clip).
@@ -348,7 +409,11 @@ impl Scorer {
         }
         while self.total >= self.next_window + w {
             let start = self.next_window;
-            if let Some(ws) = self.window(start, w as usize, run)? {
+            if self.defer && self.pending.is_none() {
+                self.defer = false;
+                self.pending = Some(start);
+                out.push(self.placeholder(start, w as usize));
+            } else if let Some(ws) = self.window(start, w as usize, run)? {
                 out.push(ws);
             }
             self.last_end = Some(start + w);
@@ -374,17 +439,47 @@ impl Scorer {
         Ok(())
     }
 
+    /// Mean and peak level of frames `[start, start + len)`, dBFS.
+    fn levels_of(&self, start: u64, len: usize) -> (f32, f32) {
+        let lv = &self.levels[self.range(start, len)];
+        let peak_dbfs = lv.iter().copied().fold(LEVEL_SILENCE, f32::max);
+        let mean_pow = lv.iter().map(|&d| 10f64.powf(d as f64 / 10.0)).sum::<f64>() / len as f64;
+        let dbfs = (10.0 * mean_pow.max(1e-12).log10()).max(LEVEL_SILENCE as f64) as f32;
+        (dbfs, peak_dbfs)
+    }
+
+    /// The placeholder of a window left unscored.
+    fn placeholder(&self, start: u64, len: usize) -> WindowScore {
+        let (dbfs, peak_dbfs) = self.levels_of(start, len);
+        let fh = self.plan.frame_hop_s;
+        let real_start = start.saturating_sub(self.prefill);
+        let real_end = (start + len as u64).saturating_sub(self.prefill);
+        WindowScore {
+            start_frame: real_start,
+            frames: len,
+            start_s: real_start as f64 * fh,
+            end_s: real_end as f64 * fh,
+            scores: Vec::new(),
+            scores_max: Vec::new(),
+            scores_mean: Vec::new(),
+            embedding: Vec::new(),
+            heads: Vec::new(),
+            net_scores: Vec::new(),
+            units: 0,
+            gated_units: 0,
+            dbfs,
+            peak_dbfs,
+            deferred: true,
+        }
+    }
+
     fn window(
         &mut self,
         start: u64,
         len: usize,
         run: &mut UnitFn<'_>,
     ) -> Result<Option<WindowScore>> {
-        let r = self.range(start, len);
-        let lv = &self.levels[r];
-        let peak_dbfs = lv.iter().copied().fold(LEVEL_SILENCE, f32::max);
-        let mean_pow = lv.iter().map(|&d| 10f64.powf(d as f64 / 10.0)).sum::<f64>() / len as f64;
-        let dbfs = (10.0 * mean_pow.max(1e-12).log10()).max(LEVEL_SILENCE as f64) as f32;
+        let (dbfs, peak_dbfs) = self.levels_of(start, len);
         let (scores, scores_max, scores_mean, embedding, (heads, net_scores), units, gated_units) =
             match self.plan.patch {
                 None => {
@@ -459,6 +554,7 @@ impl Scorer {
             gated_units,
             dbfs,
             peak_dbfs,
+            deferred: false,
         }))
     }
 
@@ -467,7 +563,10 @@ impl Scorer {
     fn trim(&mut self) {
         let w = self.plan.window_frames as u64;
         let tail_start = self.total.saturating_sub(w);
-        let keep_window = self.next_window.min(tail_start);
+        let keep_window = self
+            .next_window
+            .min(tail_start)
+            .min(self.pending.unwrap_or(u64::MAX));
         let keep_frames = match self.plan.patch {
             None => keep_window,
             Some(_) => self.next_unit.min(self.total).min(keep_window),
@@ -533,6 +632,68 @@ mod tests {
         }
         sc.finish(&mut run, &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn a_deferred_window_is_a_placeholder_until_resolved_with_the_same_scores() {
+        // Windows of 10 frames every 4; frames carry their index, so a window's
+        // score is the mean of its frame indices.
+        let frames: Vec<f32> = (0..30).map(|i| i as f32).collect();
+        let mut calls = Vec::new();
+        let mut run = mean_runner(&mut calls);
+        let mut sc = Scorer::new(plan(None, 10, 4));
+        let mut out = Vec::new();
+        sc.push(&frames[..10], None, &mut run, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        sc.defer_next(true);
+        // The next window (frames 4..14) is left unscored: a placeholder.
+        sc.push(&frames[10..14], None, &mut run, &mut out).unwrap();
+        assert!(out[1].deferred && out[1].scores.is_empty());
+        assert_eq!(out[1].start_frame, 4);
+        // Its frames outlive the windows after it; scored late, it is as if on time.
+        sc.push(&frames[14..26], None, &mut run, &mut out).unwrap();
+        assert_eq!(out.len(), 5);
+        assert!(out[2..].iter().all(|w| !w.deferred));
+        let late = sc.resolve(&mut run).unwrap().unwrap();
+        assert_eq!((late.start_frame, late.scores[0]), (4, 8.5));
+        assert!(sc.resolve(&mut run).unwrap().is_none());
+        drop(run);
+        assert_eq!(calls.len(), 5);
+        assert_eq!(sc.deferred_calls(), 0);
+    }
+
+    #[test]
+    fn a_released_window_costs_no_call_and_takes_its_neighbours_scores() {
+        let frames: Vec<f32> = (0..18).map(|i| i as f32).collect();
+        let mut calls = Vec::new();
+        let mut run = mean_runner(&mut calls);
+        let mut sc = Scorer::new(plan(None, 10, 4));
+        let mut out = Vec::new();
+        sc.push(&frames[..10], None, &mut run, &mut out).unwrap();
+        sc.defer_next(true);
+        sc.push(&frames[10..18], None, &mut run, &mut out).unwrap();
+        // One placeholder, then the window after it; the flag lasts one window.
+        assert_eq!(out.len(), 3);
+        assert!(out[1].deferred && !out[2].deferred);
+        let filled = out[1].filled_from(&out[2]);
+        assert_eq!((filled.start_frame, filled.end_s), (4, out[1].end_s));
+        assert_eq!(filled.scores, out[2].scores);
+        assert!(!filled.deferred);
+        sc.release();
+        sc.finish(&mut run, &mut out).unwrap();
+        drop(run);
+        // Windows at 0 and 8 (the last ends with the stream): none for the one at 4.
+        assert_eq!(calls.len(), 2);
+        assert_eq!(sc.deferred_calls(), 1);
+    }
+
+    #[test]
+    fn patch_plans_never_defer() {
+        let mut calls = Vec::new();
+        let mut sc = Scorer::new(plan(Some((4, 4)), 8, 4));
+        sc.defer_next(true);
+        let out = feed(&mut sc, 20, 4, &mut calls);
+        assert!(out.iter().all(|w| !w.deferred));
     }
 
     #[test]

@@ -304,6 +304,9 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.model.hop_s != new.model.hop_s {
         keys.push("model.hop_s");
     }
+    if old.model.skip_quiet_windows != new.model.skip_quiet_windows {
+        keys.push("model.skip_quiet_windows");
+    }
     if old.audio.source != new.audio.source {
         keys.push("audio.source");
     }

@@ -284,3 +284,95 @@ fn a_run_fills_the_home_store_and_the_next_run_adds_to_it() {
     assert!((again.observed_s - 2.0 * c.observed_s).abs() < 1.0);
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Model calls made and skipped, from `hearken run`'s last line.
+fn calls(out: &Output) -> (u64, u64) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("stopped after"))
+        .unwrap_or_else(|| panic!("no summary line in {err}"));
+    let count = |what: &str| -> u64 {
+        let before = line.split(what).next().unwrap();
+        before
+            .rsplit(' ')
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (count(" model calls"), count(" skipped while quiet"))
+}
+
+/// Quiet windows are left unscored (about every second one) without changing
+/// what is found: on a stream of typing, gunshots, rain and typing again (2 s
+/// windows every 0.5 s, the groups on raw class scores), the events are the same
+/// with the skipping on as off, to the stream time, score and labels, for fewer
+/// model calls.
+#[test]
+fn skipping_quiet_windows_saves_model_calls_and_finds_the_same_events() {
+    let rate = 32_000;
+    let mut x = Vec::new();
+    for f in ["typing.wav", "gunshots.wav", "rain.wav", "typing.wav"] {
+        x.extend(hearken::eval::run::decode_at(&audio(f), rate).unwrap());
+    }
+    let dir = std::env::temp_dir().join(format!("hearken-skip-quiet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("stream.wav");
+    hearken::eval::run::write_wav(&wav, &x, rate, 1).unwrap();
+    let run = |skip: bool| {
+        let cfg = dir.join(format!("skip-{skip}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[model]\nwindow_s = 2.0\nhop_s = 0.5\nskip_quiet_windows = {skip}\n[detection]\ndetectors = \"off\"\n"
+            ),
+        )
+        .unwrap();
+        let out = succeeds(
+            hearken()
+                .args(["run", "--print-events", "--fast", "--config"])
+                .arg(&cfg)
+                .arg("--state-dir")
+                .arg(dir.join(format!("state-{skip}")))
+                .arg("--source")
+                .arg(format!("file:{}", wav.display())),
+            "hearken run",
+        );
+        let seen: Vec<String> = events(&out)
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {} {} {} {} {}",
+                    e["group"],
+                    e["state"],
+                    e["start_s"],
+                    e["end_s"],
+                    e["detected_s"],
+                    e["peak_score"],
+                    e["labels"]
+                )
+            })
+            .collect();
+        (seen, calls(&out))
+    };
+    let (with, (calls_with, skipped)) = run(true);
+    let (without, (calls_without, none)) = run(false);
+    assert!(
+        with.iter().any(|e| e.starts_with("\"gunshot\" \"start\"")),
+        "the gunshots are found: {with:?}"
+    );
+    assert_eq!(with, without, "the same events with and without skipping");
+    assert_eq!(none, 0);
+    assert!(
+        skipped > 0 && calls_with + skipped == calls_without,
+        "{calls_with} calls and {skipped} skipped, against {calls_without} calls"
+    );
+    // Most of the stream is quiet: about a third of the calls are saved.
+    assert!(
+        skipped * 4 >= calls_without,
+        "{skipped} of {calls_without} windows skipped"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

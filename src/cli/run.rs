@@ -272,6 +272,7 @@ impl SourceRun {
                 realtime: !sh.fast,
                 ring_seconds: cfg.audio.ring_seconds,
                 gate_dbfs: Some(cfg.audio.gate_dbfs),
+                skip_quiet: cfg.model.skip_quiet_windows,
                 window_s: Some(cfg.model.window_s),
                 hop_s: Some(cfg.model.hop_s),
                 detector,
@@ -899,6 +900,7 @@ pub(crate) fn run_daemon(
                 summary.events += s.events;
                 summary.model_calls += s.model_calls;
                 summary.gated_calls += s.gated_calls;
+                summary.skipped_calls += s.skipped_calls;
                 summary.overruns += s.overruns;
             }
             Err(e) => {
@@ -930,12 +932,14 @@ pub(crate) fn run_daemon(
         events = summary.events,
         model_calls = summary.model_calls,
         gated_calls = summary.gated_calls,
+        skipped_calls = summary.skipped_calls,
         overruns = summary.overruns,
-        "stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} samples dropped",
+        "stopped after {:.1} s of audio: {} events, {} model calls, {} gated, {} skipped while quiet, {} samples dropped",
         summary.audio_s,
         summary.events,
         summary.model_calls,
         summary.gated_calls,
+        summary.skipped_calls,
         summary.overruns
     );
     Ok(ExitCode::SUCCESS)

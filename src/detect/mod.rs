@@ -120,6 +120,12 @@ pub trait GroupScorer: Send {
     /// The group's score in [0, 1] for this hop.
     fn score(&mut self, hop: &Hop<'_>) -> f32;
 
+    /// What [`GroupScorer::score`] would return for `hop`, without counting it as
+    /// the next hop (`None`: this scorer cannot say, as a replay of fixed scores).
+    fn peek(&mut self, _hop: &Hop<'_>) -> Option<f32> {
+        None
+    }
+
     /// A scorer that reads a tone template's hop score takes `slot` in
     /// [`Hop::tones`] and returns its template; others return `None`.
     fn tone(&mut self, _slot: usize) -> Option<tone::ToneTemplate> {
@@ -196,6 +202,10 @@ impl GroupScorer for ClassScorer {
             .iter()
             .filter_map(|&i| s.get(i).copied())
             .fold(0.0, f32::max)
+    }
+
+    fn peek(&mut self, hop: &Hop<'_>) -> Option<f32> {
+        Some(self.score(hop))
     }
 }
 
@@ -371,6 +381,13 @@ pub fn evidence_first(
     out
 }
 
+/// How far under its `off` threshold every group's score must be for the
+/// inference stage to leave a window unscored: a window is skipped only while the
+/// windows before and after it (which share three quarters of its sound at the
+/// usual 2 s windows every 0.5 s) score every group under half its `off`, and
+/// is scored after all when the one after it does not.
+pub const QUIET_MARGIN: f32 = 0.5;
+
 /// `t` as RFC 3339 with milliseconds, UTC. A time before 1970 (an event that
 /// started just after a clock without an RTC was reset to the epoch, or a replay
 /// on a time line that starts there) is written as the epoch: humantime panics on it.
@@ -497,6 +514,31 @@ impl Detector {
             .iter()
             .map(|g| g.scorer.base().map_or(g.cfg.tuning.off, |b| b.1))
             .collect()
+    }
+
+    /// Whether every group is far from an event after the last hop: none open,
+    /// no hop over `on` in any onset rule's memory, and every score under
+    /// `margin × off`. The inference stage then leaves the next window unscored
+    /// (see [`QUIET_MARGIN`]).
+    pub fn settled(&self, margin: f32) -> bool {
+        self.groups.iter().all(|g| {
+            g.active.is_none()
+                && !g.history.iter().any(|&h| h)
+                && g.last_score < margin * g.cfg.tuning.off
+        })
+    }
+
+    /// Whether `hop` would leave every group far from an event (as
+    /// [`Detector::settled`], for a hop not yet fed). A group whose scorer
+    /// cannot score ahead counts as not quiet.
+    pub fn quiet(&mut self, hop: &Hop<'_>, margin: f32) -> bool {
+        self.groups.iter_mut().all(|g| {
+            g.active.is_none()
+                && !g.history.iter().any(|&h| h)
+                && g.scorer
+                    .peek(hop)
+                    .is_some_and(|s| s < margin * g.cfg.tuning.off)
+        })
     }
 
     /// Each group's latest score, for status reports.

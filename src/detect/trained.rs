@@ -624,6 +624,10 @@ impl GroupScorer for LinearScorer {
         score
     }
 
+    fn peek(&mut self, hop: &Hop<'_>) -> Option<f32> {
+        Some(self.score_parts(hop).1)
+    }
+
     fn tone(&mut self, slot: usize) -> Option<ToneTemplate> {
         let t = self.detector.tone.as_ref()?.template.clone();
         self.tone_slot = Some(slot);

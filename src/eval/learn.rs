@@ -449,7 +449,8 @@ pub fn train(model: Arc<Model>, cfg: &Config, opts: &TrainOptions) -> Result<Vec
             let detector =
                 Detector::from_config(std::iter::empty(), model.labels(), ident(cfg, &model))
                     .map_err(anyhow::Error::msg)?;
-            let (_, hops) = run_pipeline(fold_model, cfg, &wav, detector)?;
+            // Every hop: training fits on all of them.
+            let (_, hops) = run_pipeline(fold_model, cfg, &wav, detector, false)?;
             let _ = std::fs::remove_file(&wav);
             tracing::info!(
                 mixture = i,

@@ -291,6 +291,7 @@ pub fn run_pipeline(
     cfg: &Config,
     wav: &Path,
     detector: Detector,
+    skip_quiet: bool,
 ) -> Result<(Vec<Event>, Vec<OwnedHop>)> {
     let (hop_tx, hop_rx) = crossbeam_channel::unbounded();
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -303,6 +304,7 @@ pub fn run_pipeline(
             realtime: false,
             ring_seconds: cfg.audio.ring_seconds,
             gate_dbfs: Some(cfg.audio.gate_dbfs),
+            skip_quiet,
             window_s: Some(cfg.model.window_s),
             hop_s: Some(cfg.model.hop_s),
             detector,
@@ -388,7 +390,9 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
     ));
     write_wav(&wav, &mixture.samples, mixture.rate, opts.channels)?;
 
-    let (live_events, hops) = run_pipeline(&model, cfg, &wav, scaled_detector(cfg, &model, 1.0)?)?;
+    let skip = cfg.model.skip_quiet_windows;
+    let (live_events, hops) =
+        run_pipeline(&model, cfg, &wav, scaled_detector(cfg, &model, 1.0)?, skip)?;
 
     let truth: Vec<TruthEvent> = mixture.truth.iter().map(TruthEvent::from).collect();
     let m = &opts.matching;
@@ -413,7 +417,8 @@ pub fn evaluate(model: Arc<Model>, cfg: &Config, opts: &EvalOptions) -> Result<E
             .work_dir
             .join(format!("background-seed{}-{k}.wav", opts.mix.seed));
         write_wav(&path, &stream.samples, stream.rate, opts.channels)?;
-        let (events, hops) = run_pipeline(&model, cfg, &path, scaled_detector(cfg, &model, 1.0)?)?;
+        let (events, hops) =
+            run_pipeline(&model, cfg, &path, scaled_detector(cfg, &model, 1.0)?, skip)?;
         let _ = std::fs::remove_file(&path);
         tracing::info!(
             "background stream {k}: {:.0} min, {} sounds at once, {} detections",

@@ -18,6 +18,9 @@ pub struct ModelConfig {
     pub window_s: f64,
     /// Hop between windows in seconds (0.1..=window_s).
     pub hop_s: f64,
+    /// While every group is far below its thresholds, score every second window
+    /// only (the one between is scored after all if the next is not quiet).
+    pub skip_quiet_windows: bool,
 }
 
 impl Default for ModelConfig {
@@ -26,6 +29,7 @@ impl Default for ModelConfig {
             name: DEFAULT_MODEL.to_string(),
             window_s: DEFAULT_WINDOW_S,
             hop_s: DEFAULT_HOP_S,
+            skip_quiet_windows: true,
         }
     }
 }

@@ -13,9 +13,9 @@ use super::{Block, GroupStatus, Message, Progress, Status, Summary};
 use crate::audio::source::SourceStats;
 use crate::classify::{run_unit, top_k};
 use crate::detect::tone::ToneBank;
-use crate::detect::{Detector, Event, Hop};
+use crate::detect::{Detector, Event, Hop, QUIET_MARGIN};
 use crate::model::Model;
-use crate::scoring::{Scorer, WindowPlan, LEVEL_SILENCE};
+use crate::scoring::{Scorer, WindowPlan, WindowScore, LEVEL_SILENCE};
 use crate::store::{log_odds, HomeMsg, Record};
 
 /// The inference stage: scores rolling windows with the model, runs the detector on
@@ -27,6 +27,7 @@ pub(super) struct InferStage {
     pub(super) model: Arc<Model>,
     pub(super) plan: WindowPlan,
     pub(super) gate_dbfs: Option<f32>,
+    pub(super) skip_quiet: bool,
     pub(super) status_interval_s: f64,
     pub(super) realtime: bool,
     pub(super) rate: u32,
@@ -49,6 +50,7 @@ impl InferStage {
             model,
             plan,
             gate_dbfs,
+            skip_quiet,
             status_interval_s,
             realtime,
             rate,
@@ -142,14 +144,18 @@ impl InferStage {
             true
         };
         let step = |ws: &crate::scoring::WindowScore,
+                    lag_s: f64,
                     tones: &mut ToneBank,
                     detector: &mut Detector,
                     events: &mut Vec<Event>,
                     home_floors: &[f32]| {
-            // Wall clock of the window end; files run fast are stamped as if
-            // they had started when the pipeline did.
+            // Wall clock of the window end (`lag_s` before now for a window
+            // stepped late, after the one that followed it); files run fast are
+            // stamped as if they had started when the pipeline did.
             let wall = if realtime {
                 SystemTime::now()
+                    .checked_sub(Duration::from_secs_f64(lag_s.max(0.0)))
+                    .unwrap_or_else(SystemTime::now)
             } else {
                 t0_wall + Duration::from_secs_f64(ws.end_s)
             };
@@ -197,6 +203,10 @@ impl InferStage {
             }
             home_events(&events[before..], ws.end_s, wall);
         };
+        // A window the scorer left unscored, waiting for the one after it.
+        let mut held: Option<WindowScore> = None;
+        let mut ready: Vec<(WindowScore, f64)> = Vec::new();
+        let mut quiet_tones: Vec<f32> = Vec::new();
         let mut rrx = rrx;
         loop {
             // A new detector takes over before any later block: pending ones
@@ -248,8 +258,51 @@ impl InferStage {
             tones.push(&block.frames);
             scorer.push(&block.frames, Some(&block.levels), &mut run, &mut windows)?;
             for ws in windows.drain(..) {
+                if ws.deferred {
+                    held = Some(ws);
+                    continue;
+                }
+                if let Some(p) = held.take() {
+                    // The window left unscored: taken to be like this one when
+                    // both are quiet (its own tones included), else scored now.
+                    let copy = p.filled_from(&ws);
+                    quiet_tones.clear();
+                    quiet_tones.extend_from_slice(
+                        tones.hop_scores((p.end_s / frame_hop_s).round() as u64, hop_frames),
+                    );
+                    let mut quiet = detector.quiet(
+                        &quiet_hop(&copy, &quiet_tones, hop_s, t0_wall),
+                        QUIET_MARGIN,
+                    );
+                    if quiet {
+                        quiet_tones.clear();
+                        quiet_tones.extend_from_slice(
+                            tones.hop_scores((ws.end_s / frame_hop_s).round() as u64, hop_frames),
+                        );
+                        quiet = detector
+                            .quiet(&quiet_hop(&ws, &quiet_tones, hop_s, t0_wall), QUIET_MARGIN);
+                    }
+                    let late = if quiet {
+                        scorer.release();
+                        copy
+                    } else {
+                        scorer.resolve(&mut run)?.unwrap_or(copy)
+                    };
+                    let lag = ws.end_s - late.end_s;
+                    ready.push((late, lag));
+                }
+                ready.push((ws, 0.0));
+            }
+            for (ws, lag) in ready.drain(..) {
                 inf_progress.windows.fetch_add(1, Ordering::Relaxed);
-                step(&ws, &mut tones, &mut detector, &mut events, &home_floors);
+                step(
+                    &ws,
+                    lag,
+                    &mut tones,
+                    &mut detector,
+                    &mut events,
+                    &home_floors,
+                );
                 if let Some(live) = &live {
                     let s = make_status(
                         &name,
@@ -271,6 +324,7 @@ impl InferStage {
                 }
                 last_window = Some(ws);
             }
+            scorer.defer_next(skip_quiet && held.is_none() && detector.settled(QUIET_MARGIN));
             inf_progress.blocks_done.fetch_add(1, Ordering::Relaxed);
             if !send_events(&mut events, &mut summary) {
                 break;
@@ -298,10 +352,30 @@ impl InferStage {
                 }
             }
         }
-        // End of stream: score the tail, then close what is open.
+        // End of stream: score a window left unscored and the tail, then close
+        // what is open.
+        if held.take().is_some() {
+            if let Some(ws) = scorer.resolve(&mut run)? {
+                step(
+                    &ws,
+                    0.0,
+                    &mut tones,
+                    &mut detector,
+                    &mut events,
+                    &home_floors,
+                );
+            }
+        }
         scorer.finish(&mut run, &mut windows)?;
         for ws in windows.drain(..) {
-            step(&ws, &mut tones, &mut detector, &mut events, &home_floors);
+            step(
+                &ws,
+                0.0,
+                &mut tones,
+                &mut detector,
+                &mut events,
+                &home_floors,
+            );
         }
         let end_s = scorer.total_frames() as f64 * scorer.plan().frame_hop_s;
         let wall = if realtime {
@@ -319,6 +393,7 @@ impl InferStage {
         summary.replaced_samples = inf_stats.replaced.load(Ordering::Relaxed);
         summary.model_calls = scorer.model_calls();
         summary.gated_calls = scorer.gated_calls();
+        summary.skipped_calls = scorer.deferred_calls();
         summary.overruns = inf_stats.overruns.load(Ordering::Relaxed);
         Ok(summary)
     }
@@ -358,5 +433,23 @@ fn make_status(
                 active: a,
             })
             .collect(),
+    }
+}
+
+/// A hop of `w` for judging quietness ([`Detector::quiet`]): nothing outside the
+/// scorers reads it, so its wall time does not matter.
+fn quiet_hop<'a>(w: &'a WindowScore, tones: &'a [f32], hop_s: f64, wall: SystemTime) -> Hop<'a> {
+    Hop {
+        tones,
+        start_s: w.start_s,
+        end_s: w.end_s,
+        hop_s,
+        scores_mean: &w.scores_mean,
+        scores_max: &w.scores_max,
+        dbfs: w.dbfs,
+        embedding: &w.embedding,
+        heads: &w.heads,
+        net_scores: &w.net_scores,
+        wall,
     }
 }

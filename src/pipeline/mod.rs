@@ -52,6 +52,9 @@ pub struct PipelineSettings {
     pub ring_seconds: f64,
     /// Loudness gate, dBFS (`None`: every window is classified).
     pub gate_dbfs: Option<f32>,
+    /// Leave a window unscored while every group is far below its thresholds
+    /// (`[model] skip_quiet_windows`; see [`crate::detect::QUIET_MARGIN`]).
+    pub skip_quiet: bool,
     /// Window length override, seconds.
     pub window_s: Option<f64>,
     /// Hop override, seconds.
@@ -126,6 +129,8 @@ pub struct Summary {
     pub model_calls: u64,
     /// Model calls skipped by the gate.
     pub gated_calls: u64,
+    /// Model calls saved by leaving quiet windows unscored.
+    pub skipped_calls: u64,
     /// Samples dropped at capture.
     pub overruns: u64,
     /// Samples replaced because they were NaN, infinite or absurdly large.
@@ -176,6 +181,7 @@ impl Pipeline {
             realtime,
             ring_seconds,
             gate_dbfs,
+            skip_quiet,
             window_s,
             hop_s,
             detector,
@@ -229,6 +235,7 @@ impl Pipeline {
             model,
             plan,
             gate_dbfs,
+            skip_quiet,
             status_interval_s,
             realtime,
             rate,
