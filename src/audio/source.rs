@@ -731,7 +731,7 @@ fn pcm_feeder<R: Read>(
     control: &Control,
 ) {
     let frame_bytes = 2 * channels;
-    let mut buf = vec![0u8; frame_bytes * 4096];
+    let mut buf = vec![0u8; frame_bytes * 8192];
     let mut have = 0usize;
     let mut mono = Vec::with_capacity(4096);
     loop {
@@ -742,11 +742,11 @@ fn pcm_feeder<R: Read>(
             Ok(0) => break,
             Ok(n) => {
                 have += n;
-                // A short read: the writer trickles (a microphone piped in). Let a
-                // few tens of milliseconds gather in the pipe rather than waking
-                // for every few milliseconds of sound.
+                // A short read: the writer trickles (a microphone piped in). Let
+                // 50 ms gather in the pipe rather than waking for every few
+                // milliseconds of sound (the DSP thread takes 100 ms at a time).
                 if have < buf.len() / 2 {
-                    std::thread::sleep(Duration::from_millis(25));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -152,9 +152,9 @@ impl DspStage {
         // Stream index of the next analysed sample (for the audio tap).
         let mut tapped = 0u64;
         dsp_stats.set_consumer(std::thread::current());
-        // Woken for every 50 ms of sound at most: windows are 0.5 s apart, so
+        // Woken for every 100 ms of sound at most: windows are 0.5 s apart, so
         // waking for each few-millisecond callback only costs context switches.
-        dsp_stats.set_wake_every(u64::from(rate / 20));
+        dsp_stats.set_wake_every(u64::from(rate / 10));
         // The source counts damaged samples (from its callback or reader);
         // this thread, which may log, reports them.
         let warn_replaced = |warnings: &mut ReplacedWarnings, at_end: bool| {
