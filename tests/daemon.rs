@@ -359,6 +359,10 @@ fn skipping_quiet_windows_saves_model_calls_and_finds_the_same_events() {
     };
     let (with, (calls_with, skipped)) = run(true);
     let (without, (calls_without, none)) = run(false);
+    eprintln!(
+        "skipping: {calls_with} model calls and {skipped} skipped; without: {calls_without} calls; {} event messages",
+        with.len()
+    );
     assert!(
         with.iter().any(|e| e.starts_with("\"gunshot\" \"start\"")),
         "the gunshots are found: {with:?}"
