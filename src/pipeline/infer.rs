@@ -266,22 +266,14 @@ impl InferStage {
                     // The window left unscored: taken to be like this one when
                     // both are quiet (its own tones included), else scored now.
                     let copy = p.filled_from(&ws);
-                    quiet_tones.clear();
-                    quiet_tones.extend_from_slice(
-                        tones.hop_scores((p.end_s / frame_hop_s).round() as u64, hop_frames),
-                    );
-                    let mut quiet = detector.quiet(
-                        &quiet_hop(&copy, &quiet_tones, hop_s, t0_wall),
-                        QUIET_MARGIN,
-                    );
-                    if quiet {
+                    let mut quiet_at = |w: &WindowScore, detector: &mut Detector| {
+                        let end = (w.end_s / frame_hop_s).round() as u64;
                         quiet_tones.clear();
-                        quiet_tones.extend_from_slice(
-                            tones.hop_scores((ws.end_s / frame_hop_s).round() as u64, hop_frames),
-                        );
-                        quiet = detector
-                            .quiet(&quiet_hop(&ws, &quiet_tones, hop_s, t0_wall), QUIET_MARGIN);
-                    }
+                        quiet_tones.extend_from_slice(tones.hop_scores(end, hop_frames));
+                        let hop = quiet_hop(w, &quiet_tones, hop_s, t0_wall);
+                        detector.quiet(&hop, QUIET_MARGIN)
+                    };
+                    let quiet = quiet_at(&copy, &mut detector) && quiet_at(&ws, &mut detector);
                     let late = if quiet {
                         scorer.release();
                         copy
@@ -355,16 +347,7 @@ impl InferStage {
         // End of stream: score a window left unscored and the tail, then close
         // what is open.
         if held.take().is_some() {
-            if let Some(ws) = scorer.resolve(&mut run)? {
-                step(
-                    &ws,
-                    0.0,
-                    &mut tones,
-                    &mut detector,
-                    &mut events,
-                    &home_floors,
-                );
-            }
+            windows.extend(scorer.resolve(&mut run)?);
         }
         scorer.finish(&mut run, &mut windows)?;
         for ws in windows.drain(..) {
