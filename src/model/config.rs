@@ -19,7 +19,8 @@ pub struct ModelConfig {
     /// Hop between windows in seconds (0.1..=window_s).
     pub hop_s: f64,
     /// While every group is far below its thresholds, score every second window
-    /// only (the one between is scored after all if the next is not quiet).
+    /// only (the one between is scored after all if the next is not quiet). Off by
+    /// default: held out it cost glass a few events (docs/architecture.md).
     pub skip_quiet_windows: bool,
 }
 
@@ -29,7 +30,7 @@ impl Default for ModelConfig {
             name: DEFAULT_MODEL.to_string(),
             window_s: DEFAULT_WINDOW_S,
             hop_s: DEFAULT_HOP_S,
-            skip_quiet_windows: true,
+            skip_quiet_windows: false,
         }
     }
 }
