@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{shared, succeeds};
+use common::{models_dir, shared, succeeds};
 use hearken::eval::dataset::{fnv1a, Split};
 use hearken::eval::metrics::{Detection, Matching, TruthEvent};
 use hearken::eval::mix::{self, MixSpec, Signal};
@@ -367,6 +367,7 @@ fn the_weekly_run_does_nothing_and_says_why_when_there_is_nothing_to_do() {
         let out = Command::new(env!("CARGO_BIN_EXE_hearken"))
             .args(args(true))
             .env("HEARKEN_SHARED", shared())
+            .env("HEARKEN_MODELS", models_dir())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -384,6 +385,7 @@ fn the_weekly_run_does_nothing_and_says_why_when_there_is_nothing_to_do() {
             let by_hand = Command::new(env!("CARGO_BIN_EXE_hearken"))
                 .args(args(false))
                 .env("HEARKEN_SHARED", shared())
+                .env("HEARKEN_MODELS", models_dir())
                 .output()
                 .unwrap();
             assert!(
