@@ -351,25 +351,21 @@ fn the_weekly_run_does_nothing_and_says_why_when_there_is_nothing_to_do() {
     for (i, (toml, says)) in cases.iter().enumerate() {
         let cfg = tmp.join(format!("c{i}.toml"));
         std::fs::write(&cfg, toml).unwrap();
-        let args = |scheduled: bool| {
-            let mut a = vec![
-                "adapt".to_string(),
-                "--config".into(),
-                cfg.display().to_string(),
-                "--state-dir".into(),
-                state.display().to_string(),
-            ];
+        let adapt = |scheduled: bool| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_hearken"));
+            c.arg("adapt")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--state-dir")
+                .arg(&state)
+                .env("HEARKEN_SHARED", shared())
+                .env("HEARKEN_MODELS", models_dir());
             if scheduled {
-                a.push("--scheduled".into());
+                c.arg("--scheduled");
             }
-            a
+            c.output().unwrap()
         };
-        let out = Command::new(env!("CARGO_BIN_EXE_hearken"))
-            .args(args(true))
-            .env("HEARKEN_SHARED", shared())
-            .env("HEARKEN_MODELS", models_dir())
-            .output()
-            .unwrap();
+        let out = adapt(true);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains(says),
@@ -382,14 +378,8 @@ fn the_weekly_run_does_nothing_and_says_why_when_there_is_nothing_to_do() {
             "{toml:?}: nothing may be written"
         );
         if toml.contains("detectors") {
-            let by_hand = Command::new(env!("CARGO_BIN_EXE_hearken"))
-                .args(args(false))
-                .env("HEARKEN_SHARED", shared())
-                .env("HEARKEN_MODELS", models_dir())
-                .output()
-                .unwrap();
             assert!(
-                !by_hand.status.success(),
+                !adapt(false).status.success(),
                 "by hand, adapting with no detectors is an error"
             );
         }
