@@ -323,6 +323,13 @@ struct Group {
     last_score: f32,
 }
 
+impl Group {
+    /// No event open and no hop over `on` in the onset rule's memory.
+    fn calm(&self) -> bool {
+        self.active.is_none() && !self.history.iter().any(|&h| h)
+    }
+}
+
 /// A group's settings with a trained detector's thresholds and onset rule (the
 /// raw-score ones mean nothing on its scale); cooldown and timing stay the group's.
 pub fn apply_trained(cfg: &mut GroupConfig, d: &trained::LinearDetector) {
@@ -521,11 +528,9 @@ impl Detector {
     /// `margin × off`. The inference stage then leaves the next window unscored
     /// (see [`QUIET_MARGIN`]).
     pub fn settled(&self, margin: f32) -> bool {
-        self.groups.iter().all(|g| {
-            g.active.is_none()
-                && !g.history.iter().any(|&h| h)
-                && g.last_score < margin * g.cfg.tuning.off
-        })
+        self.groups
+            .iter()
+            .all(|g| g.calm() && g.last_score < margin * g.cfg.tuning.off)
     }
 
     /// Whether `hop` would leave every group far from an event (as
@@ -533,8 +538,7 @@ impl Detector {
     /// cannot score ahead counts as not quiet.
     pub fn quiet(&mut self, hop: &Hop<'_>, margin: f32) -> bool {
         self.groups.iter_mut().all(|g| {
-            g.active.is_none()
-                && !g.history.iter().any(|&h| h)
+            g.calm()
                 && g.scorer
                     .peek(hop)
                     .is_some_and(|s| s < margin * g.cfg.tuning.off)
