@@ -56,6 +56,59 @@ fn three_events_and_some_home(tag: &str, events: &str) -> std::path::PathBuf {
     )
 }
 
+/// Checks that the network `tail` (as `hearken train` exports it) and the same
+/// network rebuilt whole by `training/tail.py join` at `whole` give the same group
+/// and AudioSet outputs, windowed over gunshots.wav's golden log-mels.
+fn tail_equals_whole(tail: &Path, whole: &Path) {
+    let base = models_dir().join("efficientat-mn04");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("training/tail.py");
+    let python = std::env::var("HEARKEN_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+    succeeds(
+        Command::new(python)
+            .arg(&script)
+            .args(["join", "--base"])
+            .arg(base.join("model.onnx"))
+            .arg("--net")
+            .arg(tail)
+            .arg("--out")
+            .arg(whole),
+        "tail.py join",
+    );
+    let m = hearken::model::Model::load(&base).unwrap();
+    let sha = |p: &Path| hearken::model::sha256_file(p).unwrap();
+    let (t, w) = (
+        m.with_net(tail, &sha(tail), 1).unwrap(),
+        m.with_net(whole, &sha(whole), 1).unwrap(),
+    );
+    assert!(t.net_reads().is_some_and(|n| n.contains("features.9")));
+    assert_eq!(w.net_reads(), None);
+    let dir = common::shared().join("models/efficientat-mn04/golden");
+    let (_, mel) = common::npy(&dir.join("gunshots_mel.npy")); // [128][1000]
+    for start in [0, 150, 300, 450, 600, 800] {
+        // 2 s windows (200 frames), frame-major as the daemon hands them over.
+        let mut frames = vec![0.0f32; 200 * 128];
+        for i in 0..200 {
+            for b in 0..128 {
+                frames[i * 128 + b] = mel[b * 1000 + start + i];
+            }
+        }
+        let (a, b) = (
+            t.run_window(&frames).unwrap(),
+            w.run_window(&frames).unwrap(),
+        );
+        assert_eq!(a.scores, b.scores, "mn04's own scores are untouched");
+        assert_eq!(a.heads.len(), 1);
+        assert_eq!(a.net_scores.len(), 527);
+        for (x, y) in [(&a.heads, &b.heads), (&a.net_scores, &b.net_scores)] {
+            let d = common::max_abs_diff(x, y);
+            assert!(
+                d < 1e-4,
+                "window at frame {start}: tail and whole differ by {d}"
+            );
+        }
+    }
+}
+
 /// Writes a configuration in `data` that uses the detectors in `detectors` (on their
 /// 2 s windows) and runs the daemon with it over gunshots.wav: (configuration,
 /// source, output).
@@ -362,6 +415,11 @@ fn a_fine_tuned_network_is_deterministic_runs_in_the_daemon_and_is_refused_once_
         std::fs::read(out_a.join("gunshot.json")).unwrap(),
         std::fs::read(out_b.join("gunshot.json")).unwrap()
     );
+
+    // The network is exported as its tail, which reads mn04's own tensor where the
+    // trained blocks begin; rebuilt whole (the lower blocks from the shipped
+    // model), it gives the same outputs on a real recording's windows.
+    tail_equals_whole(&net, &data.join("whole.onnx"));
 
     // The daemon runs the network in place of mn04's own and scores gunshot with it.
     let (cfg, src, run) = run_gunshots_with(&data, &out_a);

@@ -23,8 +23,10 @@ they are), with a small head on the 384-d embedding giving one logit per group.
 mn04's own 527 AudioSet outputs are kept by distillation: on every window the loss
 also pulls them towards what the untouched mn04 says, so fine-tuning does not forget
 what AudioSet taught it. The export has mn04's two outputs and a third, `groups`
-[1, G] (sigmoid applied), batch 1 and frames free, as tract runs fastest; the daemon
-runs it beside mn04 and reads `groups`.
+[1, G] (sigmoid applied), batch 1 and frames free, as tract runs fastest. It is the
+network's *tail* (`tail.py`): the trained blocks only, reading the shipped mn04's own
+tensor where they begin, which the daemon takes from its mn04 call on the same
+window, so the untouched lower blocks are not run twice.
 
 Deterministic for a seed on one machine (one thread of intra-op parallelism per core
 count given by `--threads`).
@@ -48,6 +50,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from frontend import LogMel, RATE  # noqa: E402
 from mn04 import Mn04  # noqa: E402
+from tail import Net, export_tail  # noqa: E402
 
 
 class Clips:
@@ -241,36 +244,6 @@ def spec_augment(mel: torch.Tensor, rng: np.random.Generator, frames: bool) -> N
             mel[i, :, :, t0_ : t0_ + rng.integers(5, 20)] = mel[i].mean()
 
 
-class Net(nn.Module):
-    """mn04 with a head: (AudioSet logits, embedding, group logits)."""
-
-    def __init__(self, base: Mn04, groups: int, hidden: int = 128):
-        super().__init__()
-        self.base = base
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(384, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, groups))
-
-    def forward(self, mel):
-        logits, e = self.base(mel)
-        return logits, e, self.head(e)
-
-    def from_trunk(self, env: dict, cut: int):
-        logits, e = self.base.from_trunk(env, cut)
-        return logits, e, self.head(e)
-
-
-class Export(nn.Module):
-    """What the daemon runs: probabilities, embedding, group probabilities."""
-
-    def __init__(self, net: Net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, mel):
-        logits, e, g = self.net(mel)
-        return torch.sigmoid(logits), e, torch.sigmoid(g)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common_args(ap, lr=1e-3)
@@ -322,16 +295,11 @@ def main() -> int:
               f"distillation {total['distill']:.4f}, {time.time() - t0:.0f} s", flush=True)
 
     net.eval()
-    export = Export(net).eval()
-    mel = torch.zeros(1, 1, 128, int(round(args.window_s * 100)))
-    torch.onnx.export(export, (mel,), args.out, input_names=["mel"],
-                      output_names=["probs", "embedding", "groups"],
-                      dynamic_axes={"mel": {3: "frames"}}, opset_version=17,
-                      do_constant_folding=True)
+    reads = export_tail(net, args.train_from, args.out, int(round(args.window_s * 100)))
     with open(args.out + ".json", "w") as f:
         json.dump({"groups": groups, "seed": args.seed, "epochs": args.epochs,
                    "windows_per_epoch": args.windows, "batch": args.batch,
-                   "train_from": args.train_from, "lr": args.lr, "distill": args.distill,
+                   "train_from": args.train_from, "reads": reads, "lr": args.lr, "distill": args.distill,
                    "exclude_fold": args.exclude_fold, "event_clips": counts,
                    "background_clips": len(clips.backgrounds),
                    "seconds": round(time.time() - t0, 1)}, f, indent=1)

@@ -365,8 +365,12 @@ pub(crate) fn run_daemon(
         );
     }
     if let Some((net, _)) = model.net() {
+        let shared = match model.net_reads() {
+            Some(t) => format!(" (its trained blocks only, on {t})"),
+            None => String::new(),
+        };
         info!(
-            "{} runs the fine-tuned network {} beside its own network",
+            "{} runs the fine-tuned network {}{shared} beside its own network",
             model.name(),
             net.display()
         );

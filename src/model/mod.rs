@@ -64,6 +64,10 @@ struct Net {
     sha256: String,
     graph: Graph,
     plans: Mutex<HashMap<usize, Plan>>,
+    /// For a network exported as its tail (`training/tail.py`): the name of the
+    /// model's own tensor it reads, which the model's plans give as a third output.
+    /// `None`: the network reads the mel window itself.
+    reads: Option<String>,
 }
 
 /// A typed graph whose variable axis is a symbol, and that symbol.
@@ -327,6 +331,34 @@ impl Model {
                 onnx.display()
             )
         })?;
+        // A network exported as its tail reads the model's own tensor where its
+        // trained blocks begin (its input is named after it): the model then gives
+        // that tensor too, and the lower blocks run once per window, not twice.
+        let input = parsed
+            .input_outlets()
+            .ok()
+            .and_then(|o| o.first().copied())
+            .map(|o| parsed.node(o.node).name.clone())
+            .unwrap_or_default();
+        let reads = (input != self.manifest.io.input && input != "mel").then_some(input);
+        let own = match &reads {
+            Some(t) => {
+                let outputs = [
+                    self.manifest.io.scores.as_str(),
+                    self.manifest.io.embedding.as_str(),
+                    t.as_str(),
+                ];
+                let g = Graph::parse(&self.graph.path, &outputs).map_err(|e| {
+                    anyhow!(
+                        "the fine-tuned network {} reads the tensor {t} of model {name}, which \
+                         it cannot give ({e:#}); retrain with `hearken train --method net`",
+                        onnx.display()
+                    )
+                })?;
+                Graph::new(&self.graph.path, &outputs, g)
+            }
+            None => self.graph.share(),
+        };
         // mn04 fine-tuned has AudioSet outputs too; a frame-level detector
         // (`--method crnn`) has only its group outputs.
         let graph = match parsed
@@ -348,13 +380,14 @@ impl Model {
             manifest: self.manifest.clone(),
             labels: self.labels.clone(),
             dir: self.dir.clone(),
-            graph: self.graph.share(),
+            graph: own,
             plans: Mutex::new(HashMap::new()),
             net: Some(Net {
                 path: onnx.to_path_buf(),
                 sha256: digest.to_ascii_lowercase(),
                 graph,
                 plans: Mutex::new(HashMap::new()),
+                reads,
             }),
         };
         // One call now, so a network for another input or group count is refused at
@@ -388,6 +421,12 @@ impl Model {
         self.net
             .as_ref()
             .map(|n| (n.path.as_path(), n.sha256.as_str()))
+    }
+
+    /// For a fine-tuned network exported as its tail: the model's own tensor it
+    /// reads (so the lower blocks they share run once per window).
+    pub fn net_reads(&self) -> Option<&str> {
+        self.net.as_ref().and_then(|n| n.reads.as_deref())
     }
 
     /// The manifest.
@@ -509,44 +548,78 @@ impl Model {
         Ok(outs)
     }
 
-    fn run(&self, key: usize, input: Tensor) -> Result<Vec<Output>> {
-        let (heads, net_scores): (Vec<f32>, Vec<f32>) = match &self.net {
-            Some(net) => {
-                let plan = self.plan_of(&net.graph, &net.plans, key)?;
-                let res = plan.run(tvec!(input.clone().into())).map_err(|e| {
-                    anyhow!(
-                        "the fine-tuned network {}: inference failed: {e}",
-                        net.path.display()
-                    )
-                })?;
-                let flat = |i: usize| -> Result<Vec<f32>> {
-                    Ok(res[i]
-                        .to_plain_array_view::<f32>()?
-                        .iter()
-                        .copied()
-                        .collect())
-                };
-                match res.len() {
-                    1 => (flat(0)?, Vec::new()),
-                    2 => (flat(0)?, flat(1)?),
-                    n => bail!(
-                        "the fine-tuned network {}: expected 1 or 2 outputs, got {n}",
-                        net.path.display()
-                    ),
+    /// A fine-tuned network's group outputs and AudioSet outputs (empty when it
+    /// has none) for `input`: the mel window, or for a tail the model's tensor.
+    fn run_net(&self, net: &Net, key: usize, input: TValue) -> Result<(Vec<f32>, Vec<f32>)> {
+        let plan = match net.reads {
+            None => self.plan_of(&net.graph, &net.plans, key)?,
+            Some(_) => {
+                let mut plans = net
+                    .plans
+                    .lock()
+                    .map_err(|_| anyhow!("network plan cache poisoned"))?;
+                match plans.get(&key) {
+                    Some(p) => p.clone(),
+                    None => {
+                        // The tensor's last axis is time, as the mel window's is.
+                        let p = net
+                            .graph
+                            .plan(input.shape(), input.rank() - 1)
+                            .map_err(|e| {
+                                anyhow!("the fine-tuned network {}: {e:#}", net.path.display())
+                            })?;
+                        plans.insert(key, p.clone());
+                        p
+                    }
                 }
             }
-            None => (Vec::new(), Vec::new()),
+        };
+        let res = plan.run(tvec!(input)).map_err(|e| {
+            anyhow!(
+                "the fine-tuned network {}: inference failed: {e}",
+                net.path.display()
+            )
+        })?;
+        let flat = |i: usize| -> Result<Vec<f32>> {
+            Ok(res[i]
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect())
+        };
+        match res.len() {
+            1 => Ok((flat(0)?, Vec::new())),
+            2 => Ok((flat(0)?, flat(1)?)),
+            n => bail!(
+                "the fine-tuned network {}: expected 1 or 2 outputs, got {n}",
+                net.path.display()
+            ),
+        }
+    }
+
+    fn run(&self, key: usize, input: Tensor) -> Result<Vec<Output>> {
+        let tail = self.net.as_ref().filter(|n| n.reads.is_some());
+        let (mut heads, mut net_scores) = match &self.net {
+            Some(net) if net.reads.is_none() => self.run_net(net, key, input.clone().into())?,
+            _ => (Vec::new(), Vec::new()),
         };
         let plan = self.plan(key)?;
-        let res = plan
+        let mut res = plan
             .run(tvec!(input.into()))
             .map_err(|e| anyhow!("model {}: inference failed: {e}", self.name()))?;
-        if res.len() != 2 {
+        let expected = if tail.is_some() { 3 } else { 2 };
+        if res.len() != expected {
             bail!(
-                "model {}: expected 2 outputs, got {}",
+                "model {}: expected {expected} outputs, got {}",
                 self.name(),
                 res.len()
             );
+        }
+        if let Some(net) = tail {
+            // The third output is the tensor the tail reads (the count was checked).
+            if let Some(trunk) = res.pop() {
+                (heads, net_scores) = self.run_net(net, key, trunk)?;
+            }
         }
         let scores = res[0].to_plain_array_view::<f32>()?;
         let emb = res[1].to_plain_array_view::<f32>()?;
