@@ -135,7 +135,21 @@ pub struct WindowScore {
     pub deferred: bool,
 }
 
+/// A window whose loudest frame stands at most this far above its mean level (dB)
+/// holds steady sound: no knock, clink or bang stands out in it. See
+/// [`WindowScore::steady`].
+pub const STEADY_CREST_DB: f32 = 10.0;
+
 impl WindowScore {
+    /// Whether the window's sound is steady (its loudest frame within
+    /// [`STEADY_CREST_DB`] of its mean level): only such a window may be taken to
+    /// be like its neighbour when quiet windows are skipped. A short break or bang
+    /// stands out of the window it is in, and a network can score it in one
+    /// window and not 0.5 s later, so those windows are always scored.
+    pub fn steady(&self) -> bool {
+        self.peak_dbfs - self.dbfs <= STEADY_CREST_DB
+    }
+
     /// This placeholder with `other`'s model outputs (its times and levels kept):
     /// what a deferred window is taken to be when the windows on both sides of it
     /// are far from any alarm.
@@ -763,6 +777,27 @@ mod tests {
             assert!(sc.frames.len() <= 8 + 13);
             assert!(sc.units.len() <= 6);
         }
+    }
+
+    #[test]
+    fn a_window_is_steady_unless_one_frame_stands_out_of_its_level() {
+        let mut calls = Vec::new();
+        let mut sc = Scorer::new(plan(None, 20, 20));
+        let mut run = mean_runner(&mut calls);
+        let mut out = Vec::new();
+        let frames = [1.0f32; 60];
+        // A hum (±2 dB), the hum with one frame 20 dB over it (a clink), and the
+        // same clink under a level 15 dB louder throughout.
+        let mut levels: Vec<f32> = (0..60).map(|i| -50.0 + (i % 3) as f32 * 2.0).collect();
+        levels[30] = -30.0;
+        for l in &mut levels[40..] {
+            *l += 15.0;
+        }
+        sc.push(&frames, Some(&levels), &mut run, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(out[0].steady());
+        assert!(!out[1].steady(), "{} / {}", out[1].peak_dbfs, out[1].dbfs);
+        assert!(out[2].steady());
     }
 
     #[test]

@@ -304,8 +304,8 @@ fn calls(out: &Output) -> (u64, u64) {
     (count(" model calls"), count(" skipped while quiet"))
 }
 
-/// Quiet windows are left unscored (about every second one) without changing
-/// what is found: on a stream of typing, gunshots, rain and typing again (2 s
+/// Quiet, steady windows are left unscored (about every second one) without
+/// changing what is found: on a stream of typing, gunshots, rain and typing again (2 s
 /// windows every 0.5 s, the groups on raw class scores), the events are the same
 /// with the skipping on as off, to the stream time, score and labels, for fewer
 /// model calls.
@@ -373,9 +373,10 @@ fn skipping_quiet_windows_saves_model_calls_and_finds_the_same_events() {
         skipped > 0 && calls_with + skipped == calls_without,
         "{calls_with} calls and {skipped} skipped, against {calls_without} calls"
     );
-    // Most of the stream is quiet: about a third of the calls are saved.
+    // Only steady sound is skipped: the rain (a quarter of the stream), about
+    // every second window of it; typing's keystrokes stand out of their windows.
     assert!(
-        skipped * 4 >= calls_without,
+        skipped * 10 >= calls_without,
         "{skipped} of {calls_without} windows skipped"
     );
     let _ = std::fs::remove_dir_all(&dir);

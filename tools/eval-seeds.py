@@ -10,7 +10,9 @@ at <= 1 and <= 0.1 false alarms per hour on the threshold sweep, the median late
 and the events found per SNR summed over seeds.
 
     tools/eval-seeds.py [--seeds 1,2,3] [--background-h 6] [--bin target/release/hearken]
-                        [--json OUT] NAME=DETECTORS_DIR [NAME=DIR ...]
+                        [--skip-quiet] [--json OUT] NAME=DETECTORS_DIR [NAME=DIR ...]
+
+`--skip-quiet` evaluates with `[model] skip_quiet_windows = true`.
 
 `raw` as DIR evaluates the raw AudioSet scores (detectors off, 10 s windows). Runs
 one eval at a time (each uses both cores). Needs the models installed
@@ -26,14 +28,15 @@ import tempfile
 from pathlib import Path
 
 
-def run_eval(binary, detectors, seed, background_h, work):
+def run_eval(binary, detectors, seed, background_h, work, skip_quiet=False):
     cfg = Path(work) / "eval.toml"
     if detectors == "raw":
         cfg.write_text('[detection]\ndetectors = "off"\n')
     else:
         cfg.write_text(
             "[model]\nwindow_s = 2.0\nhop_s = 0.5\n"
-            f'[detection]\ndetectors = "{Path(detectors).resolve()}"\n'
+            + ("skip_quiet_windows = true\n" if skip_quiet else "")
+            + f'[detection]\ndetectors = "{Path(detectors).resolve()}"\n'
         )
     out = subprocess.run(
         [binary, "eval", "--json", "--config", str(cfg), "--seed", str(seed),
@@ -87,6 +90,8 @@ def main():
     ap.add_argument("--background-h", type=float, default=6.0)
     ap.add_argument("--bin", default="target/release/hearken")
     ap.add_argument("--json", help="write the summary here too")
+    ap.add_argument("--skip-quiet", action="store_true",
+                    help="with [model] skip_quiet_windows = true")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     summary = {}
@@ -96,7 +101,8 @@ def main():
         for seed in seeds:
             with tempfile.TemporaryDirectory() as work:
                 print(f"eval-seeds: {name} seed {seed}...", file=sys.stderr, flush=True)
-                reports.append(run_eval(args.bin, folder, seed, args.background_h, work))
+                reports.append(run_eval(args.bin, folder, seed, args.background_h, work,
+                                        args.skip_quiet))
         summary[name] = summarise(reports)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -2,10 +2,10 @@
 # What `hearken run` costs while it listens: CPU (% of one core, per thread) and
 # memory (RSS), over a real recording played in real time.
 #
-#   tools/live-cost.sh [--seconds N] [--binary PATH] [--] [extra hearken run args]
+#   tools/live-cost.sh [--seconds N] [--binary PATH] [--wav FILE] [--] [extra hearken run args]
 #
 # By default hearken listens on stdin to a real recording played like a
-# microphone: ../shared/audio/typing.wav (48 kHz stereo), looped and paced in
+# microphone: ../shared/audio/typing.wav (48 kHz stereo; --wav another), looped and paced in
 # real time, 10 ms at a time, by a small Python feeder (its CPU is not counted).
 # Give --source to measure another source. Extra arguments go to `hearken run`
 # (e.g. --config with trained detectors). Prints one JSON object: cpu_percent of
@@ -15,10 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=60
 bin=target/release/hearken
+wav="${HEARKEN_SHARED:-../shared}/audio/typing.wav"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
     --binary) bin=$2; shift 2 ;;
+    --wav) wav=$2; shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -37,7 +39,6 @@ if $have_source; then
   "$bin" run --http "" --state-dir "$state" "${args[@]}" 2>"$state/log" &
   pid=$!
 else
-  wav="${HEARKEN_SHARED:-../shared}/audio/typing.wav"
   mkfifo "$state/mic"
   python3 "$(dirname "$0")/play-paced.py" "$wav" "$state/mic" &
   feeder=$!

@@ -19,8 +19,9 @@ pub struct ModelConfig {
     /// Hop between windows in seconds (0.1..=window_s).
     pub hop_s: f64,
     /// While every group is far below its thresholds, score every second window
-    /// only (the one between is scored after all if the next is not quiet). Off by
-    /// default: held out it cost glass a few events (docs/architecture.md).
+    /// only (the one between is scored after all if the next is not quiet or its
+    /// own sound is not steady). Off by default: held out it cost glass a few
+    /// events (docs/architecture.md).
     pub skip_quiet_windows: bool,
 }
 

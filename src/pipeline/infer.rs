@@ -264,7 +264,8 @@ impl InferStage {
                 }
                 if let Some(p) = held.take() {
                     // The window left unscored: taken to be like this one when
-                    // both are quiet (its own tones included), else scored now.
+                    // its sound is steady and both are quiet (its own tones
+                    // included), else scored now.
                     let copy = p.filled_from(&ws);
                     let mut quiet_at = |w: &WindowScore, detector: &mut Detector| {
                         let end = (w.end_s / frame_hop_s).round() as u64;
@@ -273,7 +274,9 @@ impl InferStage {
                         let hop = quiet_hop(w, &quiet_tones, hop_s, t0_wall);
                         detector.quiet(&hop, QUIET_MARGIN)
                     };
-                    let quiet = quiet_at(&copy, &mut detector) && quiet_at(&ws, &mut detector);
+                    let quiet = p.steady()
+                        && quiet_at(&copy, &mut detector)
+                        && quiet_at(&ws, &mut detector);
                     let late = if quiet {
                         scorer.release();
                         copy
