@@ -274,6 +274,10 @@ pub fn recipe_key(
         std::fs::read(mn04).unwrap_or_default(),
         std::fs::read(frontend).unwrap_or_default(),
     ];
+    // finetune.py's export (the network's tail) lives in tail.py.
+    if opts.kind == NetKind::Mn04 {
+        files.push(std::fs::read(opts.script.with_file_name("tail.py")).unwrap_or_default());
+    }
     // The frame-level detector's recipe also lives in finetune.py (its mixer) and
     // depends on the hop it is scored by. (mn04's keys stay as they were.)
     if opts.kind == NetKind::Crnn {
