@@ -234,6 +234,23 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     )
 }
 
+/// The plan cached under `key`, built by `build` on first use.
+fn cached_plan(
+    plans: &Mutex<HashMap<usize, Plan>>,
+    key: usize,
+    build: impl FnOnce() -> Result<Plan>,
+) -> Result<Plan> {
+    let mut plans = plans
+        .lock()
+        .map_err(|_| anyhow!("model plan cache poisoned"))?;
+    if let Some(p) = plans.get(&key) {
+        return Ok(p.clone());
+    }
+    let plan = build()?;
+    plans.insert(key, plan.clone());
+    Ok(plan)
+}
+
 /// sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
@@ -480,26 +497,16 @@ impl Model {
         plans: &Mutex<HashMap<usize, Plan>>,
         n: usize,
     ) -> Result<Plan> {
-        let mut plans = plans
-            .lock()
-            .map_err(|_| anyhow!("model plan cache poisoned"))?;
-        if let Some(p) = plans.get(&n) {
-            return Ok(p.clone());
-        }
-        let shape = self.shape_for(n);
-        let dims: &[usize] = match self.manifest.io.layout {
-            InputLayout::BatchChannelMelsFrames => &shape[..4],
-            InputLayout::BatchFramesMels => &shape[..3],
-        };
-        let axis = match self.manifest.io.layout {
-            InputLayout::BatchChannelMelsFrames => 3,
-            InputLayout::BatchFramesMels => 0,
-        };
-        let plan = graph
-            .plan(dims, axis)
-            .map_err(|e| anyhow!("model {}: {e:#}", self.name()))?;
-        plans.insert(n, plan.clone());
-        Ok(plan)
+        cached_plan(plans, n, || {
+            let shape = self.shape_for(n);
+            let (dims, axis): (&[usize], usize) = match self.manifest.io.layout {
+                InputLayout::BatchChannelMelsFrames => (&shape[..4], 3),
+                InputLayout::BatchFramesMels => (&shape[..3], 0),
+            };
+            graph
+                .plan(dims, axis)
+                .map_err(|e| anyhow!("model {}: {e:#}", self.name()))
+        })
     }
 
     /// Classifies one window of `frames` (frame-major, `n_mels` values per frame).
@@ -553,26 +560,12 @@ impl Model {
     fn run_net(&self, net: &Net, key: usize, input: TValue) -> Result<(Vec<f32>, Vec<f32>)> {
         let plan = match net.reads {
             None => self.plan_of(&net.graph, &net.plans, key)?,
-            Some(_) => {
-                let mut plans = net
-                    .plans
-                    .lock()
-                    .map_err(|_| anyhow!("network plan cache poisoned"))?;
-                match plans.get(&key) {
-                    Some(p) => p.clone(),
-                    None => {
-                        // The tensor's last axis is time, as the mel window's is.
-                        let p = net
-                            .graph
-                            .plan(input.shape(), input.rank() - 1)
-                            .map_err(|e| {
-                                anyhow!("the fine-tuned network {}: {e:#}", net.path.display())
-                            })?;
-                        plans.insert(key, p.clone());
-                        p
-                    }
-                }
-            }
+            // The tensor's last axis is time, as the mel window's is.
+            Some(_) => cached_plan(&net.plans, key, || {
+                net.graph
+                    .plan(input.shape(), input.rank() - 1)
+                    .map_err(|e| anyhow!("the fine-tuned network {}: {e:#}", net.path.display()))
+            })?,
         };
         let res = plan.run(tvec!(input)).map_err(|e| {
             anyhow!(
