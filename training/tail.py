@@ -31,7 +31,6 @@ import os
 import re
 import sys
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
