@@ -120,9 +120,18 @@ pub trait GroupScorer: Send {
     /// The group's score in [0, 1] for this hop.
     fn score(&mut self, hop: &Hop<'_>) -> f32;
 
-    /// What [`GroupScorer::score`] would return for `hop`, without counting it as
-    /// the next hop (`None`: this scorer cannot say, as a replay of fixed scores).
-    fn peek(&mut self, _hop: &Hop<'_>) -> Option<f32> {
+    /// How high [`GroupScorer::score`] could go for `hop` (without counting it as
+    /// the next hop): the score itself, or, for a scorer with a hard gate, the
+    /// score the gate would let through. Quietness is judged by it: a gate whose
+    /// evidence sits near its threshold opens in one window and not in the next,
+    /// so a gated-out neighbour says nothing about a skipped window. `None`: this
+    /// scorer cannot say (a replay of fixed scores).
+    fn reach(&mut self, _hop: &Hop<'_>) -> Option<f32> {
+        None
+    }
+
+    /// [`GroupScorer::reach`] of the last hop scored (`None`: the score itself).
+    fn last_reach(&self) -> Option<f32> {
         None
     }
 
@@ -204,7 +213,7 @@ impl GroupScorer for ClassScorer {
             .fold(0.0, f32::max)
     }
 
-    fn peek(&mut self, hop: &Hop<'_>) -> Option<f32> {
+    fn reach(&mut self, hop: &Hop<'_>) -> Option<f32> {
         Some(self.score(hop))
     }
 }
@@ -321,6 +330,8 @@ struct Group {
     announced: bool,
     cooldown_until: f64,
     last_score: f32,
+    /// The scorer's reach at the last hop ([`GroupScorer::last_reach`]).
+    last_reach: f32,
 }
 
 impl Group {
@@ -419,6 +430,7 @@ impl Detector {
                     announced: false,
                     cooldown_until: f64::NEG_INFINITY,
                     last_score: 0.0,
+                    last_reach: 0.0,
                 })
                 .collect(),
             ident,
@@ -524,13 +536,13 @@ impl Detector {
     }
 
     /// Whether every group is far from an event after the last hop: none open,
-    /// no hop over `on` in any onset rule's memory, and every score under
-    /// `margin × off`. The inference stage then leaves the next window unscored
-    /// (see [`QUIET_MARGIN`]).
+    /// no hop over `on` in any onset rule's memory, and every score (its reach,
+    /// [`GroupScorer::reach`]) under `margin × off`. The inference stage then
+    /// leaves the next window unscored (see [`QUIET_MARGIN`]).
     pub fn settled(&self, margin: f32) -> bool {
         self.groups
             .iter()
-            .all(|g| g.calm() && g.last_score < margin * g.cfg.tuning.off)
+            .all(|g| g.calm() && g.last_reach < margin * g.cfg.tuning.off)
     }
 
     /// Whether `hop` would leave every group far from an event (as
@@ -540,7 +552,7 @@ impl Detector {
         self.groups.iter_mut().all(|g| {
             g.calm()
                 && g.scorer
-                    .peek(hop)
+                    .reach(hop)
                     .is_some_and(|s| s < margin * g.cfg.tuning.off)
         })
     }
@@ -560,6 +572,7 @@ impl Detector {
         for g in &mut self.groups {
             let score = g.scorer.score(hop);
             g.last_score = score;
+            g.last_reach = g.scorer.last_reach().unwrap_or(score);
             let m = g.cfg.tuning.onset_of.max(1);
             g.history.push_back(score >= g.cfg.tuning.on);
             g.onsets.push_back((hop.end_s - hop.hop_s).max(hop.start_s));

@@ -555,8 +555,21 @@ pub struct LinearScorer {
     features: Vec<f32>,
     classes: Vec<f32>,
     base: f32,
+    /// The last hop's score with the evidence gate open ([`GroupScorer::reach`]).
+    reach: f32,
     /// Where this detector's tone score sits in [`Hop::tones`].
     tone_slot: Option<usize>,
+}
+
+/// A hop's scores by a trained detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Parts {
+    /// The head's score, before any home correction.
+    base: f32,
+    /// The score acted on.
+    score: f32,
+    /// `score` had the evidence gate let the hop through.
+    reach: f32,
 }
 
 impl LinearScorer {
@@ -569,27 +582,51 @@ impl LinearScorer {
             features,
             classes,
             base: 0.0,
+            reach: 0.0,
             tone_slot: None,
         }
     }
 
-    /// The head's score and the home-corrected one, each raised to the tone's.
-    fn score_parts(&mut self, hop: &Hop<'_>) -> (f32, f32) {
-        let (base, score) = self.head_parts(hop);
+    /// The head's score, the home-corrected one and its reach, each raised to
+    /// the tone's.
+    fn score_parts(&mut self, hop: &Hop<'_>) -> Parts {
+        let p = self.head_parts(hop);
         let d = &self.detector;
         match (&d.tone, self.tone_slot.and_then(|i| hop.tones.get(i))) {
             (Some(rule), Some(&t)) => {
                 let s = rule.score(t, d.off, d.on, d.sure);
-                (base.max(s), score.max(s))
+                Parts {
+                    base: p.base.max(s),
+                    score: p.score.max(s),
+                    reach: p.reach.max(s),
+                }
             }
-            _ => (base, score),
+            _ => p,
         }
     }
 
-    fn head_parts(&mut self, hop: &Hop<'_>) -> (f32, f32) {
+    fn head_parts(&mut self, hop: &Hop<'_>) -> Parts {
+        let zero = Parts {
+            base: 0.0,
+            score: 0.0,
+            reach: 0.0,
+        };
         if !self.detector.features.extract(hop, &mut self.features) {
-            return (0.0, 0.0);
+            return zero;
         }
+        let Some(z) = self.detector.logit(&self.features) else {
+            return zero;
+        };
+        let base = sigmoid(z) as f32;
+        let score = match &self.detector.home {
+            None => base,
+            Some(h) => {
+                self.classes.clear();
+                self.classes
+                    .extend(hop.scores_max.iter().map(|&p| log_odds(p)));
+                sigmoid(z + h.logit(&self.classes) as f64) as f32
+            }
+        };
         if let Some(g) = &self.detector.gate {
             // A fine-tuned network's detector gates on that network's own AudioSet
             // outputs (what training calibrated it with), not on the model's.
@@ -598,34 +635,34 @@ impl LinearScorer {
                 _ => hop.scores_max,
             };
             if !g.passes(evidence) {
-                return (0.0, 0.0);
+                return Parts {
+                    reach: score,
+                    ..zero
+                };
             }
         }
-        let Some(z) = self.detector.logit(&self.features) else {
-            return (0.0, 0.0);
-        };
-        let base = sigmoid(z) as f32;
-        match &self.detector.home {
-            None => (base, base),
-            Some(h) => {
-                self.classes.clear();
-                self.classes
-                    .extend(hop.scores_max.iter().map(|&p| log_odds(p)));
-                (base, sigmoid(z + h.logit(&self.classes) as f64) as f32)
-            }
+        Parts {
+            base,
+            score,
+            reach: score,
         }
     }
 }
 
 impl GroupScorer for LinearScorer {
     fn score(&mut self, hop: &Hop<'_>) -> f32 {
-        let (base, score) = self.score_parts(hop);
-        self.base = base;
-        score
+        let p = self.score_parts(hop);
+        self.base = p.base;
+        self.reach = p.reach;
+        p.score
     }
 
-    fn peek(&mut self, hop: &Hop<'_>) -> Option<f32> {
-        Some(self.score_parts(hop).1)
+    fn reach(&mut self, hop: &Hop<'_>) -> Option<f32> {
+        Some(self.score_parts(hop).reach)
+    }
+
+    fn last_reach(&self) -> Option<f32> {
+        Some(self.reach)
     }
 
     fn tone(&mut self, slot: usize) -> Option<ToneTemplate> {
@@ -982,6 +1019,10 @@ mod tests {
         let mut s = LinearScorer::new(d.clone());
         assert!(s.score(&hop(&[1.0, 2.0], &[0.9, 0.06, 0.0])) > 0.99);
         assert_eq!(s.score(&hop(&[1.0, 2.0], &[0.9, 0.04, 0.9])), 0.0);
+        // A closed gate is not quiet: evidence just under `min` may be just over
+        // it in the next window, so its reach is the score it holds back.
+        assert!(s.last_reach().unwrap() > 0.99);
+        assert!(s.reach(&hop(&[1.0, 2.0], &[0.9, 0.04, 0.9])).unwrap() > 0.99);
         // The file round-trips it, and a class the model lacks is refused.
         let text = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<LinearDetector>(&text).unwrap(), d);
