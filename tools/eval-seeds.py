@@ -10,9 +10,10 @@ at <= 1 and <= 0.1 false alarms per hour on the threshold sweep, the median late
 and the events found per SNR summed over seeds.
 
     tools/eval-seeds.py [--seeds 1,2,3] [--background-h 6] [--bin target/release/hearken]
-                        [--skip-quiet] [--json OUT] NAME=DETECTORS_DIR [NAME=DIR ...]
+                        [--no-skip-quiet] [--json OUT] NAME=DETECTORS_DIR [NAME=DIR ...]
 
-`--skip-quiet` evaluates with `[model] skip_quiet_windows = true`.
+`--no-skip-quiet` evaluates with `[model] skip_quiet_windows = false` (scoring
+every window; skipping quiet ones is the default).
 
 `raw` as DIR evaluates the raw AudioSet scores (detectors off, 10 s windows). Runs
 one eval at a time (each uses both cores). Needs the models installed
@@ -28,14 +29,14 @@ import tempfile
 from pathlib import Path
 
 
-def run_eval(binary, detectors, seed, background_h, work, skip_quiet=False):
+def run_eval(binary, detectors, seed, background_h, work, skip_quiet=True):
     cfg = Path(work) / "eval.toml"
     if detectors == "raw":
         cfg.write_text('[detection]\ndetectors = "off"\n')
     else:
         cfg.write_text(
             "[model]\nwindow_s = 2.0\nhop_s = 0.5\n"
-            + ("skip_quiet_windows = true\n" if skip_quiet else "")
+            + ("" if skip_quiet else "skip_quiet_windows = false\n")
             + f'[detection]\ndetectors = "{Path(detectors).resolve()}"\n'
         )
     out = subprocess.run(
@@ -90,8 +91,8 @@ def main():
     ap.add_argument("--background-h", type=float, default=6.0)
     ap.add_argument("--bin", default="target/release/hearken")
     ap.add_argument("--json", help="write the summary here too")
-    ap.add_argument("--skip-quiet", action="store_true",
-                    help="with [model] skip_quiet_windows = true")
+    ap.add_argument("--no-skip-quiet", dest="skip_quiet", action="store_false",
+                    help="with [model] skip_quiet_windows = false")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     summary = {}

@@ -20,8 +20,8 @@ pub struct ModelConfig {
     pub hop_s: f64,
     /// While every group is far below its thresholds, score every second window
     /// only (the one between is scored after all if the next is not quiet or its
-    /// own sound is not steady). Off by default: held out it cost glass a few
-    /// events (docs/architecture.md).
+    /// own sound is not steady). On by default: held out it finds exactly the
+    /// events scoring every window finds (docs/architecture.md).
     pub skip_quiet_windows: bool,
 }
 
@@ -31,7 +31,7 @@ impl Default for ModelConfig {
             name: DEFAULT_MODEL.to_string(),
             window_s: DEFAULT_WINDOW_S,
             hop_s: DEFAULT_HOP_S,
-            skip_quiet_windows: false,
+            skip_quiet_windows: true,
         }
     }
 }
