@@ -330,8 +330,6 @@ struct Group {
     announced: bool,
     cooldown_until: f64,
     last_score: f32,
-    /// The scorer's reach at the last hop ([`GroupScorer::last_reach`]).
-    last_reach: f32,
 }
 
 impl Group {
@@ -430,7 +428,6 @@ impl Detector {
                     announced: false,
                     cooldown_until: f64::NEG_INFINITY,
                     last_score: 0.0,
-                    last_reach: 0.0,
                 })
                 .collect(),
             ident,
@@ -540,9 +537,9 @@ impl Detector {
     /// [`GroupScorer::reach`]) under `margin × off`. The inference stage then
     /// leaves the next window unscored (see [`QUIET_MARGIN`]).
     pub fn settled(&self, margin: f32) -> bool {
-        self.groups
-            .iter()
-            .all(|g| g.calm() && g.last_reach < margin * g.cfg.tuning.off)
+        self.groups.iter().all(|g| {
+            g.calm() && g.scorer.last_reach().unwrap_or(g.last_score) < margin * g.cfg.tuning.off
+        })
     }
 
     /// Whether `hop` would leave every group far from an event (as
@@ -572,7 +569,6 @@ impl Detector {
         for g in &mut self.groups {
             let score = g.scorer.score(hop);
             g.last_score = score;
-            g.last_reach = g.scorer.last_reach().unwrap_or(score);
             let m = g.cfg.tuning.onset_of.max(1);
             g.history.push_back(score >= g.cfg.tuning.on);
             g.onsets.push_back((hop.end_s - hop.hop_s).max(hop.start_s));
